@@ -1,0 +1,478 @@
+//! Command-line interface: clap commands, human output and exit codes. Exit codes: 0 success,
+//! 1 the task did not pass / the spec is invalid / the server said no, 2 bad usage or
+//! configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Env, Overrides, Settings};
+use crate::db::{self, LeaseAttempt, TaskState};
+use crate::engine::{Engine, SubmitError};
+use crate::ids::RepoName;
+use crate::providers;
+use crate::roles::Roles;
+use crate::spec::{self, SpecFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "autodev",
+    version,
+    about = "Turns task specs and GitHub issues into branches written by AI coding agents and checked by acceptance gates.",
+    after_help = "Environment: AUTODEV_CONFIG, AUTODEV_BIND, AUTODEV_DATA_DIR, AUTODEV_DATABASE_URL, AUTODEV_API_TOKEN, \
+AUTODEV_URL, AUTODEV_PUBLIC_URL, AUTODEV_LOG, AUTODEV_LOG_FORMAT, REPO_PATH, DEV_BRANCH. Secrets may also be given as <NAME>_FILE.\n\
+Configuration keys are documented in config/config.yaml."
+)]
+pub struct Cli {
+    /// Config file (default: config/config.yaml when present) [env: AUTODEV_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the database, worktrees and agent homes live [env: AUTODEV_DATA_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The repository tasks work on in local mode (default: the working directory) [env: REPO_PATH]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Log format on standard error [env: AUTODEV_LOG_FORMAT]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API, the workers and the scheduler in one process
+    Serve {
+        /// Listen address [env: AUTODEV_BIND] [default: 127.0.0.1:8000]
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
+    },
+    /// Run workers only (more processes may share one database)
+    Worker,
+    /// Run one task in the foreground without a server, printing each stage; exits 0 only if it passed
+    Run {
+        /// Task spec file (YAML, or JSON by the .json extension)
+        spec: PathBuf,
+        /// Run again a task that already exists and has ended (continues on its branch)
+        #[arg(long)]
+        rerun: bool,
+    },
+    /// Send a task spec to a running server [env: AUTODEV_URL, AUTODEV_API_TOKEN]
+    Submit { spec: PathBuf },
+    /// Show a task from a running server [env: AUTODEV_URL, AUTODEV_API_TOKEN]
+    Status {
+        /// Task id, e.g. TSK-1234
+        id: String,
+        /// Print the server's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check task spec files without running them
+    Validate {
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
+    /// List the roles (built-in and from roles/*.yaml) and where each comes from
+    Roles,
+    /// List the providers in the configured order and whether each can run here
+    Providers,
+    /// Commit work in progress of running tasks (git hygiene; not yet available)
+    Checkpoint,
+    /// Open pull requests for passed tasks (git hygiene; not yet available)
+    Prize,
+}
+
+/// Parses arguments, runs the command, and returns the process exit code.
+pub async fn main() -> i32 {
+    let cli = Cli::parse();
+    let env = Env::from_process();
+    let bind = match &cli.command {
+        Command::Serve { bind } => bind.clone(),
+        _ => None,
+    };
+    let overrides = Overrides {
+        config: cli.config.clone(),
+        bind,
+        data_dir: cli.data_dir.clone(),
+        repo: cli.repo.clone(),
+    };
+    let settings = match Settings::load(env, overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("autodev: configuration error: {e:#}");
+            return 2;
+        }
+    };
+    init_logging(&settings, cli.log_format);
+    match dispatch(cli.command, settings).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("autodev: {e:#}");
+            2
+        }
+    }
+}
+
+fn init_logging(settings: &Settings, flag: Option<LogFormat>) {
+    let format = flag.unwrap_or(match settings.env.get("AUTODEV_LOG_FORMAT") {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
+    match command {
+        Command::Serve { .. } => serve(settings, true).await,
+        Command::Worker => serve(settings, false).await,
+        Command::Run { spec, rerun } => run(settings, &spec, rerun).await,
+        Command::Submit { spec } => submit(&settings, &spec).await,
+        Command::Status { id, json } => status(&settings, &id, json).await,
+        Command::Validate { specs } => validate(&settings, &specs),
+        Command::Roles => list_roles(&settings),
+        Command::Providers => list_providers(&settings),
+        Command::Checkpoint | Command::Prize => {
+            eprintln!(
+                "autodev: checkpoint and prize (git hygiene: WIP commits, pull requests) are not available in this version yet"
+            );
+            Ok(2)
+        }
+    }
+}
+
+async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
+    let addr: SocketAddr = settings.bind.parse().with_context(|| {
+        format!(
+            "AUTODEV_BIND `{}` is not an address such as 127.0.0.1:8000",
+            settings.bind
+        )
+    })?;
+    if http && !addr.ip().is_loopback() && settings.api_token.is_none() {
+        bail!(
+            "refusing to listen on {addr} without AUTODEV_API_TOKEN: anyone who reaches it could run agents. Set AUTODEV_API_TOKEN, or bind to 127.0.0.1"
+        );
+    }
+    let engine = Engine::open(settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));
+    let workers = tokio::spawn(crate::queue::run_workers(engine.clone(), shutdown.clone()));
+    if http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(
+            "autodev listening on http://{} (data in {}, repository {})",
+            listener.local_addr()?,
+            engine.settings.data_dir.display(),
+            engine.settings.repo_path.display()
+        );
+        let app = crate::server::router(engine.clone());
+        let stop = shutdown.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("HTTP server")?;
+    }
+    shutdown.cancelled().await;
+    match tokio::time::timeout(std::time::Duration::from_secs(10), workers).await {
+        Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
+        Err(_) => tracing::warn!("workers did not stop within 10s"),
+        _ => {}
+    }
+    Ok(0)
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+/// Stops agent process groups of workers that died, at start and then every heartbeat.
+async fn sweep_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let every =
+        std::time::Duration::from_secs(engine.settings.file.workers.heartbeat_seconds.max(1));
+    loop {
+        if let Err(e) = engine.sweep_leftovers().await {
+            tracing::warn!("sweeping left-over agents: {e:#}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn read_spec(
+    settings: &Settings,
+    path: &Path,
+    roles: &Roles,
+) -> anyhow::Result<Result<spec::TaskSpec, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let _ = settings;
+    Ok(spec::parse(&text, SpecFormat::from_path(path), roles)
+        .map_err(|e| format!("{}: {e}", path.display())))
+}
+
+async fn run(settings: Settings, path: &Path, rerun: bool) -> anyhow::Result<i32> {
+    let engine = Engine::open(settings).await?;
+    let spec = match read_spec(&engine.settings, path, &engine.roles)? {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+    };
+    let repo = RepoName::local();
+    let key = match engine.insert_for_foreground(&spec, &repo).await {
+        Ok(key) => key,
+        Err(SubmitError::Duplicate { task_id, .. }) => {
+            let row = db::find_task(&engine.pool, &repo, &task_id)
+                .await?
+                .context("task vanished")?;
+            if !rerun {
+                eprintln!(
+                    "autodev: task `{task_id}` already exists ({}); use another id, or --rerun to run it again on {}",
+                    row.state, row.branch
+                );
+                return Ok(1);
+            }
+            if db::requeue(&engine.pool, row.pk).await?.is_none() {
+                eprintln!(
+                    "autodev: task `{task_id}` is {} elsewhere; wait for it to end",
+                    row.state
+                );
+                return Ok(1);
+            }
+            row.pk
+        }
+        Err(SubmitError::Other(e)) => return Err(e),
+    };
+    let row = db::get_task(&engine.pool, key)
+        .await?
+        .context("task vanished")?;
+    println!("task {} ({}) on branch {}", spec.id, spec.role, row.branch);
+    let mut live = engine.subscribe();
+    let printer = tokio::spawn(async move {
+        while let Ok(ev) = live.recv().await {
+            if ev.task == key {
+                println!("[{}] {}", ev.kind, ev.message);
+            }
+        }
+    });
+    let ttl = engine.settings.file.workers.orphan_after();
+    let leased = match db::acquire_lease(&engine.pool, key, row.run_seq, &engine.owner, ttl).await?
+    {
+        LeaseAttempt::Acquired(row) => row,
+        other => bail!("could not take the task: {other:?}"),
+    };
+    let cancel_engine = engine.clone();
+    let on_ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("autodev: cancelling (Ctrl-C)");
+            let _ = cancel_engine.cancel(key).await;
+        }
+    });
+    let state = crate::worker::run_leased(&engine, *leased).await?;
+    on_ctrl_c.abort();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    printer.abort();
+    let row = db::get_task(&engine.pool, key)
+        .await?
+        .context("task vanished")?;
+    println!(
+        "{} {}: {} (branch {}, head {})",
+        row.task_id,
+        row.role,
+        row.state,
+        row.branch,
+        row.head_sha.as_deref().unwrap_or("-")
+    );
+    if let Some(e) = &row.last_error {
+        println!("last error: {e}");
+    }
+    Ok(if state == TaskState::Passed { 0 } else { 1 })
+}
+
+fn client(settings: &Settings) -> anyhow::Result<(reqwest::Client, reqwest::header::HeaderMap)> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &settings.api_token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose_secret())
+                .parse()
+                .context("AUTODEV_API_TOKEN is not a valid header value")?,
+        );
+    }
+    Ok((reqwest::Client::new(), headers))
+}
+
+async fn submit(settings: &Settings, path: &Path) -> anyhow::Result<i32> {
+    let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let content_type = match SpecFormat::from_path(path) {
+        SpecFormat::Json => "application/json",
+        SpecFormat::Yaml => "application/yaml",
+    };
+    let (client, headers) = client(settings)?;
+    let url = format!("{}/tasks", settings.server_url);
+    let resp = client
+        .post(&url)
+        .headers(headers)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("reaching {url} (is `autodev serve` running? AUTODEV_URL)"))?;
+    let status = resp.status();
+    let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.is_success() {
+        println!(
+            "queued task {} as job {}",
+            json["task_id"].as_str().unwrap_or("?"),
+            json["job_id"].as_str().unwrap_or("?")
+        );
+        Ok(0)
+    } else {
+        eprintln!(
+            "autodev: server answered {status}: {}",
+            json["error"].as_str().unwrap_or(&json.to_string())
+        );
+        Ok(1)
+    }
+}
+
+async fn status(settings: &Settings, id: &str, raw: bool) -> anyhow::Result<i32> {
+    let (client, headers) = client(settings)?;
+    let url = format!("{}/tasks/{id}", settings.server_url);
+    let resp = client
+        .get(&url)
+        .headers(headers)
+        .send()
+        .await
+        .with_context(|| format!("reaching {url} (is `autodev serve` running? AUTODEV_URL)"))?;
+    let code = resp.status();
+    let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !code.is_success() {
+        eprintln!(
+            "autodev: server answered {code}: {}",
+            json["error"].as_str().unwrap_or(&json.to_string())
+        );
+        return Ok(1);
+    }
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(0);
+    }
+    let s = |k: &str| json[k].as_str().unwrap_or("-").to_owned();
+    println!("{} [{}] {}", s("id"), s("role"), s("title"));
+    println!("state:   {}", s("state"));
+    println!("branch:  {} (from {})", s("branch"), s("base_branch"));
+    println!("rounds:  {}  provider: {}", json["rounds"], s("provider"));
+    if let Some(e) = json["last_error"].as_str() {
+        println!("error:   {e}");
+    }
+    if let Some(events) = json["events"].as_array() {
+        println!("timeline:");
+        for ev in events {
+            println!(
+                "  {} [{}] {}",
+                ev["at"].as_str().unwrap_or(""),
+                ev["kind"].as_str().unwrap_or(""),
+                ev["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn validate(settings: &Settings, paths: &[PathBuf]) -> anyhow::Result<i32> {
+    let roles = Roles::load(settings.roles_dir.as_deref())?;
+    let mut bad = 0;
+    for path in paths {
+        match read_spec(settings, path, &roles)? {
+            Ok(spec) => {
+                let branch = roles
+                    .get(&spec.role)
+                    .map(|r| r.branch_for(&spec.id))
+                    .unwrap_or_default();
+                println!(
+                    "ok: {} — {} ({}), branch {branch}",
+                    path.display(),
+                    spec.id,
+                    spec.role
+                );
+            }
+            Err(e) => {
+                println!("invalid: {e}");
+                bad += 1;
+            }
+        }
+    }
+    Ok(if bad == 0 { 0 } else { 1 })
+}
+
+fn list_roles(settings: &Settings) -> anyhow::Result<i32> {
+    let roles = Roles::load(settings.roles_dir.as_deref())?;
+    for role in roles.iter() {
+        let branch = match &role.branch_prefix {
+            Some(p) => format!("{p}/<task_id>"),
+            None => format!("auto/{}/<task_id>", role.name),
+        };
+        let reviewers = if role.reviewers.is_empty() {
+            "-".to_owned()
+        } else {
+            role.reviewers.join(", ")
+        };
+        println!(
+            "{:<24} {:<40} reviewers: {:<20} source: {}",
+            role.name, branch, reviewers, role.source
+        );
+    }
+    Ok(0)
+}
+
+fn list_providers(settings: &Settings) -> anyhow::Result<i32> {
+    let chain = providers::chain(&settings.file.providers, None).map_err(|e| anyhow::anyhow!(e))?;
+    let mut usable = 0;
+    for p in &chain {
+        match p.locate(&settings.env) {
+            Ok(path) => {
+                usable += 1;
+                println!("{:<14} usable   {}", p.name, path.display());
+            }
+            Err(why) => println!("{:<14} missing  {why}", p.name),
+        }
+    }
+    if usable == 0 {
+        println!(
+            "no provider can run here: install one of the CLIs or set `binary:` in config/config.yaml"
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,593 @@
+//! Layered configuration: built-in defaults < `config/config.yaml` < environment < flags.
+//! This is the only module that reads environment variables; secrets stay `SecretString`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::spec::parse_timeout;
+
+/// A snapshot of the environment, so that tests can hand in their own.
+#[derive(Debug, Clone, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// A non-empty variable.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A secret: `NAME`, or the contents of the file named by `NAME_FILE` (trailing newline
+    /// removed).
+    pub fn secret(&self, name: &str) -> anyhow::Result<Option<SecretString>> {
+        if let Some(v) = self.get(name) {
+            return Ok(Some(SecretString::from(v.to_owned())));
+        }
+        let file_var = format!("{name}_FILE");
+        let Some(path) = self.get(&file_var) else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {file_var}={path}"))?;
+        Ok(Some(SecretString::from(
+            text.trim_end_matches(['\n', '\r']).to_owned(),
+        )))
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// The configuration file. Every key is documented in the shipped `config/config.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub repo: RepoConfig,
+    #[serde(default)]
+    pub hygiene: HygieneConfig,
+    #[serde(default)]
+    pub worktrees: WorktreesConfig,
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    #[serde(default)]
+    pub gates: GatesConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// Directory of custom role files; relative paths are relative to the working directory.
+    #[serde(default)]
+    pub roles_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub path: Option<PathBuf>,
+    pub dev_branch: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HygieneConfig {
+    pub checkpoint_minutes: u64,
+    pub pr_minutes: u64,
+    pub rebase_minutes: u64,
+    pub cleanup_minutes: u64,
+    pub cleanup_after_hours: u64,
+    pub pr_on_pass: bool,
+    pub draft: bool,
+}
+
+impl Default for HygieneConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_minutes: 30,
+            pr_minutes: 120,
+            rebase_minutes: 60,
+            cleanup_minutes: 60,
+            cleanup_after_hours: 72,
+            pr_on_pass: true,
+            draft: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorktreesConfig {
+    /// Default: `$AUTODEV_DATA_DIR/worktrees`.
+    pub base_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Tasks one process runs at once.
+    pub concurrency: usize,
+    /// How often a worker proves it is alive; a job held by a worker silent for
+    /// `heartbeat_seconds * missed_heartbeats` is handed to another.
+    pub heartbeat_seconds: u64,
+    pub missed_heartbeats: u32,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            heartbeat_seconds: 15,
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+impl WorkersConfig {
+    /// How long a silent worker keeps its jobs and task leases.
+    pub fn orphan_after(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_seconds * u64::from(self.missed_heartbeats))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatesConfig {
+    /// The lint command (run with `sh -c` in `<worktree>/<target_dir>`); detected from the
+    /// repository when unset.
+    pub lint: Option<String>,
+    pub typecheck: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Bytes of output kept per gate (the tail).
+    pub max_output_bytes: usize,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        Self {
+            lint: None,
+            typecheck: None,
+            timeout: Duration::from_secs(15 * 60),
+            max_output_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Extra environment variables passed to every agent (names only; values come from
+    /// autodev's environment).
+    pub env: Vec<String>,
+    /// Default whole-task budget when a spec sets no `timeout`.
+    #[serde(deserialize_with = "duration")]
+    pub task_timeout: Duration,
+    /// Bytes of agent output kept (the tail).
+    pub max_output_bytes: usize,
+    pub git_user_name: String,
+    pub git_user_email: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            env: Vec::new(),
+            task_timeout: Duration::from_secs(60 * 60),
+            max_output_bytes: 1024 * 1024,
+            git_user_name: "autodev".into(),
+            git_user_email: "autodev@users.noreply.github.com".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// SQLite `synchronous` pragma: `off`, `normal`, `full` or `extra`.
+    pub synchronous: String,
+    pub busy_timeout_ms: u64,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: "normal".into(),
+            busy_timeout_ms: 10_000,
+            max_connections: 8,
+        }
+    }
+}
+
+/// How a provider runs: a local CLI, or an HTTP API through the built-in tool loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderMode {
+    Cli,
+    Api,
+}
+
+/// Which CLI a provider entry drives: decides default flags, output parsing and which
+/// credentials and config directory it may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CliKind {
+    Claude,
+    Codex,
+    Gemini,
+    Cursor,
+    /// Any other program: success is exit status 0.
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    pub mode: ProviderMode,
+    /// Default: from the entry name (`claude_cli` → `claude`), else `generic`.
+    #[serde(default)]
+    pub kind: Option<CliKind>,
+    #[serde(default)]
+    pub binary: Option<String>,
+    /// Replaces the default flags. `{prompt}` is replaced by the prompt (one argument, no
+    /// shell); without it the prompt goes to standard input. An argument holding `{model}` is
+    /// dropped, with the flag before it, when no model is set.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Extra environment variables this provider may see.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// `providers:` — `order` plus one entry per provider.
+#[derive(Debug, Clone)]
+pub struct ProvidersConfig {
+    pub order: Vec<String>,
+    pub entries: BTreeMap<String, ProviderEntry>,
+}
+
+pub const DEFAULT_PROVIDER_ORDER: &[&str] =
+    &["claude_cli", "codex_cli", "gemini_cli", "cursor_cli"];
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self {
+            order: DEFAULT_PROVIDER_ORDER
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl ProvidersConfig {
+    /// The entry for `name`, falling back to the built-in default for the well-known names.
+    pub fn entry(&self, name: &str) -> Option<ProviderEntry> {
+        self.entries.get(name).cloned().or_else(|| {
+            kind_from_name(name).map(|_| ProviderEntry {
+                mode: if name.ends_with("_api") {
+                    ProviderMode::Api
+                } else {
+                    ProviderMode::Cli
+                },
+                kind: None,
+                binary: None,
+                args: None,
+                model: None,
+                timeout: None,
+                env: Vec::new(),
+            })
+        })
+    }
+}
+
+/// The CLI kind a well-known provider name implies.
+pub fn kind_from_name(name: &str) -> Option<CliKind> {
+    match name {
+        "claude_cli" | "anthropic_api" => Some(CliKind::Claude),
+        "codex_cli" | "openai_api" => Some(CliKind::Codex),
+        "gemini_cli" => Some(CliKind::Gemini),
+        "cursor_cli" => Some(CliKind::Cursor),
+        _ => None,
+    }
+}
+
+impl<'de> Deserialize<'de> for ProvidersConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+        let order: Vec<String> = match map.remove("order") {
+            Some(v) => serde_yaml::from_value(v)
+                .map_err(|e| D::Error::custom(format!("providers.order: {e}")))?,
+            None => DEFAULT_PROVIDER_ORDER
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        };
+        let mut entries = BTreeMap::new();
+        for (name, v) in map {
+            let entry: ProviderEntry = serde_yaml::from_value(v)
+                .map_err(|e| D::Error::custom(format!("providers.{name}: {e}")))?;
+            entries.insert(name, entry);
+        }
+        let config = ProvidersConfig { order, entries };
+        for name in &config.order {
+            if config.entry(name).is_none() {
+                return Err(D::Error::custom(format!(
+                    "providers.order names `{name}`, but there is no `providers.{name}` entry \
+                     (well-known names: claude_cli, codex_cli, gemini_cli, cursor_cli)"
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    parse_timeout(&v).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    if v.is_null() {
+        return Ok(None);
+    }
+    parse_timeout(&v)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+impl FileConfig {
+    pub fn from_yaml(text: &str, origin: &Path) -> anyhow::Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let config: FileConfig = serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            anyhow::anyhow!("config file {}{at}: {e}", origin.display())
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.workers.concurrency == 0 {
+            bail!("workers.concurrency must be at least 1");
+        }
+        if self.workers.heartbeat_seconds == 0 || self.workers.missed_heartbeats == 0 {
+            bail!("workers.heartbeat_seconds and workers.missed_heartbeats must be at least 1");
+        }
+        if !matches!(
+            self.database.synchronous.as_str(),
+            "off" | "normal" | "full" | "extra"
+        ) {
+            bail!(
+                "database.synchronous must be off, normal, full or extra; found `{}`",
+                self.database.synchronous
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Command-line flags that override the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub repo: Option<PathBuf>,
+}
+
+/// Everything resolved: what the rest of the program reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_path: Option<PathBuf>,
+    pub file: FileConfig,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub bind: String,
+    pub api_token: Option<SecretString>,
+    pub server_url: String,
+    pub public_url: Option<String>,
+    pub log_filter: String,
+    pub repo_path: PathBuf,
+    pub dev_branch: Option<String>,
+    pub worktrees_dir: PathBuf,
+    pub roles_dir: Option<PathBuf>,
+    /// autodev's own environment, from which agents get their allow-listed variables.
+    pub env: Env,
+}
+
+impl Settings {
+    pub fn load(env: Env, flags: Overrides) -> anyhow::Result<Self> {
+        let cwd = std::env::current_dir().context("reading the working directory")?;
+        let config_path = flags
+            .config
+            .or_else(|| env.get("AUTODEV_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                let default = PathBuf::from("config/config.yaml");
+                default.is_file().then_some(default)
+            });
+        let file = match &config_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                FileConfig::from_yaml(&text, path)?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = flags
+            .data_dir
+            .or_else(|| env.get("AUTODEV_DATA_DIR").map(PathBuf::from))
+            .map(Ok)
+            .unwrap_or_else(|| default_data_dir(&env))?;
+        let data_dir = absolute(&cwd, &data_dir);
+        let database_url = env
+            .get("AUTODEV_DATABASE_URL")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("autodev.db").display()));
+        let repo_path = flags
+            .repo
+            .or_else(|| env.get("REPO_PATH").map(PathBuf::from))
+            .or_else(|| file.repo.path.clone())
+            .unwrap_or_else(|| cwd.clone());
+        let worktrees_dir = file
+            .worktrees
+            .base_dir
+            .clone()
+            .map(|p| absolute(&cwd, &p))
+            .unwrap_or_else(|| data_dir.join("worktrees"));
+        let roles_dir = file
+            .roles_dir
+            .clone()
+            .or_else(|| Some(PathBuf::from("roles")))
+            .map(|p| absolute(&cwd, &p));
+        Ok(Self {
+            config_path,
+            bind: flags
+                .bind
+                .or_else(|| env.get("AUTODEV_BIND").map(str::to_owned))
+                .unwrap_or_else(|| "127.0.0.1:8000".into()),
+            api_token: env.secret("AUTODEV_API_TOKEN")?,
+            server_url: env
+                .get("AUTODEV_URL")
+                .unwrap_or("http://127.0.0.1:8000")
+                .trim_end_matches('/')
+                .to_owned(),
+            public_url: env
+                .get("AUTODEV_PUBLIC_URL")
+                .map(|s| s.trim_end_matches('/').to_owned()),
+            log_filter: env.get("AUTODEV_LOG").unwrap_or("info").to_owned(),
+            repo_path: absolute(&cwd, &repo_path),
+            dev_branch: env
+                .get("DEV_BRANCH")
+                .map(str::to_owned)
+                .or_else(|| file.repo.dev_branch.clone()),
+            data_dir,
+            database_url,
+            worktrees_dir,
+            roles_dir,
+            file,
+            env,
+        })
+    }
+}
+
+fn default_data_dir(env: &Env) -> anyhow::Result<PathBuf> {
+    if let Some(xdg) = env.get("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(xdg).join("autodev"));
+    }
+    let home = env
+        .get("HOME")
+        .context("neither AUTODEV_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/autodev"))
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        cwd.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = FileConfig::from_yaml("repo:\n  pth: x\n", Path::new("c.yaml")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `pth`"), "{err}");
+        let err = FileConfig::from_yaml(
+            "providers:\n  claude_cli: {mode: cli, binnary: x}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("binnary"), "{err}");
+    }
+
+    #[test]
+    fn order_must_name_entries() {
+        let err = FileConfig::from_yaml("providers:\n  order: [mine]\n", Path::new("c.yaml"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no `providers.mine` entry"),
+            "{err}"
+        );
+        let ok = FileConfig::from_yaml(
+            "providers:\n  order: [mine, claude_cli]\n  mine: {mode: cli, binary: /bin/true, timeout: 5m}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.providers.entry("mine").unwrap().timeout,
+            Some(Duration::from_secs(300))
+        );
+        assert!(ok.providers.entry("claude_cli").is_some());
+    }
+
+    #[test]
+    fn env_overrides_file_and_secret_files_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let data = dir.path().join("data");
+        let env = Env::from_pairs([
+            ("AUTODEV_DATA_DIR", data.to_str().unwrap()),
+            ("AUTODEV_API_TOKEN_FILE", token.to_str().unwrap()),
+            ("DEV_BRANCH", "develop"),
+            ("AUTODEV_CONFIG", "/nonexistent/config.yaml"),
+        ]);
+        let err = Settings::load(env.clone(), Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/config.yaml"));
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(&cfg, "repo: {dev_branch: main}\n").unwrap();
+        let s = Settings::load(
+            env,
+            Overrides {
+                config: Some(cfg),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(s.api_token.unwrap().expose_secret(), "s3cret");
+        assert_eq!(s.dev_branch.as_deref(), Some("develop"));
+        assert_eq!(s.worktrees_dir, data.join("worktrees"));
+        assert!(s.database_url.ends_with("data/autodev.db"));
+    }
+}

@@ -1,0 +1,584 @@
+//! Every SQL statement of the domain tables (`migrations/`): typed rows, task state changes,
+//! leases, the timeline and gate results. The queue's tables belong to apalis.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, Sqlite, SqlitePool};
+
+use crate::config::DatabaseConfig;
+use crate::ids::{RepoName, TaskKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    Error,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Passed => "passed",
+            TaskState::Failed => "failed",
+            TaskState::Error => "error",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        match self {
+            TaskState::Queued | TaskState::Running => false,
+            TaskState::Passed | TaskState::Failed | TaskState::Error | TaskState::Cancelled => true,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    pub pk: TaskKey,
+    pub repo: String,
+    pub task_id: String,
+    pub role: String,
+    pub title: String,
+    pub spec: String,
+    pub branch: String,
+    pub base_branch: Option<String>,
+    pub state: TaskState,
+    pub run_seq: i64,
+    pub job_id: Option<String>,
+    pub rounds: i64,
+    pub provider: Option<String>,
+    pub last_error: Option<String>,
+    pub head_sha: Option<String>,
+    pub worktree: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub cancel_requested: bool,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub agent_pgid: Option<i64>,
+    pub agent_marker: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl TaskRow {
+    pub fn repo_name(&self) -> RepoName {
+        RepoName::from_db(self.repo.clone())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub run_seq: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GateRow {
+    pub run_seq: i64,
+    pub round: i64,
+    pub gate: String,
+    pub command: Option<String>,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub duration_ms: i64,
+    pub output: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Opens (creating if needed) the database with the pragmas set on every connection.
+pub async fn connect(url: &str, config: &DatabaseConfig) -> anyhow::Result<SqlitePool> {
+    let synchronous = SqliteSynchronous::from_str(&config.synchronous)
+        .map_err(|e| anyhow::anyhow!("database.synchronous: {e}"))?;
+    let options = SqliteConnectOptions::from_str(url)
+        .with_context(|| format!("database URL `{url}`"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .busy_timeout(Duration::from_millis(config.busy_timeout_ms))
+        .foreign_keys(true);
+    if let Some(parent) = Path::new(options.get_filename()).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating database directory {}", parent.display()))?;
+    }
+    SqlitePoolOptions::new()
+        .max_connections(config.max_connections)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("opening database {url}"))
+}
+
+/// Applies apalis's migrations and ours. Both record in `_sqlx_migrations`, so each runner
+/// ignores the other's entries.
+pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
+    let mut queue = apalis_sqlite::SqliteStorage::migrations();
+    queue.set_ignore_missing(true);
+    queue.run(pool).await.context("applying queue migrations")?;
+    let mut ours = sqlx::migrate!("./migrations");
+    ours.set_ignore_missing(true);
+    ours.run(pool)
+        .await
+        .context("applying autodev migrations")?;
+    Ok(())
+}
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+pub struct NewTask<'a> {
+    pub repo: &'a RepoName,
+    pub task_id: &'a str,
+    pub role: &'a str,
+    pub title: &'a str,
+    pub spec_json: &'a str,
+    pub branch: &'a str,
+}
+
+/// Inserts a queued task; `Ok(None)` when the repository already has a task with that id.
+pub async fn insert_task<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    t: &NewTask<'_>,
+) -> anyhow::Result<Option<TaskKey>> {
+    let now = Utc::now();
+    let res = sqlx::query_scalar::<_, TaskKey>(
+        "INSERT INTO tasks (repo, task_id, role, title, spec, branch, state, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)
+         ON CONFLICT (repo, task_id) DO NOTHING
+         RETURNING pk",
+    )
+    .bind(t.repo.as_str())
+    .bind(t.task_id)
+    .bind(t.role)
+    .bind(t.title)
+    .bind(t.spec_json)
+    .bind(t.branch)
+    .bind(now)
+    .bind(now)
+    .fetch_optional(ex)
+    .await
+    .context("inserting task")?;
+    Ok(res)
+}
+
+pub async fn set_job_id<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    job_id: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET job_id = ? WHERE pk = ?")
+        .bind(job_id)
+        .bind(key)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn get_task(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Option<TaskRow>> {
+    Ok(sqlx::query_as("SELECT * FROM tasks WHERE pk = ?")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Every task with this id, across repositories.
+pub async fn find_tasks(pool: &SqlitePool, task_id: &str) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(
+        sqlx::query_as("SELECT * FROM tasks WHERE task_id = ? ORDER BY pk")
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+pub async fn find_task(
+    pool: &SqlitePool,
+    repo: &RepoName,
+    task_id: &str,
+) -> anyhow::Result<Option<TaskRow>> {
+    Ok(
+        sqlx::query_as("SELECT * FROM tasks WHERE repo = ? AND task_id = ?")
+            .bind(repo.as_str())
+            .bind(task_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Tasks, newest first.
+pub async fn list_tasks(
+    pool: &SqlitePool,
+    state: Option<TaskState>,
+    limit: i64,
+) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY pk DESC LIMIT ?2",
+    )
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn count_in_state(pool: &SqlitePool, state: TaskState) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = ?")
+            .bind(state)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+pub async fn add_event(
+    pool: &SqlitePool,
+    key: TaskKey,
+    run_seq: i64,
+    kind: &str,
+    message: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO task_events (task_pk, run_seq, at, kind, message) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(key)
+    .bind(run_seq)
+    .bind(Utc::now())
+    .bind(kind)
+    .bind(message)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn events(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Vec<EventRow>> {
+    Ok(sqlx::query_as(
+        "SELECT run_seq, at, kind, message FROM task_events WHERE task_pk = ? ORDER BY id",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub struct NewGateResult<'a> {
+    pub run_seq: i64,
+    pub round: i64,
+    pub gate: &'a str,
+    pub command: Option<&'a str>,
+    pub status: &'a str,
+    pub exit_code: Option<i64>,
+    pub duration_ms: i64,
+    pub output: &'a str,
+}
+
+pub async fn add_gate_result(
+    pool: &SqlitePool,
+    key: TaskKey,
+    g: &NewGateResult<'_>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO gate_results
+           (task_pk, run_seq, round, gate, command, status, exit_code, duration_ms, output, at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(key)
+    .bind(g.run_seq)
+    .bind(g.round)
+    .bind(g.gate)
+    .bind(g.command)
+    .bind(g.status)
+    .bind(g.exit_code)
+    .bind(g.duration_ms)
+    .bind(g.output)
+    .bind(Utc::now())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn gate_results(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Vec<GateRow>> {
+    Ok(sqlx::query_as(
+        "SELECT run_seq, round, gate, command, status, exit_code, duration_ms, output, at
+         FROM gate_results WHERE task_pk = ? ORDER BY id",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What taking a task's lease found.
+#[derive(Debug)]
+pub enum LeaseAttempt {
+    /// The lease is ours; the row as it was before we took it.
+    Acquired(Box<TaskRow>),
+    /// Another live worker holds it until `until_ms`.
+    HeldElsewhere {
+        owner: String,
+        until_ms: i64,
+    },
+    /// Nothing to run: the task ended, or a retry made this job stale.
+    NothingToRun(Box<TaskRow>),
+    Missing,
+}
+
+/// Takes the lease on a queued or running task for `run_seq`, if no live worker holds it.
+pub async fn acquire_lease(
+    pool: &SqlitePool,
+    key: TaskKey,
+    run_seq: i64,
+    owner: &str,
+    ttl: Duration,
+) -> anyhow::Result<LeaseAttempt> {
+    let mut tx = pool.begin().await?;
+    let Some(row): Option<TaskRow> = sqlx::query_as("SELECT * FROM tasks WHERE pk = ?")
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?
+    else {
+        return Ok(LeaseAttempt::Missing);
+    };
+    if row.state.is_terminal() || row.run_seq != run_seq {
+        return Ok(LeaseAttempt::NothingToRun(Box::new(row)));
+    }
+    let now = now_ms();
+    if let (Some(holder), Some(until)) = (&row.lease_owner, row.lease_until)
+        && holder != owner
+        && until > now
+    {
+        return Ok(LeaseAttempt::HeldElsewhere {
+            owner: holder.clone(),
+            until_ms: until,
+        });
+    }
+    let taken = sqlx::query(
+        "UPDATE tasks SET lease_owner = ?, lease_until = ?, updated_at = ?
+         WHERE pk = ? AND run_seq = ? AND state IN ('queued', 'running')
+           AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)",
+    )
+    .bind(owner)
+    .bind(now + ttl.as_millis() as i64)
+    .bind(Utc::now())
+    .bind(key)
+    .bind(run_seq)
+    .bind(owner)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if taken == 1 {
+        Ok(LeaseAttempt::Acquired(Box::new(row)))
+    } else {
+        Ok(LeaseAttempt::HeldElsewhere {
+            owner: String::new(),
+            until_ms: now + 1000,
+        })
+    }
+}
+
+/// What a lease renewal saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    Held { cancel_requested: bool },
+    Lost,
+}
+
+pub async fn renew_lease(
+    pool: &SqlitePool,
+    key: TaskKey,
+    owner: &str,
+    ttl: Duration,
+) -> anyhow::Result<LeaseStatus> {
+    let row: Option<bool> = sqlx::query_scalar(
+        "UPDATE tasks SET lease_until = ? WHERE pk = ? AND lease_owner = ?
+         RETURNING cancel_requested",
+    )
+    .bind(now_ms() + ttl.as_millis() as i64)
+    .bind(key)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        Some(cancel_requested) => LeaseStatus::Held { cancel_requested },
+        None => LeaseStatus::Lost,
+    })
+}
+
+/// Marks a leased task running for this run.
+pub async fn mark_running(
+    pool: &SqlitePool,
+    key: TaskKey,
+    owner: &str,
+    base_branch: &str,
+    worktree: &str,
+) -> anyhow::Result<()> {
+    let now = Utc::now();
+    sqlx::query(
+        "UPDATE tasks SET state = 'running', base_branch = ?, worktree = ?, rounds = 0,
+           last_error = NULL, started_at = ?, finished_at = NULL, updated_at = ?
+         WHERE pk = ? AND lease_owner = ?",
+    )
+    .bind(base_branch)
+    .bind(worktree)
+    .bind(now)
+    .bind(now)
+    .bind(key)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_progress(
+    pool: &SqlitePool,
+    key: TaskKey,
+    rounds: i64,
+    provider: Option<&str>,
+    cost_usd: Option<f64>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET rounds = ?, provider = COALESCE(?, provider),
+           cost_usd = COALESCE(?, cost_usd), updated_at = ? WHERE pk = ?",
+    )
+    .bind(rounds)
+    .bind(provider)
+    .bind(cost_usd)
+    .bind(Utc::now())
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records the process group of the agent (or gate) now running, so that a later run can stop
+/// it if this process dies.
+pub async fn set_agent_process(
+    pool: &SqlitePool,
+    key: TaskKey,
+    pgid: Option<i64>,
+    marker: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET agent_pgid = ?, agent_marker = ? WHERE pk = ?")
+        .bind(pgid)
+        .bind(marker)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Ends a run: final state, error, head, and the lease released. Only the lease holder can.
+pub async fn finish(
+    pool: &SqlitePool,
+    key: TaskKey,
+    owner: &str,
+    state: TaskState,
+    last_error: Option<&str>,
+    head_sha: Option<&str>,
+) -> anyhow::Result<bool> {
+    let now = Utc::now();
+    let done = sqlx::query(
+        "UPDATE tasks SET state = ?, last_error = ?, head_sha = COALESCE(?, head_sha),
+           finished_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL,
+           agent_pgid = NULL, agent_marker = NULL, cancel_requested = 0
+         WHERE pk = ? AND lease_owner = ?",
+    )
+    .bind(state)
+    .bind(last_error)
+    .bind(head_sha)
+    .bind(now)
+    .bind(now)
+    .bind(key)
+    .bind(owner)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+/// Cancels a queued task at once, or asks the worker running it to stop. Returns the state the
+/// task was in, or `None` if it does not exist.
+pub async fn request_cancel(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Option<TaskState>> {
+    let mut tx = pool.begin().await?;
+    let state: Option<TaskState> = sqlx::query_scalar("SELECT state FROM tasks WHERE pk = ?")
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let now = Utc::now();
+    match state {
+        Some(TaskState::Queued) => {
+            sqlx::query(
+                "UPDATE tasks SET state = 'cancelled', last_error = 'cancelled before it started',
+                   finished_at = ?, updated_at = ? WHERE pk = ?",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Some(TaskState::Running) => {
+            sqlx::query("UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE pk = ?")
+                .bind(now)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        _ => {}
+    }
+    tx.commit().await?;
+    Ok(state)
+}
+
+/// Puts an ended task back in the queue for a new run on the same branch; returns the new
+/// `run_seq`, or `None` when the task is still queued or running.
+pub async fn requeue<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+) -> anyhow::Result<Option<i64>> {
+    let now = Utc::now();
+    Ok(sqlx::query_scalar(
+        "UPDATE tasks SET state = 'queued', run_seq = run_seq + 1, cancel_requested = 0,
+           last_error = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
+         WHERE pk = ? AND state NOT IN ('queued', 'running')
+         RETURNING run_seq",
+    )
+    .bind(now)
+    .bind(key)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Running tasks whose lease ran out: their worker died.
+pub async fn expired_leases(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE state = 'running' AND agent_pgid IS NOT NULL
+           AND (lease_until IS NULL OR lease_until <= ?)",
+    )
+    .bind(now_ms())
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,353 @@
+//! The engine: configuration, database, roles, metrics and git shared by the server, the
+//! workers and the CLI, and the few operations every entry point needs (submit, cancel, retry,
+//! the timeline).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::SqlitePool;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::db::{self, TaskRow, TaskState};
+use crate::exec;
+use crate::gitops::Git;
+use crate::ids::{RepoName, TaskKey};
+use crate::metrics::Metrics;
+use crate::queue;
+use crate::roles::Roles;
+use crate::spec::TaskSpec;
+
+/// A timeline entry as it happens, for `autodev run` to print.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub task: TaskKey,
+    pub kind: String,
+    pub message: String,
+}
+
+pub struct Engine {
+    pub settings: Settings,
+    pub pool: SqlitePool,
+    pub roles: Roles,
+    pub metrics: Metrics,
+    pub git: Git,
+    /// Identifies this process in task leases and as a queue worker: unique per start, so a
+    /// quick restart never collides with the name of the process it replaces.
+    pub owner: String,
+    live: broadcast::Sender<LiveEvent>,
+    running: Mutex<HashMap<TaskKey, CancellationToken>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Submitted {
+    pub job_id: String,
+    pub task_id: String,
+    #[serde(skip)]
+    pub key: TaskKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("task `{task_id}` already exists in {repo}")]
+    Duplicate { repo: RepoName, task_id: String },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// A queued task, cancelled at once.
+    Cancelled,
+    /// A running task: its worker was told to stop.
+    Stopping,
+    AlreadyEnded(TaskState),
+    Missing,
+}
+
+impl Engine {
+    /// Opens the database (applying migrations) and loads roles.
+    pub async fn open(settings: Settings) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+        let pool = db::connect(&settings.database_url, &settings.file.database).await?;
+        {
+            // Two processes starting at once must not both apply migrations.
+            let _lock =
+                crate::gitops::RepoLock::acquire(settings.data_dir.join("migrate.lock")).await?;
+            db::migrate(&pool).await?;
+        }
+        let roles = Roles::load(settings.roles_dir.as_deref())?;
+        let metrics = Metrics::new();
+        let git = Git::new(
+            metrics.git_operations_total.clone(),
+            &settings.file.agent.git_user_name,
+            &settings.file.agent.git_user_email,
+        );
+        let (live, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            owner: unique_owner_name(),
+            settings,
+            pool,
+            roles,
+            metrics,
+            git,
+            live,
+            running: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.live.subscribe()
+    }
+
+    /// Stores a task and its first queue job in one transaction.
+    pub async fn submit(&self, spec: &TaskSpec, repo: &RepoName) -> Result<Submitted, SubmitError> {
+        let role = self
+            .roles
+            .get(&spec.role)
+            .with_context(|| format!("unknown role `{}`", spec.role))?;
+        let spec_json = serde_json::to_string(spec).context("encoding spec")?;
+        let branch = role.branch_for(&spec.id);
+        let mut tx = self.pool.begin().await.context("starting transaction")?;
+        let new = db::NewTask {
+            repo,
+            task_id: spec.id.as_str(),
+            role: &spec.role,
+            title: &spec.title,
+            spec_json: &spec_json,
+            branch: &branch,
+        };
+        let Some(key) = db::insert_task(&mut *tx, &new).await? else {
+            return Err(SubmitError::Duplicate {
+                repo: repo.clone(),
+                task_id: spec.id.to_string(),
+            });
+        };
+        let job_id = queue::push(&mut tx, key, 1).await?;
+        db::set_job_id(&mut *tx, key, &job_id).await?;
+        tx.commit().await.context("committing task")?;
+        self.record(
+            key,
+            1,
+            "queued",
+            &format!("queued as job {job_id} for branch {branch}"),
+        )
+        .await;
+        Ok(Submitted {
+            job_id,
+            task_id: spec.id.to_string(),
+            key,
+        })
+    }
+
+    /// Stores a task without a queue job, for `autodev run`, which runs it in the foreground.
+    pub async fn insert_for_foreground(
+        &self,
+        spec: &TaskSpec,
+        repo: &RepoName,
+    ) -> Result<TaskKey, SubmitError> {
+        let role = self
+            .roles
+            .get(&spec.role)
+            .with_context(|| format!("unknown role `{}`", spec.role))?;
+        let spec_json = serde_json::to_string(spec).context("encoding spec")?;
+        let branch = role.branch_for(&spec.id);
+        let new = db::NewTask {
+            repo,
+            task_id: spec.id.as_str(),
+            role: &spec.role,
+            title: &spec.title,
+            spec_json: &spec_json,
+            branch: &branch,
+        };
+        match db::insert_task(&self.pool, &new).await? {
+            Some(key) => Ok(key),
+            None => Err(SubmitError::Duplicate {
+                repo: repo.clone(),
+                task_id: spec.id.to_string(),
+            }),
+        }
+    }
+
+    pub async fn cancel(&self, key: TaskKey) -> anyhow::Result<CancelOutcome> {
+        let before = db::request_cancel(&self.pool, key).await?;
+        Ok(match before {
+            None => CancelOutcome::Missing,
+            Some(TaskState::Queued) => {
+                let task = db::get_task(&self.pool, key).await?;
+                if let Some(t) = task {
+                    self.record(key, t.run_seq, "cancelled", "cancelled before it started")
+                        .await;
+                    self.metrics
+                        .tasks_total
+                        .with_label_values(&[&t.role, "cancelled"])
+                        .inc();
+                }
+                CancelOutcome::Cancelled
+            }
+            Some(TaskState::Running) => {
+                // The worker polls the flag; one in this process hears at once.
+                if let Some(token) = self.running.lock().expect("lock").get(&key) {
+                    token.cancel();
+                }
+                CancelOutcome::Stopping
+            }
+            Some(state) => CancelOutcome::AlreadyEnded(state),
+        })
+    }
+
+    /// Queues an ended task again; it continues on the same branch. `Ok(None)` while it is
+    /// queued or running.
+    pub async fn retry(&self, key: TaskKey) -> anyhow::Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(run_seq) = db::requeue(&mut *tx, key).await? else {
+            return Ok(None);
+        };
+        let job_id = queue::push(&mut tx, key, run_seq).await?;
+        db::set_job_id(&mut *tx, key, &job_id).await?;
+        tx.commit().await?;
+        self.record(
+            key,
+            run_seq,
+            "queued",
+            &format!("retry queued as job {job_id}"),
+        )
+        .await;
+        Ok(Some(job_id))
+    }
+
+    /// Adds to a task's timeline (database, live listeners, log). A failure to record is
+    /// logged, not fatal: the task's state is what matters.
+    pub async fn record(&self, key: TaskKey, run_seq: i64, kind: &str, message: &str) {
+        tracing::info!(task = %key, run = run_seq, kind, "{message}");
+        if let Err(e) = db::add_event(&self.pool, key, run_seq, kind, message).await {
+            tracing::warn!(task = %key, "could not record event: {e:#}");
+        }
+        let _ = self.live.send(LiveEvent {
+            task: key,
+            kind: kind.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    /// Registers a running task's cancel token so a cancel in this process acts at once.
+    pub fn track_running(&self, key: TaskKey, token: CancellationToken) {
+        self.running.lock().expect("lock").insert(key, token);
+    }
+
+    pub fn untrack_running(&self, key: TaskKey) {
+        self.running.lock().expect("lock").remove(&key);
+    }
+
+    /// Stops agent process groups left by workers that died (their lease ran out).
+    pub async fn sweep_leftovers(&self) -> anyhow::Result<usize> {
+        let mut killed = 0;
+        for task in db::expired_leases(&self.pool).await? {
+            if let (Some(pgid), Some(marker)) = (task.agent_pgid, task.agent_marker.as_deref())
+                && exec::kill_leftover_group(pgid as i32, marker).await
+            {
+                killed += 1;
+                self.record(
+                    task.pk,
+                    task.run_seq,
+                    "recovered",
+                    &format!("stopped agent process group {pgid} left by a worker that died"),
+                )
+                .await;
+            }
+            db::set_agent_process(&self.pool, task.pk, None, None).await?;
+        }
+        Ok(killed)
+    }
+
+    /// Sets the gauges that reflect state rather than events.
+    pub async fn refresh_gauges(&self) {
+        if let Ok(n) = db::count_in_state(&self.pool, TaskState::Queued).await {
+            self.metrics.queue_size.set(n);
+        }
+        let dir = self.settings.worktrees_dir.clone();
+        let count = tokio::task::spawn_blocking(move || count_worktrees(&dir))
+            .await
+            .unwrap_or(0);
+        self.metrics.active_worktrees.set(count as i64);
+    }
+
+    pub fn worktree_path(&self, repo: &RepoName, task_id: &str) -> std::path::PathBuf {
+        self.settings
+            .worktrees_dir
+            .join(repo.dir_name())
+            .join(task_id)
+    }
+
+    /// The JSON view of a task for the API and `autodev status`.
+    pub async fn view(&self, row: &TaskRow, detail: bool) -> anyhow::Result<serde_json::Value> {
+        let spec: serde_json::Value = serde_json::from_str(&row.spec).unwrap_or_default();
+        let mut v = serde_json::json!({
+            "id": row.task_id,
+            "repo": row.repo,
+            "role": row.role,
+            "title": row.title,
+            "branch": row.branch,
+            "base_branch": row.base_branch,
+            "state": row.state,
+            "last_error": row.last_error,
+            "rounds": row.rounds,
+            "provider": row.provider,
+            "head_sha": row.head_sha,
+            "cost_usd": row.cost_usd,
+            "runs": row.run_seq,
+            "job_id": row.job_id,
+            "worktree": row.worktree,
+            "cancel_requested": row.cancel_requested,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "started_at": row.started_at,
+            "finished_at": row.finished_at,
+        });
+        if detail {
+            v["spec"] = spec;
+            v["events"] = serde_json::to_value(db::events(&self.pool, row.pk).await?)?;
+            v["gates"] = serde_json::to_value(db::gate_results(&self.pool, row.pk).await?)?;
+        }
+        Ok(v)
+    }
+}
+
+fn count_worktrees(dir: &std::path::Path) -> usize {
+    let Ok(repos) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    repos
+        .flatten()
+        .filter(|r| r.path().is_dir())
+        .map(|r| {
+            std::fs::read_dir(r.path())
+                .map(|ws| {
+                    ws.flatten()
+                        .filter(|w| w.path().join(".git").exists())
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn unique_owner_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "autodev-{host}-{}-{:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff
+    )
+}

@@ -1,0 +1,388 @@
+//! Git for tasks: base branch resolution, a worktree per task outside the repository, change
+//! detection and commits. Reads go through git2; worktree creation and commits use the git CLI,
+//! which checks out large trees much faster than libgit2 and runs the repository's filters
+//! (e.g. LFS) the way the user's own git would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use prometheus::IntCounterVec;
+use tokio::io::AsyncWriteExt;
+
+/// Runs git and counts each operation in `autodev_git_operations_total`.
+#[derive(Clone)]
+pub struct Git {
+    ops: IntCounterVec,
+    user_name: String,
+    user_email: String,
+}
+
+/// A prepared task worktree.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    pub path: PathBuf,
+    pub branch: String,
+    /// True when the branch already existed (a retry continues from it).
+    pub reused_branch: bool,
+    pub head: String,
+}
+
+impl Git {
+    pub fn new(ops: IntCounterVec, user_name: &str, user_email: &str) -> Self {
+        Self {
+            ops,
+            user_name: user_name.to_owned(),
+            user_email: user_email.to_owned(),
+        }
+    }
+
+    /// `git -C dir args...`; stdout on success, an error with stderr otherwise.
+    async fn run(
+        &self,
+        op: &str,
+        dir: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<String> {
+        self.ops.with_label_values(&[op]).inc();
+        let out = self.output(dir, args, stdin).await?;
+        if !out.status.success() {
+            bail!(
+                "`git {}` in {} failed: {}",
+                args.join(" "),
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn output(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<std::process::Output> {
+        let name = format!("user.name={}", self.user_name);
+        let email = format!("user.email={}", self.user_email);
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.arg("-C")
+            .arg(dir)
+            .args(["-c", &name, "-c", &email, "-c", "commit.gpgsign=false"])
+            .args(args)
+            // A variable such as GIT_DIR from a surrounding hook would redirect every command.
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running git (is it installed?)")?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).await?;
+            drop(pipe);
+        }
+        Ok(child.wait_with_output().await?)
+    }
+
+    /// The base branch: the spec's, else `DEV_BRANCH`, else the repository's HEAD branch. Never
+    /// an assumed `main`. Returns the branch and the commit it points at.
+    pub async fn resolve_base(
+        &self,
+        repo: &Path,
+        wanted: Option<&str>,
+    ) -> anyhow::Result<(String, String)> {
+        let repo_path = repo.to_owned();
+        let wanted = wanted.map(str::to_owned);
+        self.ops.with_label_values(&["resolve_base"]).inc();
+        tokio::task::spawn_blocking(move || {
+            let repo = git2::Repository::open(&repo_path).with_context(|| {
+                format!(
+                    "{} is not a git repository (set REPO_PATH)",
+                    repo_path.display()
+                )
+            })?;
+            let branch = match wanted {
+                Some(b) => b,
+                None => {
+                    let head = repo.find_reference("HEAD")?;
+                    let target = head.symbolic_target().ok().flatten().map(str::to_owned);
+                    match target
+                        .as_deref()
+                        .and_then(|t| t.strip_prefix("refs/heads/"))
+                    {
+                        Some(b) => b.to_owned(),
+                        None => bail!(
+                            "{} has a detached HEAD; set DEV_BRANCH or the spec's base_branch",
+                            repo_path.display()
+                        ),
+                    }
+                }
+            };
+            let commit = repo
+                .revparse_single(&format!("refs/heads/{branch}"))
+                .or_else(|_| repo.revparse_single(&format!("refs/remotes/origin/{branch}")))
+                .and_then(|o| o.peel_to_commit())
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "base branch `{branch}` does not exist in {} (or has no commits yet)",
+                        repo_path.display()
+                    )
+                })?;
+            Ok((branch, commit.id().to_string()))
+        })
+        .await?
+    }
+
+    /// The worktree at `path` on `branch`: reused when it is already there (a retry), else
+    /// added from the existing branch, else a new branch from `base_sha`.
+    pub async fn prepare_worktree(
+        &self,
+        repo: &Path,
+        path: &Path,
+        branch: &str,
+        base_sha: &str,
+    ) -> anyhow::Result<Worktree> {
+        if path.join(".git").exists() {
+            match self
+                .run(
+                    "rev-parse",
+                    path,
+                    &["symbolic-ref", "--short", "HEAD"],
+                    None,
+                )
+                .await
+            {
+                Ok(current) if current.trim() == branch => {
+                    let head = self.head(path).await?;
+                    return Ok(Worktree {
+                        path: path.to_owned(),
+                        branch: branch.to_owned(),
+                        reused_branch: true,
+                        head,
+                    });
+                }
+                _ => {
+                    // Left half-made by a crash, or on another branch: start it again.
+                    let _ = self
+                        .run(
+                            "worktree_remove",
+                            repo,
+                            &["worktree", "remove", "--force", &path.to_string_lossy()],
+                            None,
+                        )
+                        .await;
+                    if path.exists() {
+                        std::fs::remove_dir_all(path).with_context(|| {
+                            format!("removing stale worktree {}", path.display())
+                        })?;
+                    }
+                }
+            }
+        } else if path.exists() {
+            std::fs::remove_dir_all(path)
+                .with_context(|| format!("removing stale directory {}", path.display()))?;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        self.run("worktree_prune", repo, &["worktree", "prune"], None)
+            .await?;
+        let exists = self
+            .output(
+                repo,
+                &[
+                    "show-ref",
+                    "--verify",
+                    "--quiet",
+                    &format!("refs/heads/{branch}"),
+                ],
+                None,
+            )
+            .await?
+            .status
+            .success();
+        let path_s = path.to_string_lossy();
+        if exists {
+            self.run(
+                "worktree_add",
+                repo,
+                &["worktree", "add", "--quiet", &path_s, branch],
+                None,
+            )
+            .await?;
+        } else {
+            self.run(
+                "worktree_add",
+                repo,
+                &[
+                    "worktree", "add", "--quiet", "-b", branch, &path_s, base_sha,
+                ],
+                None,
+            )
+            .await?;
+        }
+        let head = self.head(path).await?;
+        Ok(Worktree {
+            path: path.to_owned(),
+            branch: branch.to_owned(),
+            reused_branch: exists,
+            head,
+        })
+    }
+
+    pub async fn head(&self, dir: &Path) -> anyhow::Result<String> {
+        Ok(self
+            .run("rev-parse", dir, &["rev-parse", "HEAD"], None)
+            .await?
+            .trim()
+            .to_owned())
+    }
+
+    /// Whether anything changed since `since`: new commits (agents often commit their own
+    /// work) or uncommitted changes, untracked files included.
+    pub async fn changed_since(&self, dir: &Path, since: &str) -> anyhow::Result<bool> {
+        if self.head(dir).await? != since {
+            return Ok(true);
+        }
+        let status = self
+            .run(
+                "status",
+                dir,
+                &["status", "--porcelain", "--untracked-files=all"],
+                None,
+            )
+            .await?;
+        Ok(!status.trim().is_empty())
+    }
+
+    /// Commits everything in the worktree; the new head, or `None` when there was nothing.
+    pub async fn commit_all(&self, dir: &Path, message: &str) -> anyhow::Result<Option<String>> {
+        self.run("add", dir, &["add", "--all"], None).await?;
+        let staged = self
+            .output(dir, &["diff", "--cached", "--quiet"], None)
+            .await?;
+        if staged.status.success() {
+            return Ok(None);
+        }
+        self.run(
+            "commit",
+            dir,
+            &["commit", "--quiet", "--no-verify", "-F", "-"],
+            Some(message),
+        )
+        .await?;
+        Ok(Some(self.head(dir).await?))
+    }
+
+    /// Commits on the branch since `base`, oldest first, as `sha subject`.
+    pub async fn log_since(&self, dir: &Path, base: &str) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .run(
+                "log",
+                dir,
+                &[
+                    "log",
+                    "--reverse",
+                    "--format=%H %s",
+                    &format!("{base}..HEAD"),
+                ],
+                None,
+            )
+            .await?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+}
+
+/// An exclusive lock on a repository's worktree bookkeeping, held across processes (`flock`)
+/// until dropped.
+pub struct RepoLock(#[allow(dead_code)] std::fs::File);
+
+impl RepoLock {
+    pub async fn acquire(path: PathBuf) -> anyhow::Result<Self> {
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening lock {}", path.display()))?;
+            // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!(
+                    "locking {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(RepoLock(file))
+        })
+        .await?
+    }
+}
+
+/// Refuses a data directory inside the repository autodev works on: nested worktrees confuse
+/// cargo, pytest and editors, and the agent could read the database.
+pub fn check_data_dir_outside(repo: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let repo = repo.canonicalize().unwrap_or_else(|_| repo.to_owned());
+    let data = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_owned());
+    if data.starts_with(&repo) {
+        bail!(
+            "AUTODEV_DATA_DIR ({}) is inside the repository {}; put it elsewhere (default: ~/.local/share/autodev)",
+            data.display(),
+            repo.display()
+        );
+    }
+    Ok(())
+}
+
+/// The conventional commit message for a task's work.
+pub fn commit_message(role: &str, title: &str, task_id: &str, passed: bool) -> String {
+    let kind = if passed { "feat" } else { "chore" };
+    let mut subject = format!("{kind}({role}): {}", title.trim());
+    if subject.chars().count() > 72 {
+        subject = subject.chars().take(71).collect::<String>() + "…";
+    }
+    let note = if passed {
+        "Acceptance gates passed."
+    } else {
+        "Acceptance gates did not pass; kept so that a retry continues from here."
+    };
+    format!("{subject}\n\n{note}\n\nAutodev-Task: {task_id}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_messages_are_conventional() {
+        let m = commit_message("backend", "Add health endpoint", "TSK-1", true);
+        assert!(m.starts_with("feat(backend): Add health endpoint\n\n"));
+        assert!(m.ends_with("Autodev-Task: TSK-1\n"));
+        let long = commit_message("data", &"x".repeat(200), "T", false);
+        assert!(long.lines().next().unwrap().chars().count() <= 72);
+        assert!(long.starts_with("chore(data): "));
+    }
+
+    #[test]
+    fn data_dir_inside_repo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_data_dir_outside(dir.path(), &dir.path().join(".autodev")).is_err());
+        let other = tempfile::tempdir().unwrap();
+        assert!(check_data_dir_outside(dir.path(), other.path()).is_ok());
+    }
+}

@@ -1,0 +1,19 @@
+//! autodev: turns task specs (from GitHub issues, `POST /tasks` or `autodev run`) into branches
+//! produced by AI coding agents, checked by acceptance gates that run outside the agent.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod engine;
+pub mod exec;
+pub mod gates;
+pub mod gitops;
+pub mod ids;
+pub mod metrics;
+pub mod prompt;
+pub mod providers;
+pub mod queue;
+pub mod roles;
+pub mod server;
+pub mod spec;
+pub mod worker;

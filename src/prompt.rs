@@ -1,0 +1,124 @@
+//! The prompt an agent receives: the role's standing instructions, the task, where to work,
+//! how the work will be checked, role context, and on later rounds what failed.
+
+use std::fmt::Write;
+
+use crate::gates::{GateResult, PlannedGate};
+use crate::roles::Role;
+use crate::spec::TaskSpec;
+
+/// Output of a failing gate shown to the agent, per gate.
+const FEEDBACK_TAIL: usize = 8 * 1024;
+
+pub struct PromptInput<'a> {
+    pub role: &'a Role,
+    pub spec: &'a TaskSpec,
+    pub branch: &'a str,
+    pub gates: &'a [PlannedGate],
+    pub round: u32,
+    /// The gates that failed in the previous round.
+    pub failures: &'a [GateResult],
+}
+
+pub fn build(p: &PromptInput<'_>) -> String {
+    let spec = p.spec;
+    let mut s = String::new();
+    s.push_str(p.role.prompt.trim());
+    s.push_str("\n\n");
+    let _ = writeln!(s, "# Task {}: {}\n", spec.id, spec.title);
+    s.push_str(spec.description.trim());
+    s.push_str("\n\n## Where to work\n\n");
+    let _ = writeln!(
+        s,
+        "You are in a git worktree on branch `{}`. Work in `{}` (relative to the repository root; \
+         it is your current directory). Do not switch branches, push, or change files under \
+         `.github/workflows/`. Committing is optional: whatever you leave in the worktree is \
+         committed for you.",
+        p.branch, spec.target_dir
+    );
+    s.push_str("\n## How the work is checked\n\n");
+    if p.gates.is_empty() {
+        s.push_str("No automatic checks are configured; make the change complete and tested.\n");
+    } else {
+        s.push_str("When you finish, these commands run in the same directory and must pass:\n");
+        for g in p.gates {
+            match &g.command {
+                Ok(cmd) => {
+                    let _ = writeln!(s, "- {}: `{cmd}`", g.name);
+                }
+                Err(_) => {
+                    let _ = writeln!(s, "- {}: (nothing configured; skipped)", g.name);
+                }
+            }
+        }
+    }
+    if !spec.context.is_empty() {
+        s.push_str("\n## Context for this role\n\n```yaml\n");
+        s.push_str(&serde_yaml::to_string(&spec.context).unwrap_or_default());
+        s.push_str("```\n");
+    }
+    if p.round > 1 {
+        let _ = writeln!(
+            s,
+            "\n## Round {} of {}: the previous attempt did not pass\n",
+            p.round, spec.max_rounds
+        );
+        s.push_str("Fix the causes of these failures, then stop:\n");
+        for f in p.failures {
+            let _ = writeln!(
+                s,
+                "\n### {}\n\n```\n{}\n```",
+                f.summary(),
+                crate::exec::tail_chars(f.output.trim(), FEEDBACK_TAIL)
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gates::GateStatus;
+    use crate::roles::Roles;
+    use crate::spec::{SpecFormat, parse};
+
+    #[test]
+    fn later_rounds_carry_the_failures() {
+        let roles = Roles::built_in();
+        let spec = parse(
+            "id: T-1\ntitle: Add x\ndescription: Do the thing.\nrole: data\ntarget_dir: etl\ndata_source: s3://bucket\n",
+            SpecFormat::Yaml,
+            &roles,
+        )
+        .unwrap();
+        let gates = vec![PlannedGate {
+            name: "tests[0]".into(),
+            command: Ok("pytest -q".into()),
+        }];
+        let failure = GateResult {
+            name: "tests[0]".into(),
+            command: Some("pytest -q".into()),
+            status: GateStatus::Failed,
+            exit_code: Some(1),
+            duration: std::time::Duration::from_secs(1),
+            output: "assert 1 == 2".into(),
+        };
+        let input = PromptInput {
+            role: roles.get("data").unwrap(),
+            spec: &spec,
+            branch: "auto/data/T-1",
+            gates: &gates,
+            round: 2,
+            failures: std::slice::from_ref(&failure),
+        };
+        let text = build(&input);
+        assert!(text.contains("Polars"));
+        assert!(text.contains("# Task T-1: Add x"));
+        assert!(text.contains("Work in `etl`"));
+        assert!(text.contains("- tests[0]: `pytest -q`"));
+        assert!(text.contains("data_source: s3://bucket"));
+        assert!(text.contains("Round 2 of 3"));
+        assert!(text.contains("assert 1 == 2"));
+    }
+}

@@ -1,0 +1,312 @@
+//! The HTTP API (the contract's routes). Handlers only validate, store and enqueue; work
+//! happens in the workers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::db::{self, TaskRow, TaskState};
+use crate::engine::{CancelOutcome, Engine, SubmitError};
+use crate::ids::RepoName;
+use crate::spec::{self, SpecFormat};
+
+/// GitHub sends payloads up to 25 MiB.
+pub const BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// An error answer: a status and `{"error": ...}` plus any extra fields.
+pub struct ApiError(StatusCode, Value);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, json!({ "error": message.into() }))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!("request failed: {e:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e:#}"),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    let tasks = Router::new()
+        .route("/tasks", post(create_task).get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/tasks/{id}/retry", post(retry_task))
+        .route("/repos/{owner}/{repo}/tasks/{id}", get(get_repo_task))
+        .route(
+            "/repos/{owner}/{repo}/tasks/{id}/cancel",
+            post(cancel_repo_task),
+        )
+        .route(
+            "/repos/{owner}/{repo}/tasks/{id}/retry",
+            post(retry_repo_task),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            engine.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(tasks)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(engine)
+}
+
+/// With `AUTODEV_API_TOKEN` set, every task route needs `Authorization: Bearer <token>`.
+async fn require_token(
+    State(engine): State<Arc<Engine>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &engine.settings.api_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong `Authorization: Bearer <token>` (AUTODEV_API_TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn create_task(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(format) = SpecFormat::from_content_type(content_type) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type `{content_type}` is not supported; send application/json or application/yaml"
+            ),
+        ));
+    };
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
+    let spec = spec::parse(text, format, &engine.roles)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_json()))?;
+    match engine.submit(&spec, &RepoName::local()).await {
+        Ok(submitted) => Ok((StatusCode::CREATED, Json(submitted)).into_response()),
+        Err(SubmitError::Duplicate { repo, task_id }) => Err(ApiError(
+            StatusCode::CONFLICT,
+            json!({ "error": format!("task `{task_id}` already exists in {repo}; use another id, or POST /tasks/{task_id}/retry"), "task_id": task_id }),
+        )),
+        Err(SubmitError::Other(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_tasks(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Value>>> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(parse_state(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown state `{s}`; use queued, running, passed, failed, error or cancelled"
+                ),
+            )
+        })?),
+    };
+    let rows = db::list_tasks(&engine.pool, state, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(engine.view(row, false).await?);
+    }
+    Ok(Json(out))
+}
+
+fn parse_state(s: &str) -> Option<TaskState> {
+    [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Passed,
+        TaskState::Failed,
+        TaskState::Error,
+        TaskState::Cancelled,
+    ]
+    .into_iter()
+    .find(|st| st.as_str() == s)
+}
+
+/// The one task with this id, across repositories.
+async fn lookup(engine: &Engine, id: &str) -> ApiResult<TaskRow> {
+    let mut rows = db::find_tasks(&engine.pool, id).await?;
+    match rows.len() {
+        0 => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task `{id}`"),
+        )),
+        1 => Ok(rows.remove(0)),
+        _ => Err(ApiError(
+            StatusCode::CONFLICT,
+            json!({
+                "error": format!("task id `{id}` exists in several repositories; use /repos/{{owner}}/{{repo}}/tasks/{id}"),
+                "repos": rows.iter().map(|r| r.repo.clone()).collect::<Vec<_>>(),
+            }),
+        )),
+    }
+}
+
+async fn lookup_in_repo(engine: &Engine, owner: &str, repo: &str, id: &str) -> ApiResult<TaskRow> {
+    let name = RepoName::github(owner, repo);
+    db::find_task(&engine.pool, &name, id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no task `{id}` in {name}")))
+}
+
+async fn get_task(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = lookup(&engine, &id).await?;
+    Ok(Json(engine.view(&row, true).await?))
+}
+
+async fn get_repo_task(
+    State(engine): State<Arc<Engine>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let row = lookup_in_repo(&engine, &owner, &repo, &id).await?;
+    Ok(Json(engine.view(&row, true).await?))
+}
+
+async fn cancel_task(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let row = lookup(&engine, &id).await?;
+    cancel(&engine, row).await
+}
+
+async fn cancel_repo_task(
+    State(engine): State<Arc<Engine>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let row = lookup_in_repo(&engine, &owner, &repo, &id).await?;
+    cancel(&engine, row).await
+}
+
+async fn cancel(engine: &Engine, row: TaskRow) -> ApiResult<Response> {
+    let outcome = engine.cancel(row.pk).await?;
+    let status = match outcome {
+        CancelOutcome::Cancelled => StatusCode::OK,
+        CancelOutcome::Stopping => StatusCode::ACCEPTED,
+        CancelOutcome::AlreadyEnded(state) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("task `{}` already ended ({state})", row.task_id),
+            ));
+        }
+        CancelOutcome::Missing => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no task `{}`", row.task_id),
+            ));
+        }
+    };
+    let row = db::get_task(&engine.pool, row.pk).await?.unwrap_or(row);
+    Ok((status, Json(engine.view(&row, false).await?)).into_response())
+}
+
+async fn retry_task(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let row = lookup(&engine, &id).await?;
+    retry(&engine, row).await
+}
+
+async fn retry_repo_task(
+    State(engine): State<Arc<Engine>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let row = lookup_in_repo(&engine, &owner, &repo, &id).await?;
+    retry(&engine, row).await
+}
+
+async fn retry(engine: &Engine, row: TaskRow) -> ApiResult<Response> {
+    match engine.retry(row.pk).await? {
+        Some(job_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "job_id": job_id, "task_id": row.task_id })),
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "task `{}` is {}; retry it once it has ended",
+                row.task_id, row.state
+            ),
+        )),
+    }
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    engine.refresh_gauges().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        engine.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
+    sqlx::query("SELECT 1")
+        .execute(&engine.pool)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
+    Ok(Json(json!({ "status": "ok" })))
+}

@@ -1,0 +1,537 @@
+//! One task's pipeline, top to bottom: lease → worktree → (prompt → agent → gates)* → commit →
+//! final state. A task that ends `failed` is a job that succeeded; only infrastructure faults
+//! (the database) are job errors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::db::{self, LeaseAttempt, LeaseStatus, TaskRow, TaskState};
+use crate::engine::Engine;
+use crate::exec;
+use crate::gates::{self, GateResult};
+use crate::gitops::{self, RepoLock};
+use crate::prompt::{self, PromptInput};
+use crate::providers::{self, AgentRequest, AttemptStatus};
+use crate::queue::RunTask;
+use crate::spec::{self, TaskSpec};
+
+/// How often a running task renews its lease and looks for a cancel request.
+const LEASE_TICK: Duration = Duration::from_secs(1);
+
+const STOP_NONE: u8 = 0;
+const STOP_CANCELLED: u8 = 1;
+const STOP_LEASE_LOST: u8 = 2;
+
+/// Runs a queue job: waits for the task's lease (another worker may still hold it), then runs
+/// the task. A stale job (the task ended, or a retry superseded it) does nothing.
+pub async fn run_job(engine: &Arc<Engine>, job: RunTask) -> anyhow::Result<()> {
+    let ttl = lease_ttl(engine);
+    let row = loop {
+        match db::acquire_lease(&engine.pool, job.task, job.run, &engine.owner, ttl).await? {
+            LeaseAttempt::Acquired(row) => break row,
+            LeaseAttempt::NothingToRun(_) | LeaseAttempt::Missing => return Ok(()),
+            LeaseAttempt::HeldElsewhere { until_ms, .. } => {
+                let wait = (until_ms - db::now_ms()).clamp(100, 1000) as u64;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    };
+    run_leased(engine, *row).await.map(|_| ())
+}
+
+fn lease_ttl(engine: &Engine) -> Duration {
+    engine
+        .settings
+        .file
+        .workers
+        .orphan_after()
+        .max(Duration::from_secs(5))
+}
+
+/// Runs a task whose lease this process holds to a final state, and returns it.
+pub async fn run_leased(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<TaskState> {
+    let span =
+        tracing::info_span!("task", task_id = %row.task_id, repo = %row.repo, run = row.run_seq);
+    run_leased_inner(engine, row).instrument(span).await
+}
+
+async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<TaskState> {
+    let key = row.pk;
+    let run_seq = row.run_seq;
+    if let (Some(pgid), Some(marker)) = (row.agent_pgid, row.agent_marker.as_deref())
+        && exec::kill_leftover_group(pgid as i32, marker).await
+    {
+        engine
+            .record(
+                key,
+                run_seq,
+                "recovered",
+                &format!("stopped agent process group {pgid} left by an earlier run"),
+            )
+            .await;
+    }
+    let cancel = CancellationToken::new();
+    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    engine.track_running(key, cancel.clone());
+    let keeper = tokio::spawn(keep_lease(
+        engine.clone(),
+        key,
+        cancel.clone(),
+        stop.clone(),
+    ));
+    let started = Instant::now();
+
+    let result = pipeline(engine, &row, &cancel, &stop).await;
+
+    keeper.abort();
+    engine.untrack_running(key);
+    if stop.load(Ordering::SeqCst) == STOP_LEASE_LOST {
+        tracing::warn!("lease lost; another worker owns the task now");
+        return Ok(TaskState::Running);
+    }
+    let outcome = result.unwrap_or_else(|e| Outcome {
+        state: TaskState::Error,
+        error: Some(format!("{e:#}")),
+        head: None,
+    });
+    let finished = db::finish(
+        &engine.pool,
+        key,
+        &engine.owner,
+        outcome.state,
+        outcome.error.as_deref(),
+        outcome.head.as_deref(),
+    )
+    .await?;
+    if !finished {
+        tracing::warn!("lease lost before the result could be written");
+        return Ok(TaskState::Running);
+    }
+    engine
+        .metrics
+        .tasks_total
+        .with_label_values(&[&row.role, outcome.state.as_str()])
+        .inc();
+    engine
+        .metrics
+        .task_duration_seconds
+        .with_label_values(&[&row.role])
+        .observe(started.elapsed().as_secs_f64());
+    let message = match &outcome.error {
+        Some(e) => format!("{}: {e}", outcome.state),
+        None => outcome.state.to_string(),
+    };
+    engine
+        .record(key, run_seq, outcome.state.as_str(), &message)
+        .await;
+    Ok(outcome.state)
+}
+
+/// Renews the lease every tick; cancels the run when a cancel is requested (from any process)
+/// or the lease is lost.
+async fn keep_lease(
+    engine: Arc<Engine>,
+    key: crate::ids::TaskKey,
+    cancel: CancellationToken,
+    stop: Arc<AtomicU8>,
+) {
+    let ttl = lease_ttl(&engine);
+    loop {
+        tokio::time::sleep(LEASE_TICK).await;
+        match db::renew_lease(&engine.pool, key, &engine.owner, ttl).await {
+            Ok(LeaseStatus::Held {
+                cancel_requested: true,
+            }) => {
+                let _ = stop.compare_exchange(
+                    STOP_NONE,
+                    STOP_CANCELLED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                cancel.cancel();
+            }
+            Ok(LeaseStatus::Held { .. }) => {}
+            Ok(LeaseStatus::Lost) => {
+                stop.store(STOP_LEASE_LOST, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!("renewing lease: {e:#}"),
+        }
+    }
+}
+
+struct Outcome {
+    state: TaskState,
+    error: Option<String>,
+    head: Option<String>,
+}
+
+impl Outcome {
+    fn ended(state: TaskState, error: impl Into<String>) -> Self {
+        Self {
+            state,
+            error: Some(error.into()),
+            head: None,
+        }
+    }
+}
+
+/// Everything a run needs, resolved once.
+struct Run<'a> {
+    engine: &'a Arc<Engine>,
+    row: &'a TaskRow,
+    spec: TaskSpec,
+    deadline: Instant,
+    cancel: &'a CancellationToken,
+}
+
+impl Run<'_> {
+    async fn note(&self, kind: &str, message: &str) {
+        self.engine
+            .record(self.row.pk, self.row.run_seq, kind, message)
+            .await;
+    }
+
+    fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn budget(&self) -> Duration {
+        self.spec
+            .timeout
+            .unwrap_or(self.engine.settings.file.agent.task_timeout)
+    }
+}
+
+async fn pipeline(
+    engine: &Arc<Engine>,
+    row: &TaskRow,
+    cancel: &CancellationToken,
+    stop: &AtomicU8,
+) -> anyhow::Result<Outcome> {
+    let spec_value: serde_json::Value =
+        serde_json::from_str(&row.spec).context("reading the stored spec")?;
+    let spec = match spec::from_value(spec_value, &engine.roles) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Outcome::ended(
+                TaskState::Error,
+                format!("stored spec no longer valid: {e}"),
+            ));
+        }
+    };
+    let Some(role) = engine.roles.get(&spec.role).cloned() else {
+        return Ok(Outcome::ended(
+            TaskState::Error,
+            format!("role `{}` is no longer defined", spec.role),
+        ));
+    };
+    let budget = spec
+        .timeout
+        .unwrap_or(engine.settings.file.agent.task_timeout);
+    let run = Run {
+        engine,
+        row,
+        spec,
+        deadline: Instant::now() + budget,
+        cancel,
+    };
+    let settings = &engine.settings;
+    let git = &engine.git;
+    let spec = &run.spec;
+
+    // 1. The worktree, on the task branch, outside the repository.
+    let repo = &settings.repo_path;
+    if let Err(e) = gitops::check_data_dir_outside(repo, &settings.data_dir) {
+        return Ok(Outcome::ended(TaskState::Error, format!("{e:#}")));
+    }
+    let wanted_base = spec
+        .base_branch
+        .as_deref()
+        .or(settings.dev_branch.as_deref());
+    let (base, base_sha) = match git.resolve_base(repo, wanted_base).await {
+        Ok(b) => b,
+        Err(e) => return Ok(Outcome::ended(TaskState::Error, format!("{e:#}"))),
+    };
+    let path = engine.worktree_path(&row.repo_name(), &row.task_id);
+    let worktree = {
+        let lock_path = settings
+            .worktrees_dir
+            .join(format!("{}.lock", row.repo_name().dir_name()));
+        let _lock = RepoLock::acquire(lock_path).await?;
+        match git
+            .prepare_worktree(repo, &path, &row.branch, &base_sha)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                return Ok(Outcome::ended(
+                    TaskState::Error,
+                    format!("preparing the worktree: {e:#}"),
+                ));
+            }
+        }
+    };
+    db::mark_running(
+        &engine.pool,
+        row.pk,
+        &engine.owner,
+        &base,
+        &path.to_string_lossy(),
+    )
+    .await?;
+    run.note(
+        "worktree",
+        &format!(
+            "worktree {} on {} ({} from {base} at {})",
+            worktree.path.display(),
+            worktree.branch,
+            if worktree.reused_branch {
+                "continuing the existing branch"
+            } else {
+                "new branch"
+            },
+            short(&base_sha)
+        ),
+    )
+    .await;
+    let workdir = worktree.path.join(&spec.target_dir);
+    std::fs::create_dir_all(&workdir)
+        .with_context(|| format!("creating target_dir {}", workdir.display()))?;
+
+    // 2. Rounds: agent, then gates; failures go back to the agent.
+    let providers =
+        match providers::chain(&settings.file.providers, spec.provider_override.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return Ok(Outcome::ended(TaskState::Error, e)),
+        };
+    let homes = settings.data_dir.join("homes");
+    let gate_env = providers::base_env(
+        &settings.env,
+        &homes.join("gates"),
+        &settings.file.agent.env,
+    );
+    std::fs::create_dir_all(homes.join("gates")).context("creating the gates' HOME")?;
+    let path_env = gate_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    let planned = gates::plan(
+        &spec.acceptance,
+        &settings.file.gates,
+        &workdir,
+        &worktree.path,
+        path_env,
+    );
+    let marker = format!("AUTODEV_RUN={}-{}-{}", engine.owner, row.pk, row.run_seq);
+    let pool = engine.pool.clone();
+    let key = row.pk;
+    let marker_for_record = marker.clone();
+    let record = move |pgid: Option<i32>| -> futures::future::BoxFuture<'static, ()> {
+        let pool = pool.clone();
+        let marker = marker_for_record.clone();
+        Box::pin(async move {
+            let marker = pgid.map(|_| marker);
+            if let Err(e) =
+                db::set_agent_process(&pool, key, pgid.map(i64::from), marker.as_deref()).await
+            {
+                tracing::warn!("recording the agent process: {e:#}");
+            }
+        })
+    };
+
+    let mut failures: Vec<GateResult> = Vec::new();
+    let mut verdict: Option<Outcome> = None;
+    let mut passed = false;
+    for round in 1..=spec.max_rounds {
+        if let Some(o) = interrupted(&run, stop) {
+            verdict = Some(o);
+            break;
+        }
+        let round_start = git.head(&worktree.path).await?;
+        let text = prompt::build(&PromptInput {
+            role: &role,
+            spec,
+            branch: &worktree.branch,
+            gates: &planned,
+            round,
+            failures: &failures,
+        });
+        run.note(
+            "agent",
+            &format!("round {round} of {}: running the agent", spec.max_rounds),
+        )
+        .await;
+        let request = AgentRequest {
+            prompt: &text,
+            cwd: &workdir,
+            model: spec.model.as_deref(),
+            time_left: run.time_left(),
+            marker: &marker,
+            homes_dir: &homes,
+            git_name: &settings.file.agent.git_user_name,
+            git_email: &settings.file.agent.git_user_email,
+            extra_env: &settings.file.agent.env,
+            output_limit: settings.file.agent.max_output_bytes,
+        };
+        let chain =
+            providers::run_chain(&providers, &settings.env, &request, cancel, &record).await;
+        for a in &chain.attempts {
+            engine
+                .metrics
+                .provider_requests_total
+                .with_label_values(&[&a.provider, a.status.as_str()])
+                .inc();
+            run.note(
+                "provider",
+                &format!("{}: {} ({})", a.provider, a.status.as_str(), a.detail),
+            )
+            .await;
+        }
+        let Some(report) = chain.report else {
+            verdict = Some(if let Some(o) = interrupted(&run, stop) {
+                o
+            } else if chain.stopped_by(AttemptStatus::Timeout) {
+                Outcome::ended(
+                    TaskState::Failed,
+                    format!(
+                        "timed out: the task's {}s budget ran out while the agent worked ({})",
+                        run.budget().as_secs(),
+                        chain.reasons()
+                    ),
+                )
+            } else {
+                Outcome::ended(
+                    TaskState::Error,
+                    format!("no provider could run the task: {}", chain.reasons()),
+                )
+            });
+            break;
+        };
+        db::set_progress(
+            &engine.pool,
+            row.pk,
+            i64::from(round),
+            Some(&report.provider),
+            report.cost_usd,
+        )
+        .await?;
+        if !git.changed_since(&worktree.path, &round_start).await? {
+            verdict = Some(Outcome::ended(
+                TaskState::Failed,
+                format!(
+                    "the agent ({}) changed nothing in round {round}",
+                    report.provider
+                ),
+            ));
+            break;
+        }
+        run.note(
+            "gates",
+            &format!("round {round}: running {} gate(s)", planned.len()),
+        )
+        .await;
+        let mut gate_config = settings.file.gates.clone();
+        gate_config.timeout = gate_config
+            .timeout
+            .min(run.time_left().max(Duration::from_secs(1)));
+        let results = gates::run(&planned, &workdir, &gate_env, &gate_config, cancel).await;
+        for r in &results {
+            db::add_gate_result(
+                &engine.pool,
+                row.pk,
+                &db::NewGateResult {
+                    run_seq: row.run_seq,
+                    round: i64::from(round),
+                    gate: &r.name,
+                    command: r.command.as_deref(),
+                    status: r.status.as_str(),
+                    exit_code: r.exit_code.map(i64::from),
+                    duration_ms: r.duration.as_millis() as i64,
+                    output: &r.output,
+                },
+            )
+            .await?;
+            run.note("gate", &r.summary()).await;
+        }
+        if let Some(o) = interrupted(&run, stop) {
+            verdict = Some(o);
+            break;
+        }
+        failures = results.into_iter().filter(|r| !r.status.is_ok()).collect();
+        if failures.is_empty() {
+            passed = true;
+            break;
+        }
+        if round == spec.max_rounds {
+            let why = failures
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {}",
+                        f.summary(),
+                        exec::tail_chars(f.output.trim(), 600)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            verdict = Some(Outcome::ended(
+                TaskState::Failed,
+                format!("acceptance not met after {round} round(s): {why}"),
+            ));
+        }
+    }
+
+    // 3. Commit whatever the agent left, so a retry continues from it and nothing is lost.
+    let message = gitops::commit_message(&spec.role, &spec.title, spec.id.as_str(), passed);
+    if let Some(sha) = git.commit_all(&worktree.path, &message).await? {
+        run.note(
+            "commit",
+            &format!("committed {} on {}", short(&sha), worktree.branch),
+        )
+        .await;
+    }
+    let head = git.head(&worktree.path).await?;
+    let mut outcome = if passed {
+        Outcome {
+            state: TaskState::Passed,
+            error: None,
+            head: None,
+        }
+    } else {
+        verdict.unwrap_or_else(|| Outcome::ended(TaskState::Failed, "acceptance not met"))
+    };
+    outcome.head = Some(head);
+    Ok(outcome)
+}
+
+/// A cancel request or a spent budget ends the run between steps.
+fn interrupted(run: &Run<'_>, stop: &AtomicU8) -> Option<Outcome> {
+    if run.cancel.is_cancelled() {
+        let why = match stop.load(Ordering::SeqCst) {
+            STOP_LEASE_LOST => "stopped: another worker took the task over",
+            _ => "cancelled on request",
+        };
+        return Some(Outcome::ended(TaskState::Cancelled, why));
+    }
+    if run.time_left().is_zero() {
+        return Some(Outcome::ended(
+            TaskState::Failed,
+            format!(
+                "timed out: the task's {}s budget ran out",
+                run.budget().as_secs()
+            ),
+        ));
+    }
+    None
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
+}
