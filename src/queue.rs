@@ -23,27 +23,29 @@ pub struct RunTask {
     pub run: i64,
 }
 
-/// The job id for a run: deterministic, so queueing the same run twice is refused by the
-/// queue's unique index.
-pub fn job_id(task: TaskKey, run: i64) -> String {
+/// The idempotency key of a run: queueing the same run twice is dropped by the queue's unique
+/// index, so at most one job exists per run.
+pub fn idempotency_key(task: TaskKey, run: i64) -> String {
     format!("task-{task}-run-{run}")
 }
 
-/// Queues a run inside the caller's transaction.
+/// Queues a run inside the caller's transaction; returns the job id (a ULID, as the queue
+/// requires).
 pub async fn push(
     tx: &mut Transaction<'_, Sqlite>,
     task: TaskKey,
     run: i64,
 ) -> anyhow::Result<String> {
-    let id = job_id(task, run);
+    let id = ulid::Ulid::generate();
     let args = serde_json::to_vec(&RunTask { task, run })?;
     let job = TaskBuilder::new(args)
-        .task_id(apalis::prelude::TaskId::from_string(id.clone()))
+        .task_id(apalis::prelude::TaskId::from_ulid(id))
+        .idempotency_key(idempotency_key(task, run))
         .build();
     apalis_sqlite::queries::push_tasks(&mut **tx, TASKS_QUEUE, &[job])
         .await
         .map_err(|e| anyhow::anyhow!("queueing job {id}: {e}"))?;
-    Ok(id)
+    Ok(id.to_string())
 }
 
 async fn handle(job: RunTask, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
@@ -52,8 +54,41 @@ async fn handle(job: RunTask, engine: Data<Arc<Engine>>) -> Result<(), BoxDynErr
         .map_err(|e| format!("{e:#}").into())
 }
 
-/// Runs task workers until `shutdown` fires.
+/// Runs task workers until `shutdown` fires. A worker that dies (the database went away, a
+/// job that cannot be decoded) is started again under a new name after a pause, so one bad
+/// moment does not leave the queue without a worker.
 pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut generation = 0u32;
+    loop {
+        let name = if generation == 0 {
+            engine.owner.clone()
+        } else {
+            format!("{}-{generation}", engine.owner)
+        };
+        let result = run_worker(&engine, name, shutdown.clone()).await;
+        if shutdown.is_cancelled() {
+            return result;
+        }
+        tracing::error!(
+            "task worker stopped ({}); starting it again in 5s",
+            match &result {
+                Ok(()) => "no error".to_owned(),
+                Err(e) => format!("{e:#}"),
+            }
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        generation += 1;
+    }
+}
+
+async fn run_worker(
+    engine: &Arc<Engine>,
+    name: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let workers = &engine.settings.file.workers;
     let config = Config::default()
         .queue(TASKS_QUEUE)
@@ -63,12 +98,12 @@ pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> an
     let storage = SqliteStorage::<RunTask>::new(&engine.pool)
         .with_config(config)
         .poll_with_interval(Duration::from_millis(500));
-    let worker = WorkerBuilder::new(engine.owner.clone())
+    let worker = WorkerBuilder::new(name.clone())
         .backend(storage)
         .data(engine.clone())
         .concurrency(workers.concurrency)
         .build(handle);
-    tracing::info!(worker = %engine.owner, concurrency = workers.concurrency, "worker started");
+    tracing::info!(worker = %name, concurrency = workers.concurrency, "worker started");
     worker
         .run_until(async move {
             shutdown.cancelled().await;

@@ -1,1 +1,10 @@
+//! The one integration-test binary: real SQLite files, real git repositories, the real
+//! `autodev` binary, and fake agent scripts standing in for the agent CLIs.
 
+mod support;
+
+mod api;
+mod cli;
+mod examples;
+mod pipeline;
+mod recovery;

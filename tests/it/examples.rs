@@ -1,0 +1,130 @@
+//! Every shipped example parses: specs, roles and the documented config.
+
+use std::path::Path;
+
+use autodev::config::{Env, FileConfig, Overrides, Settings};
+use autodev::roles::Roles;
+use autodev::spec::{self, SpecFormat};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn shipped_roles_specs_and_config_parse() {
+    let roles = Roles::load(Some(&root().join("roles"))).expect("roles parse");
+    for name in [
+        "data_analyst",
+        "computational_biologist",
+        "fund_manager",
+        "sre",
+        "backend",
+        "frontend",
+        "data",
+        "ml",
+    ] {
+        assert!(roles.get(name).is_some(), "role {name} missing");
+    }
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(root().join("specs")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let spec = spec::parse(&text, SpecFormat::from_path(&path), &roles)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen.push((
+            spec.id.to_string(),
+            spec.role.clone(),
+            spec.target_dir.clone(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("TSK-1234".into(), "backend".into(), "backend".into()),
+            (
+                "TSK-CB-101".into(),
+                "computational_biologist".into(),
+                "pipelines".into()
+            ),
+            ("TSK-DA-001".into(), "data_analyst".into(), "data".into()),
+            ("TSK-FM-07".into(), "fund_manager".into(), "quant".into()),
+        ]
+    );
+    for entry in std::fs::read_dir(root().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        FileConfig::from_yaml(&text, &path).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+#[test]
+fn shipped_config_documents_every_default() {
+    // The shipped file must describe the defaults, not different values.
+    let path = root().join("config/config.yaml");
+    let shipped = FileConfig::from_yaml(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    let default = FileConfig::default();
+    assert_eq!(shipped.providers.order, default.providers.order);
+    assert_eq!(
+        format!("{:?}", shipped.workers),
+        format!("{:?}", default.workers)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.gates),
+        format!("{:?}", default.gates)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.agent),
+        format!("{:?}", default.agent)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.hygiene),
+        format!("{:?}", default.hygiene)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.database),
+        format!("{:?}", default.database)
+    );
+}
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = Env::from_pairs([
+        ("AUTODEV_DATA_DIR", data.to_str().unwrap()),
+        ("HOME", "/nonexistent"),
+    ]);
+    let settings = Settings::load(
+        env,
+        Overrides {
+            config: Some(root().join("config/config.yaml")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let engine = autodev::engine::Engine::open(settings.clone())
+        .await
+        .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    for t in ["Jobs", "Workers", "tasks", "task_events", "gate_results"] {
+        assert!(tables.iter().any(|n| n == t), "{t} missing from {tables:?}");
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    drop(engine);
+    // A second start on the same file finds both sets of migrations applied.
+    autodev::engine::Engine::open(settings).await.unwrap();
+}

@@ -1,0 +1,461 @@
+//! The worker pipeline through the real server: fallback, feedback rounds, budgets, cancel,
+//! retry, and what the agent can see.
+
+use std::time::Duration;
+
+use crate::support::{CLAUDE_OK, World, alive, git, spec, wait_for_file};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn falls_back_past_a_missing_binary_and_a_failing_one() {
+    let world = World::new();
+    let failing = world.agent("codex", "echo 'codex: not logged in' >&2\nexit 3");
+    let gemini = world.agent(
+        "gemini",
+        "cat > /dev/null\necho done > feature.txt\necho '{\"response\": \"ok\", \"stats\": {}}'",
+    );
+    world.write_config(&format!(
+        "providers:\n  order: [claude_cli, codex_cli, gemini_cli]\n  claude_cli: {{mode: cli, binary: /nonexistent/claude}}\n  codex_cli: {{mode: cli, binary: {}}}\n  gemini_cli: {{mode: cli, binary: {}}}\n",
+        failing.display(),
+        gemini.display()
+    ));
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("FB-1", ""))
+        .await;
+    let task = server
+        .wait_for("FB-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task["provider"], "gemini_cli");
+    let events: Vec<String> = task["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect();
+    let all = events.join("\n");
+    assert!(
+        all.contains("claude_cli: skipped (`/nonexistent/claude` not found on PATH)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("codex_cli: failure (exit code 3: codex: not logged in)"),
+        "{all}"
+    );
+    assert!(all.contains("gemini_cli: success"), "{all}");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"autodev_provider_requests_total{provider="codex_cli",status="failure"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"autodev_provider_requests_total{provider="claude_cli",status="skipped"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn every_provider_failing_is_an_error_listing_each_reason() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        "echo '{\"type\":\"result\",\"is_error\":true,\"result\":\"credit balance too low\"}'",
+    );
+    world.write_config("providers:\n  order: [claude_cli, codex_cli]\n  codex_cli: {mode: cli, binary: no-such-codex}\n");
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("ALL-1", ""))
+        .await;
+    let task = server
+        .wait_for("ALL-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "error");
+    let err = task["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("claude_cli: reported an error: credit balance too low"),
+        "{err}"
+    );
+    assert!(
+        err.contains("codex_cli: `no-such-codex` not found on PATH"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_gate_is_fed_back_and_round_two_passes() {
+    let world = World::new();
+    // Round 1 writes the wrong file; when the prompt reports the failure, the agent fixes it.
+    world.agent(
+        "claude",
+        &format!(
+            "prompt=$(cat)\nn=$(ls \"$FAKE_AGENT_DIR\" | wc -l)\nprintf '%s' \"$prompt\" > \"$FAKE_AGENT_DIR/prompt-$n.txt\"\n\
+             case \"$prompt\" in *'Round 2 of 3'*) echo fixed > fixed.txt ;; *) echo draft > draft.txt ;; esac\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("FIX-1", "acceptance:\n  tests: [\"test -f fixed.txt || { echo 'fixed.txt is missing'; exit 1; }\"]\n"))
+        .await;
+    let task = server
+        .wait_for("FIX-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task["rounds"], 2);
+    let gates = task["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 2);
+    assert_eq!(
+        (gates[0]["round"].as_i64(), gates[0]["status"].as_str()),
+        (Some(1), Some("failed"))
+    );
+    assert_eq!(
+        (gates[1]["round"].as_i64(), gates[1]["status"].as_str()),
+        (Some(2), Some("passed"))
+    );
+    let second = std::fs::read_to_string(world.agent_dir.join("prompt-1.txt")).unwrap();
+    assert!(
+        second.contains("fixed.txt is missing"),
+        "the failing output reaches the agent:\n{second}"
+    );
+    assert!(second.contains("gate `tests[0]`"), "{second}");
+}
+
+#[tokio::test]
+async fn rounds_exhausted_ends_failed_with_the_gate_and_its_output() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        &format!("cat >/dev/null\ndate +%s%N >> work.txt\necho '{CLAUDE_OK}'"),
+    );
+    let server = world.serve();
+    server
+        .post_spec(
+            "application/yaml",
+            &spec(
+                "NOPE-1",
+                "max_rounds: 2\nacceptance:\n  tests: [\"echo 3 tests failed; exit 1\"]\n",
+            ),
+        )
+        .await;
+    let task = server
+        .wait_for("NOPE-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "failed");
+    assert_eq!(task["rounds"], 2);
+    let err = task["last_error"].as_str().unwrap();
+    assert!(err.contains("after 2 round(s)"), "{err}");
+    assert!(err.contains("gate `tests[0]`"), "{err}");
+    assert!(err.contains("exit code 1"), "{err}");
+    assert!(err.contains("3 tests failed"), "{err}");
+    // The work is kept on the branch for a retry.
+    let subject = git(
+        &world.repo,
+        &["log", "-1", "--format=%s", "auto/backend/NOPE-1"],
+    );
+    assert!(subject.starts_with("chore(backend): "), "{subject}");
+}
+
+#[tokio::test]
+async fn an_agent_that_changes_nothing_fails_the_task() {
+    let world = World::new();
+    world.agent("claude", &format!("cat >/dev/null\necho '{CLAUDE_OK}'"));
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("IDLE-1", ""))
+        .await;
+    let task = server
+        .wait_for("IDLE-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "failed");
+    assert!(
+        task["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("changed nothing in round 1"),
+        "{task:#}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_commits_its_own_work_counts_as_a_change() {
+    let world = World::new();
+    world.agent("claude", &format!("cat >/dev/null\necho x > own.txt\ngit add own.txt\ngit commit -q -m 'agent commit'\necho '{CLAUDE_OK}'"));
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("SELF-1", ""))
+        .await;
+    let task = server
+        .wait_for("SELF-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let author = git(
+        &world.repo,
+        &["log", "-1", "--format=%an <%ae>", "auto/backend/SELF-1"],
+    );
+    assert_eq!(author, "autodev <autodev@users.noreply.github.com>");
+}
+
+#[tokio::test]
+async fn a_hanging_agent_is_killed_at_the_timeout_with_nothing_left_behind() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        "cat >/dev/null\nsleep 600 &\necho $! > \"$FAKE_AGENT_DIR/child.pid\"\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nwait",
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("HANG-1", "timeout: 3\n"))
+        .await;
+    let child: i32 = wait_for_file(&world.agent_dir.join("child.pid"), WAIT)
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let agent: i32 = wait_for_file(&world.agent_dir.join("agent.pid"), WAIT)
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let task = server
+        .wait_for("HANG-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "failed");
+    assert!(
+        task["last_error"].as_str().unwrap().contains("timed out"),
+        "{task:#}"
+    );
+    assert!(!alive(agent), "agent {agent} still running");
+    assert!(!alive(child), "agent's child {child} still running");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"autodev_provider_requests_total{provider="claude_cli",status="timeout"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_agent_at_once() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        "cat >/dev/null\necho partial > partial.txt\nsleep 600 &\necho $! > \"$FAKE_AGENT_DIR/child.pid\"\nwait",
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("CXL-1", ""))
+        .await;
+    let child: i32 = wait_for_file(&world.agent_dir.join("child.pid"), WAIT)
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    server.wait_for("CXL-1", &["running"], WAIT).await;
+    let started = std::time::Instant::now();
+    let (status, body) = server.post("/tasks/CXL-1/cancel").await;
+    assert_eq!(status, 202, "{body}");
+    let task = server
+        .wait_for("CXL-1", &["cancelled", "passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "cancelled", "{task:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!alive(child), "agent's child {child} still running");
+    // What the agent wrote before the cancel is kept on the branch.
+    assert_eq!(
+        git(&world.repo, &["show", "auto/backend/CXL-1:partial.txt"]),
+        "partial"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"autodev_tasks_total{role="backend",status="cancelled"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_task_is_immediate() {
+    let world = World::new();
+    world.agent("claude", "sleep 600");
+    // One worker slot, held by the first task, so the second stays queued.
+    std::fs::write(
+        &world.config,
+        "providers: {order: [claude_cli]}\nworkers: {concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}\n",
+    )
+    .unwrap();
+    let server = world.serve();
+    server.post_spec("application/yaml", &spec("Q-1", "")).await;
+    server.wait_for("Q-1", &["running"], WAIT).await;
+    server.post_spec("application/yaml", &spec("Q-2", "")).await;
+    let (status, body) = server.post("/tasks/Q-2/cancel").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "cancelled");
+    server.post("/tasks/Q-1/cancel").await;
+    server.wait_for("Q-1", &["cancelled"], WAIT).await;
+    let (_, q2) = server.get("/tasks/Q-2").await;
+    assert_eq!(q2["state"], "cancelled");
+    assert!(q2["started_at"].is_null(), "Q-2 never ran");
+}
+
+#[tokio::test]
+async fn retry_continues_on_the_same_branch() {
+    let world = World::new();
+    // First run: writes step1 and fails the gate. Second run: sees step1 (from the branch) and
+    // completes the work.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\nif [ -f step1.txt ]; then echo two > step2.txt; else echo one > step1.txt; fi\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    server
+        .post_spec(
+            "application/yaml",
+            &spec(
+                "RT-1",
+                "max_rounds: 1\nacceptance:\n  tests: [\"test -f step2.txt\"]\n",
+            ),
+        )
+        .await;
+    let first = server
+        .wait_for("RT-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(first["state"], "failed");
+    let first_head = first["head_sha"].as_str().unwrap().to_owned();
+
+    let (status, body) = server.post("/tasks/RT-1/retry").await;
+    assert_eq!(status, 202, "{body}");
+    assert_ne!(body["job_id"], first["job_id"], "a retry is a new job");
+    let second = server
+        .wait_for("RT-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(second["state"], "passed", "{second:#}");
+    assert_eq!(second["runs"], 2);
+    let log = git(
+        &world.repo,
+        &["log", "--format=%H %s", "master..auto/backend/RT-1"],
+    );
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains("feat(backend)"), "{log}");
+    assert!(
+        lines[1].starts_with(&first_head),
+        "the retry builds on the first run's commit: {log}"
+    );
+    assert!(second["events"].as_array().unwrap().iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("continuing the existing branch")
+    }));
+}
+
+#[tokio::test]
+async fn the_agent_sees_no_secret_and_a_home_of_its_own() {
+    let mut world = World::new();
+    for (k, v) in [
+        ("AUTODEV_API_TOKEN", "api-token-SECRET-1"),
+        ("GITHUB_WEBHOOK_SECRET", "webhook-SECRET-2"),
+        (
+            "GITHUB_PRIVATE_KEY",
+            "-----BEGIN RSA PRIVATE KEY----- SECRET-3",
+        ),
+        ("AWS_SECRET_ACCESS_KEY", "aws-SECRET-4"),
+        ("ANTHROPIC_API_KEY", "sk-ant-allowed"),
+        ("OPENAI_API_KEY", "sk-openai-not-for-claude"),
+    ] {
+        world.extra_env.push((k.into(), v.into()));
+    }
+    std::fs::write(
+        world.home.join(".git-credentials"),
+        "https://x:SECRET-5@github.com\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(world.home.join(".ssh")).unwrap();
+    std::fs::write(world.home.join(".ssh/id_ed25519"), "SECRET-6").unwrap();
+    std::fs::create_dir_all(world.home.join(".claude")).unwrap();
+    std::fs::write(
+        world.home.join(".claude/settings.json"),
+        "{\"theme\": \"dark\"}",
+    )
+    .unwrap();
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\nout=\"$FAKE_AGENT_DIR\"\nenv > \"$out/env.txt\"\necho \"$HOME\" > \"$out/home.txt\"\n\
+             ls -A \"$HOME\" > \"$out/home-list.txt\"\ncat \"$HOME/.claude/settings.json\" > \"$out/claude-settings.txt\"\n\
+             cat .git 2>/dev/null > \"$out/dotgit.txt\"; git config --list > \"$out/git-config.txt\" 2>&1\n\
+             for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p 2>/dev/null; echo; done > \"$out/cmdlines.txt\"\n\
+             echo x > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("ENV-1", ""))
+        .await;
+    let task = server
+        .wait_for("ENV-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+
+    let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap();
+    let env = read("env.txt");
+    let everything = [
+        "env.txt",
+        "home-list.txt",
+        "git-config.txt",
+        "cmdlines.txt",
+        "dotgit.txt",
+    ]
+    .iter()
+    .map(|f| read(f))
+    .collect::<String>();
+    for secret in [
+        "SECRET-1",
+        "SECRET-2",
+        "SECRET-3",
+        "SECRET-4",
+        "SECRET-5",
+        "SECRET-6",
+        "sk-openai",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "the agent could see {secret}:\n{env}"
+        );
+    }
+    assert!(
+        env.contains("ANTHROPIC_API_KEY=sk-ant-allowed"),
+        "its own provider key is passed:\n{env}"
+    );
+    assert!(
+        env.contains("FAKE_AGENT_DIR="),
+        "configured extras are passed"
+    );
+    let home = read("home.txt");
+    assert!(
+        !home.trim().eq(world.home.to_str().unwrap()),
+        "HOME is not the real one"
+    );
+    assert!(home.starts_with(world.data.to_str().unwrap()), "{home}");
+    let listing = read("home-list.txt");
+    assert!(listing.contains(".claude"), "{listing}");
+    assert!(
+        !listing.contains(".ssh") && !listing.contains(".git-credentials"),
+        "{listing}"
+    );
+    assert!(
+        read("claude-settings.txt").contains("dark"),
+        "the CLI's own settings are there"
+    );
+}

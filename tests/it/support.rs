@@ -1,0 +1,331 @@
+//! Test harness: temporary repositories, fake agents, and an `autodev serve` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_autodev");
+
+/// What a fake claude prints on success.
+pub const CLAUDE_OK: &str = r#"{"type":"result","subtype":"success","is_error":false,"result":"done","num_turns":1,"total_cost_usd":0.01}"#;
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A temporary world: a git repository (first branch `master`), a data directory outside it,
+/// a directory of fake agents, a fake HOME, and a config file.
+pub struct World {
+    pub root: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub data: PathBuf,
+    pub bin: PathBuf,
+    pub home: PathBuf,
+    pub agent_dir: PathBuf,
+    pub config: PathBuf,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let repo = root.path().join("repo");
+        let data = root.path().join("data");
+        let bin = root.path().join("bin");
+        let home = root.path().join("home");
+        let agent_dir = root.path().join("agent-out");
+        for d in [&repo, &data, &bin, &home, &agent_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        git(&repo, &["init", "-q", "-b", "master"]);
+        git(&repo, &["config", "user.name", "Test"]);
+        git(&repo, &["config", "user.email", "test@example.com"]);
+        std::fs::write(repo.join("README.md"), "# demo\n").unwrap();
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "initial"]);
+        let config = root.path().join("config.yaml");
+        let world = Self {
+            root,
+            repo,
+            data,
+            bin,
+            home,
+            agent_dir,
+            config,
+            extra_env: Vec::new(),
+        };
+        world.write_config("providers:\n  order: [claude_cli]\n");
+        world
+    }
+
+    /// Writes the config: `providers_yaml` plus fast heartbeats and the fake agents' variable.
+    pub fn write_config(&self, providers_yaml: &str) {
+        let text = format!(
+            "{providers_yaml}\nworkers: {{concurrency: 2, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{env: [FAKE_AGENT_DIR]}}\n"
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Installs an executable script named `name` in the fake agents' directory.
+    pub fn agent(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// A fake claude that writes `file` with `content` in its working directory and succeeds.
+    pub fn simple_claude(&self, file: &str, content: &str) {
+        self.agent(
+            "claude",
+            &format!(
+                "cat > \"$FAKE_AGENT_DIR/prompt-$$.txt\"\nprintf '%s\\n' '{content}' > '{file}'\necho '{CLAUDE_OK}'"
+            ),
+        );
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "PATH".to_owned(),
+                format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.display()),
+            ),
+            ("HOME".to_owned(), self.home.display().to_string()),
+            (
+                "AUTODEV_DATA_DIR".to_owned(),
+                self.data.display().to_string(),
+            ),
+            ("REPO_PATH".to_owned(), self.repo.display().to_string()),
+            (
+                "AUTODEV_CONFIG".to_owned(),
+                self.config.display().to_string(),
+            ),
+            (
+                "AUTODEV_LOG".to_owned(),
+                "info,sqlx=warn,apalis=warn".to_owned(),
+            ),
+            (
+                "FAKE_AGENT_DIR".to_owned(),
+                self.agent_dir.display().to_string(),
+            ),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.root.path())
+            .env_clear()
+            .envs(self.env());
+        cmd
+    }
+
+    pub fn serve(&self) -> Server {
+        Server::start(self)
+    }
+
+    pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A running `autodev serve` on a free port; killed (whole process group) on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub log: Arc<Mutex<String>>,
+    pub client: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Server {
+    fn start(world: &World) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut child = world
+            .command(&["serve", "--bind", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("autodev starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let token = world
+            .extra_env
+            .iter()
+            .find(|(k, _)| k == "AUTODEV_API_TOKEN")
+            .map(|(_, v)| v.clone());
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            log,
+            client: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_hard(mut self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn post_spec(&self, content_type: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .auth(self.client.post(format!("{}/tasks", self.url)))
+            .header("Content-Type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .auth(self.client.get(format!("{}{path}", self.url)))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .auth(self.client.post(format!("{}{path}", self.url)))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the task until its state is one of `states`.
+    pub async fn wait_for(&self, id: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, task) = self.get(&format!("/tasks/{id}")).await;
+            if status == 200 && states.contains(&task["state"].as_str().unwrap_or("")) {
+                return task;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "task {id} did not reach {states:?} within {within:?}; last: {task:#}\nserver log:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe {
+            libc::killpg(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spec(id: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\ntitle: Add a feature\ndescription: Write the feature file.\nrole: backend\n{extra}"
+    )
+}
+
+/// Whether any process is still alive with `pid`.
+pub fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `path` exists and holds something.
+pub async fn wait_for_file(path: &Path, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
