@@ -58,6 +58,10 @@ pub enum Command {
         /// Listen address [env: AUTODEV_BIND] [default: 127.0.0.1:8000]
         #[arg(long, value_name = "ADDR")]
         bind: Option<String>,
+        /// Tasks this process runs at once (workers.concurrency); 0 serves the API only and
+        /// leaves the work to `autodev worker` processes on the same database
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
     /// Run workers only (more processes may share one database)
     Worker,
@@ -99,7 +103,7 @@ pub async fn main() -> i32 {
     let cli = Cli::parse();
     let env = Env::from_process();
     let bind = match &cli.command {
-        Command::Serve { bind } => bind.clone(),
+        Command::Serve { bind, .. } => bind.clone(),
         _ => None,
     };
     let overrides = Overrides {
@@ -143,7 +147,13 @@ fn init_logging(settings: &Settings, flag: Option<LogFormat>) {
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
     match command {
-        Command::Serve { .. } => serve(settings, true).await,
+        Command::Serve { workers, .. } => {
+            let mut settings = settings;
+            if let Some(n) = workers {
+                settings.file.workers.concurrency = n;
+            }
+            serve(settings, true).await
+        }
         Command::Worker => serve(settings, false).await,
         Command::Run { spec, rerun } => run(settings, &spec, rerun).await,
         Command::Submit { spec } => submit(&settings, &spec).await,
@@ -176,7 +186,12 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));
-    let workers = tokio::spawn(crate::queue::run_workers(engine.clone(), shutdown.clone()));
+    let workers = if engine.settings.file.workers.concurrency > 0 {
+        Some(tokio::spawn(crate::queue::run_workers(engine.clone(), shutdown.clone())))
+    } else {
+        tracing::info!("no workers in this process (--workers 0)");
+        None
+    };
     if http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -195,10 +210,12 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
             .context("HTTP server")?;
     }
     shutdown.cancelled().await;
-    match tokio::time::timeout(std::time::Duration::from_secs(10), workers).await {
-        Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
-        Err(_) => tracing::warn!("workers did not stop within 10s"),
-        _ => {}
+    if let Some(workers) = workers {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), workers).await {
+            Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
+            Err(_) => tracing::warn!("workers did not stop within 10s"),
+            _ => {}
+        }
     }
     Ok(0)
 }

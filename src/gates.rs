@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatesConfig;
 use crate::exec::{self, Ending};
+use crate::providers::ProcessRecorder;
 use crate::spec::Acceptance;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,7 +201,7 @@ pub async fn run(
     env: &[(String, String)],
     config: &GatesConfig,
     cancel: &CancellationToken,
-) -> Vec<GateResult> {
+    record: ProcessRecorder<'_>) -> Vec<GateResult> {
     let mut results = Vec::new();
     for gate in planned {
         if cancel.is_cancelled() {
@@ -229,7 +230,17 @@ pub async fn run(
             timeout: config.timeout,
             output_limit: config.max_output_bytes,
         };
-        let result = match exec::run(job, cancel).await {
+        let started = exec::start(job);
+        let result = match started {
+            Ok(started) => {
+                record(Some(started.pgid)).await;
+                let out = started.wait(cancel).await;
+                record(None).await;
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        };
+        let result = match result {
             Ok(out) => {
                 let status = match out.ending {
                     Ending::Exited(0) => GateStatus::Passed,

@@ -312,7 +312,7 @@ async fn pipeline(
             Err(e) => return Ok(Outcome::ended(TaskState::Error, e)),
         };
     let homes = settings.data_dir.join("homes");
-    let gate_env = providers::base_env(
+    let mut gate_env = providers::base_env(
         &settings.env,
         &homes.join("gates"),
         &settings.file.agent.env,
@@ -330,6 +330,10 @@ async fn pipeline(
         path_env,
     );
     let marker = format!("AUTODEV_RUN={}-{}-{}", engine.owner, row.pk, row.run_seq);
+    if let Some((k, v)) = marker.split_once('=') {
+        // Gates run code the agent wrote: they are marked like the agent for crash recovery.
+        gate_env.push((k.to_owned(), v.to_owned()));
+    }
     let pool = engine.pool.clone();
     let key = row.pk;
     let marker_for_record = marker.clone();
@@ -441,7 +445,7 @@ async fn pipeline(
         gate_config.timeout = gate_config
             .timeout
             .min(run.time_left().max(Duration::from_secs(1)));
-        let results = gates::run(&planned, &workdir, &gate_env, &gate_config, cancel).await;
+        let results = gates::run(&planned, &workdir, &gate_env, &gate_config, cancel, &record).await;
         for r in &results {
             db::add_gate_result(
                 &engine.pool,

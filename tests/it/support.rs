@@ -139,7 +139,25 @@ impl World {
     }
 
     pub fn serve(&self) -> Server {
-        Server::start(self)
+        Server::start(self, &[])
+    }
+
+    /// `autodev serve` with extra arguments, e.g. `--workers 0`.
+    pub fn serve_with(&self, args: &[&str]) -> Server {
+        Server::start(self, args)
+    }
+
+    /// An `autodev worker` process on the same database; killed (whole group) on drop.
+    pub fn worker(&self) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let child = self
+            .command(&["worker"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("autodev worker starts");
+        Proc(child)
     }
 
     pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
@@ -159,10 +177,12 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(world: &World) -> Self {
+    fn start(world: &World, extra: &[&str]) -> Self {
         use std::os::unix::process::CommandExt;
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
         let mut child = world
-            .command(&["serve", "--bind", "127.0.0.1:0"])
+            .command(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -291,6 +311,18 @@ impl Drop for Server {
             libc::killpg(self.pid(), libc::SIGKILL);
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed with its whole group on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe {
+            libc::killpg(self.0.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
     }
 }
 
