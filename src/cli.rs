@@ -187,7 +187,10 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));
     let workers = if engine.settings.file.workers.concurrency > 0 {
-        Some(tokio::spawn(crate::queue::run_workers(engine.clone(), shutdown.clone())))
+        Some(tokio::spawn(crate::queue::run_workers(
+            engine.clone(),
+            shutdown.clone(),
+        )))
     } else {
         tracing::info!("no workers in this process (--workers 0)");
         None

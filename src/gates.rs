@@ -201,7 +201,8 @@ pub async fn run(
     env: &[(String, String)],
     config: &GatesConfig,
     cancel: &CancellationToken,
-    record: ProcessRecorder<'_>) -> Vec<GateResult> {
+    record: ProcessRecorder<'_>,
+) -> Vec<GateResult> {
     let mut results = Vec::new();
     for gate in planned {
         if cancel.is_cancelled() {

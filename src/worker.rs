@@ -445,7 +445,8 @@ async fn pipeline(
         gate_config.timeout = gate_config
             .timeout
             .min(run.time_left().max(Duration::from_secs(1)));
-        let results = gates::run(&planned, &workdir, &gate_env, &gate_config, cancel, &record).await;
+        let results =
+            gates::run(&planned, &workdir, &gate_env, &gate_config, cancel, &record).await;
         for r in &results {
             db::add_gate_result(
                 &engine.pool,

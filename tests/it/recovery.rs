@@ -81,15 +81,33 @@ async fn cancel_reaches_an_agent_running_in_another_worker_process() {
     // The API process runs no tasks; a separate worker process does.
     let server = world.serve_with(&["--workers", "0"]);
     let _worker = world.worker();
-    server.post_spec("application/yaml", &spec("XP-1", "")).await;
-    let agent: i32 = wait_for_file(&world.agent_dir.join("agent.pid"), Duration::from_secs(30)).await.trim().parse().unwrap();
-    server.wait_for("XP-1", &["running"], Duration::from_secs(30)).await;
+    server
+        .post_spec("application/yaml", &spec("XP-1", ""))
+        .await;
+    let agent: i32 = wait_for_file(&world.agent_dir.join("agent.pid"), Duration::from_secs(30))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    server
+        .wait_for("XP-1", &["running"], Duration::from_secs(30))
+        .await;
     let (status, _) = server.post("/tasks/XP-1/cancel").await;
     assert_eq!(status, 202);
     let started = std::time::Instant::now();
-    let task = server.wait_for("XP-1", &["cancelled", "passed", "failed", "error"], Duration::from_secs(30)).await;
+    let task = server
+        .wait_for(
+            "XP-1",
+            &["cancelled", "passed", "failed", "error"],
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(task["state"], "cancelled", "{task:#}");
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!alive(agent), "agent {agent} still running");
 }
 
@@ -108,11 +126,17 @@ async fn two_processes_on_one_database_run_each_task_once() {
         assert_eq!(status, 201);
     }
     for id in &ids {
-        let task = server.wait_for(id, &["passed", "failed", "error"], Duration::from_secs(60)).await;
+        let task = server
+            .wait_for(id, &["passed", "failed", "error"], Duration::from_secs(60))
+            .await;
         assert_eq!(task["state"], "passed", "{task:#}");
     }
     let runs = std::fs::read_to_string(world.agent_dir.join("runs.txt")).unwrap();
     let mut seen: Vec<&str> = runs.lines().collect();
     seen.sort();
-    assert_eq!(seen, ids.iter().map(String::as_str).collect::<Vec<_>>(), "each task's agent ran once");
+    assert_eq!(
+        seen,
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "each task's agent ran once"
+    );
 }

@@ -1,0 +1,101 @@
+//! Worktree creation, libgit2 (git2) against the git CLI, on a synthetic repository.
+//! Run: `cargo bench --bench git_worktree -- [files] [rounds]` (defaults: 20000 files, 5 rounds).
+//! Records the median of each method; BENCHMARKS.md keeps the numbers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let files: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    for i in 0..files {
+        let sub = repo.join(format!("src/m{:03}", i % 500));
+        std::fs::create_dir_all(&sub).unwrap();
+        let body = format!("// file {i}\n{}\n", "fn f() -> u32 { 42 }\n".repeat(40));
+        std::fs::write(sub.join(format!("f{i}.rs")), body).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "commit",
+            "-q",
+            "-m",
+            "tree",
+        ],
+    );
+
+    let mut cli = Vec::new();
+    let mut lib = Vec::new();
+    for round in 0..rounds {
+        let path = dir.path().join(format!("cli-{round}"));
+        let t = Instant::now();
+        git(
+            &repo,
+            &[
+                "worktree",
+                "add",
+                "--quiet",
+                "-b",
+                &format!("cli-{round}"),
+                path.to_str().unwrap(),
+                "main",
+            ],
+        );
+        cli.push(t.elapsed());
+
+        let path = dir.path().join(format!("lib-{round}"));
+        let t = Instant::now();
+        let r = git2::Repository::open(&repo).unwrap();
+        let head = r.head().unwrap().peel_to_commit().unwrap();
+        let branch = r.branch(&format!("lib-{round}"), &head, false).unwrap();
+        let mut opts = git2::WorktreeAddOptions::new();
+        opts.reference(Some(branch.get()));
+        r.worktree(&format!("lib-{round}"), &path, Some(&opts))
+            .unwrap();
+        lib.push(t.elapsed());
+    }
+    let (c, l) = (median(cli), median(lib));
+    println!("files={files} rounds={rounds}");
+    println!(
+        "git CLI `worktree add`: median {:.1} ms",
+        c.as_secs_f64() * 1000.0
+    );
+    println!(
+        "git2 Repository::worktree: median {:.1} ms",
+        l.as_secs_f64() * 1000.0
+    );
+    println!("git2 / CLI = {:.2}x", l.as_secs_f64() / c.as_secs_f64());
+}
