@@ -59,7 +59,7 @@ fn main() {
 
     let mut cli = Vec::new();
     let mut lib = Vec::new();
-    for round in 0..rounds {
+    let run_cli = |round: usize| {
         let path = dir.path().join(format!("cli-{round}"));
         let t = Instant::now();
         git(
@@ -74,8 +74,9 @@ fn main() {
                 "main",
             ],
         );
-        cli.push(t.elapsed());
-
+        t.elapsed()
+    };
+    let run_lib = |round: usize| {
         let path = dir.path().join(format!("lib-{round}"));
         let t = Instant::now();
         let r = git2::Repository::open(&repo).unwrap();
@@ -85,7 +86,17 @@ fn main() {
         opts.reference(Some(branch.get()));
         r.worktree(&format!("lib-{round}"), &path, Some(&opts))
             .unwrap();
-        lib.push(t.elapsed());
+        t.elapsed()
+    };
+    // Alternate which method goes first, so neither always meets a cold cache.
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            cli.push(run_cli(round));
+            lib.push(run_lib(round));
+        } else {
+            lib.push(run_lib(round));
+            cli.push(run_cli(round));
+        }
     }
     let (c, l) = (median(cli), median(lib));
     println!("files={files} rounds={rounds}");
