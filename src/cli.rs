@@ -182,6 +182,7 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
             "refusing to listen on {addr} without AUTODEV_API_TOKEN: anyone who reaches it could run agents. Set AUTODEV_API_TOKEN, or bind to 127.0.0.1"
         );
     }
+    crate::gitops::check_data_dir_outside(&settings.repo_path, &settings.data_dir)?;
     let engine = Engine::open(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -261,6 +262,7 @@ fn read_spec(
 }
 
 async fn run(settings: Settings, path: &Path, rerun: bool) -> anyhow::Result<i32> {
+    crate::gitops::check_data_dir_outside(&settings.repo_path, &settings.data_dir)?;
     let engine = Engine::open(settings).await?;
     let spec = match read_spec(&engine.settings, path, &engine.roles)? {
         Ok(s) => s,

@@ -459,3 +459,56 @@ async fn the_agent_sees_no_secret_and_a_home_of_its_own() {
         "the CLI's own settings are there"
     );
 }
+
+#[tokio::test]
+async fn base_branch_comes_from_the_spec_then_dev_branch_and_a_missing_one_is_an_error() {
+    let mut world = World::new();
+    git(&world.repo, &["branch", "develop"]);
+    git(&world.repo, &["branch", "release"]);
+    world
+        .extra_env
+        .push(("DEV_BRANCH".into(), "develop".into()));
+    world.simple_claude("f.txt", "x");
+    let server = world.serve();
+    server.post_spec("application/yaml", &spec("B-1", "")).await;
+    server
+        .post_spec("application/yaml", &spec("B-2", "base_branch: release\n"))
+        .await;
+    server
+        .post_spec("application/yaml", &spec("B-3", "base_branch: nope\n"))
+        .await;
+    let one = server
+        .wait_for("B-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(one["base_branch"], "develop");
+    let two = server
+        .wait_for("B-2", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(two["base_branch"], "release");
+    let three = server
+        .wait_for("B-3", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(three["state"], "error");
+    assert!(
+        three["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("base branch `nope` does not exist"),
+        "{three:#}"
+    );
+}
+
+#[test]
+fn a_data_dir_inside_the_repository_is_refused() {
+    let mut world = World::new();
+    let inside = world.repo.join(".autodev");
+    world
+        .extra_env
+        .push(("AUTODEV_DATA_DIR".into(), inside.display().to_string()));
+    let out = world
+        .command(&["serve", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the repository"));
+}
