@@ -7,6 +7,7 @@ pub mod db;
 pub mod engine;
 pub mod exec;
 pub mod gates;
+pub mod github;
 pub mod gitops;
 pub mod ids;
 pub mod metrics;
