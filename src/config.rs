@@ -79,6 +79,8 @@ pub struct FileConfig {
     pub agent: AgentConfig,
     #[serde(default)]
     pub database: DatabaseConfig,
+    #[serde(default)]
+    pub github: GithubConfig,
     /// Directory of custom role files; relative paths are relative to the working directory.
     #[serde(default)]
     pub roles_dir: Option<PathBuf>,
@@ -219,6 +221,86 @@ impl Default for DatabaseConfig {
             busy_timeout_ms: 10_000,
             max_connections: 8,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// Bot logins (e.g. `renovate[bot]`) whose labels and commands are honoured; other bots are
+    /// ignored.
+    pub allowed_bots: Vec<String>,
+    /// Push changes under `.github/workflows/` (needs the App's `workflows` permission).
+    pub allow_workflow_changes: bool,
+    /// How long a collaborator's permission is trusted before asking GitHub again.
+    pub permission_cache_seconds: u64,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            allowed_bots: Vec::new(),
+            allow_workflow_changes: false,
+            permission_cache_seconds: 60,
+        }
+    }
+}
+
+/// GitHub App credentials; present only in App mode.
+#[derive(Debug, Clone)]
+pub struct GithubApp {
+    pub app_id: u64,
+    pub private_key: SecretString,
+    pub webhook_secret: SecretString,
+    pub api_url: String,
+}
+
+impl GithubApp {
+    /// App mode needs all of GITHUB_APP_ID, a private key and GITHUB_WEBHOOK_SECRET; none of
+    /// them means local mode, some of them is an error.
+    fn from_env(env: &Env) -> anyhow::Result<Option<Self>> {
+        let app_id = env.get("GITHUB_APP_ID");
+        let key = match env.get("GITHUB_PRIVATE_KEY_PATH") {
+            Some(path) => Some(SecretString::from(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading GITHUB_PRIVATE_KEY_PATH={path}"))?,
+            )),
+            None => env.secret("GITHUB_PRIVATE_KEY")?,
+        };
+        let secret = env.secret("GITHUB_WEBHOOK_SECRET")?;
+        let (app_id, private_key, webhook_secret) = match (app_id, key, secret) {
+            (None, None, None) => return Ok(None),
+            (Some(a), Some(k), Some(s)) => (a, k, s),
+            (a, k, s) => {
+                let missing: Vec<&str> = [
+                    (a.is_none(), "GITHUB_APP_ID"),
+                    (
+                        k.is_none(),
+                        "GITHUB_PRIVATE_KEY_PATH (or GITHUB_PRIVATE_KEY)",
+                    ),
+                    (s.is_none(), "GITHUB_WEBHOOK_SECRET"),
+                ]
+                .into_iter()
+                .filter_map(|(m, n)| m.then_some(n))
+                .collect();
+                bail!(
+                    "GitHub App mode is half configured; missing {}",
+                    missing.join(", ")
+                );
+            }
+        };
+        Ok(Some(Self {
+            app_id: app_id
+                .parse()
+                .with_context(|| format!("GITHUB_APP_ID `{app_id}` is not a number"))?,
+            private_key,
+            webhook_secret,
+            api_url: env
+                .get("GITHUB_API_URL")
+                .unwrap_or("https://api.github.com")
+                .trim_end_matches('/')
+                .to_owned(),
+        }))
     }
 }
 
@@ -427,6 +509,8 @@ pub struct Settings {
     pub dev_branch: Option<String>,
     pub worktrees_dir: PathBuf,
     pub roles_dir: Option<PathBuf>,
+    /// GitHub App mode, when configured.
+    pub github: Option<GithubApp>,
     /// autodev's own environment, from which agents get their allow-listed variables.
     pub env: Env,
 }
@@ -500,6 +584,7 @@ impl Settings {
             database_url,
             worktrees_dir,
             roles_dir,
+            github: GithubApp::from_env(&env)?,
             file,
             env,
         })

@@ -582,3 +582,132 @@ pub async fn expired_leases(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
     .fetch_all(pool)
     .await?)
 }
+
+pub struct NewDelivery<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+    pub repo: Option<&'a str>,
+    pub installation: Option<i64>,
+    /// The parsed domain event, as JSON.
+    pub payload: &'a str,
+    pub outcome: &'a str,
+}
+
+/// Records a delivery; `false` when this delivery id was already recorded (a redelivery, or a
+/// copy that arrived at the same moment).
+pub async fn insert_delivery<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    d: &NewDelivery<'_>,
+) -> anyhow::Result<bool> {
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO deliveries (id, event, repo, installation_id, payload, outcome, received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(d.id)
+    .bind(d.event)
+    .bind(d.repo)
+    .bind(d.installation)
+    .bind(d.payload)
+    .bind(d.outcome)
+    .bind(Utc::now())
+    .fetch_optional(ex)
+    .await
+    .context("recording delivery")?;
+    Ok(inserted.is_some())
+}
+
+pub async fn delivery_payload(pool: &SqlitePool, id: &str) -> anyhow::Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT payload FROM deliveries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .flatten(),
+    )
+}
+
+pub async fn count_deliveries(pool: &SqlitePool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Records an installation and, when given, the full list of its repositories.
+pub async fn upsert_installation(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    id: i64,
+    account: &str,
+    active: bool,
+    repos: Option<&[String]>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO installations (id, account, active, updated_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET account = excluded.account, active = excluded.active,
+           updated_at = excluded.updated_at",
+    )
+    .bind(id)
+    .bind(account)
+    .bind(active)
+    .bind(Utc::now())
+    .execute(&mut **tx)
+    .await?;
+    if let Some(repos) = repos {
+        sqlx::query("DELETE FROM installation_repos WHERE installation_id = ?")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        add_installation_repos(tx, id, repos).await?;
+    }
+    Ok(())
+}
+
+pub async fn add_installation_repos(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    id: i64,
+    repos: &[String],
+) -> anyhow::Result<()> {
+    for repo in repos {
+        sqlx::query(
+            "INSERT INTO installation_repos (installation_id, repo) VALUES (?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(repo.to_lowercase())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn remove_installation_repos(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    id: i64,
+    repos: &[String],
+) -> anyhow::Result<()> {
+    for repo in repos {
+        sqlx::query("DELETE FROM installation_repos WHERE installation_id = ? AND repo = ?")
+            .bind(id)
+            .bind(repo.to_lowercase())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether an active installation covers `repo` (`owner/name`, any case).
+pub async fn repo_installed(
+    pool: &SqlitePool,
+    installation: i64,
+    repo: &str,
+) -> anyhow::Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM installation_repos r JOIN installations i ON i.id = r.installation_id
+         WHERE i.id = ? AND i.active = 1 AND r.repo = ?",
+    )
+    .bind(installation)
+    .bind(repo.to_lowercase())
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}

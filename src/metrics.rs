@@ -14,6 +14,7 @@ pub struct Metrics {
     pub active_worktrees: IntGauge,
     pub queue_size: IntGauge,
     pub git_operations_total: IntCounterVec,
+    pub webhook_deliveries_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,6 +51,14 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
+        let webhook_deliveries_total = IntCounterVec::new(
+            Opts::new(
+                "autodev_webhook_deliveries_total",
+                "Webhook deliveries by event and outcome",
+            ),
+            &["event", "outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(tasks_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(task_duration_seconds.clone()),
@@ -57,6 +66,7 @@ impl Metrics {
             Box::new(active_worktrees.clone()),
             Box::new(queue_size.clone()),
             Box::new(git_operations_total.clone()),
+            Box::new(webhook_deliveries_total.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -68,6 +78,7 @@ impl Metrics {
             active_worktrees,
             queue_size,
             git_operations_total,
+            webhook_deliveries_total,
         }
     }
 

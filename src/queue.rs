@@ -16,6 +16,35 @@ use crate::ids::TaskKey;
 /// The queue name of task jobs (named, so it does not depend on a Rust type path).
 pub const TASKS_QUEUE: &str = "autodev.tasks";
 
+/// The queue of webhook deliveries waiting to be acted on.
+pub const GITHUB_QUEUE: &str = "autodev.github";
+
+/// A job: act on the delivery with this `X-GitHub-Delivery` id (its parsed event is stored
+/// with it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandleDelivery {
+    pub delivery: String,
+}
+
+/// Queues a delivery inside the caller's transaction; one job per delivery id.
+pub async fn push_delivery(
+    tx: &mut Transaction<'_, Sqlite>,
+    delivery: &str,
+) -> anyhow::Result<String> {
+    let id = ulid::Ulid::generate();
+    let args = serde_json::to_vec(&HandleDelivery {
+        delivery: delivery.to_owned(),
+    })?;
+    let job = TaskBuilder::new(args)
+        .task_id(apalis::prelude::TaskId::from_ulid(id))
+        .idempotency_key(format!("delivery-{delivery}"))
+        .build();
+    apalis_sqlite::queries::push_tasks(&mut **tx, GITHUB_QUEUE, &[job])
+        .await
+        .map_err(|e| anyhow::anyhow!("queueing delivery {delivery}: {e}"))?;
+    Ok(id.to_string())
+}
+
 /// A job: run task `task` for run number `run` (bumped by each retry).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct RunTask {

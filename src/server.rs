@@ -70,6 +70,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         ));
     Router::new()
         .merge(tasks)
+        .route("/webhooks/github", post(github_webhook))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -292,6 +293,77 @@ async fn retry(engine: &Engine, row: TaskRow) -> ApiResult<Response> {
             ),
         )),
     }
+}
+
+/// `POST /webhooks/github`: verify, dedup, store, answer; the work happens in a worker.
+async fn github_webhook(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use crate::github::intake::{self, DeliveryHeaders, Intake, IntakeError};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // A label from the header only when it looks like an event name, so a forged request
+    // cannot grow the metric without bound.
+    let event = header("x-github-event")
+        .filter(|e| e.len() <= 40 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .unwrap_or("unknown")
+        .to_owned();
+    let result = intake::receive(
+        &engine,
+        DeliveryHeaders {
+            event: header("x-github-event"),
+            delivery: header("x-github-delivery"),
+            signature: header("x-hub-signature-256"),
+        },
+        &body,
+    )
+    .await;
+    let (status, outcome, body) = match result {
+        Ok(Intake::Pong) => (StatusCode::OK, "pong", json!({ "ok": "pong" })),
+        Ok(Intake::Duplicate) => (
+            StatusCode::OK,
+            "duplicate",
+            json!({ "ok": "already received" }),
+        ),
+        Ok(Intake::Recorded) => (
+            StatusCode::ACCEPTED,
+            "recorded",
+            json!({ "ok": "recorded" }),
+        ),
+        Ok(Intake::Queued) => (StatusCode::ACCEPTED, "queued", json!({ "ok": "queued" })),
+        Ok(Intake::Ignored(why)) => (StatusCode::ACCEPTED, "ignored", json!({ "ignored": why })),
+        Err(e) => {
+            let status = match &e {
+                IntakeError::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+                IntakeError::Signature(_) => StatusCode::UNAUTHORIZED,
+                IntakeError::MissingHeader(_) | IntakeError::Malformed(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                IntakeError::Internal(err) => {
+                    tracing::error!("webhook delivery failed: {err:#}");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            let outcome = match status {
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::BAD_REQUEST => "malformed",
+                _ => "error",
+            };
+            (status, outcome, json!({ "error": e.to_string() }))
+        }
+    };
+    let event = if outcome == "unauthorized" {
+        "unverified"
+    } else {
+        event.as_str()
+    };
+    engine
+        .metrics
+        .webhook_deliveries_total
+        .with_label_values(&[event, outcome])
+        .inc();
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(engine): State<Arc<Engine>>) -> Response {

@@ -3,4 +3,5 @@
 
 pub mod command;
 pub mod event;
+pub mod intake;
 pub mod webhook;

@@ -8,3 +8,4 @@ mod cli;
 mod examples;
 mod pipeline;
 mod recovery;
+mod webhooks;

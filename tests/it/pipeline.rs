@@ -362,14 +362,22 @@ async fn retry_continues_on_the_same_branch() {
 
 #[tokio::test]
 async fn the_agent_sees_no_secret_and_a_home_of_its_own() {
-    let mut world = World::new();
+    // App mode, so the App's private key and webhook secret are in autodev's environment too.
+    let mut world = crate::webhooks::app_world();
+    world
+        .extra_env
+        .retain(|(k, _)| k != "GITHUB_WEBHOOK_SECRET");
+    let key_path = world.root.path().join("app.pem");
+    let key_body: String = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
     for (k, v) in [
         ("AUTODEV_API_TOKEN", "api-token-SECRET-1"),
         ("GITHUB_WEBHOOK_SECRET", "webhook-SECRET-2"),
-        (
-            "GITHUB_PRIVATE_KEY",
-            "-----BEGIN RSA PRIVATE KEY----- SECRET-3",
-        ),
+        ("GITHUB_TOKEN", "ghp-SECRET-3"),
         ("AWS_SECRET_ACCESS_KEY", "aws-SECRET-4"),
         ("ANTHROPIC_API_KEY", "sk-ant-allowed"),
         ("OPENAI_API_KEY", "sk-openai-not-for-claude"),
@@ -434,6 +442,14 @@ async fn the_agent_sees_no_secret_and_a_home_of_its_own() {
             "the agent could see {secret}:\n{env}"
         );
     }
+    assert!(
+        !everything.contains(&key_body),
+        "the agent could see the App's private key"
+    );
+    assert!(
+        !everything.contains(key_path.to_str().unwrap()),
+        "the agent could see where the key is"
+    );
     assert!(
         env.contains("ANTHROPIC_API_KEY=sk-ant-allowed"),
         "its own provider key is passed:\n{env}"

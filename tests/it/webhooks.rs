@@ -1,0 +1,281 @@
+//! `POST /webhooks/github` with GitHub's own example payloads: signatures, dedup (also of
+//! concurrent copies), installation records, and what is ignored.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, World};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+pub fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/webhooks/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A world in GitHub App mode (the private key is generated for the test, never stored).
+pub fn app_world() -> World {
+    let mut world = World::new();
+    let key = world.root.path().join("app.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl genrsa: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    world.extra_env.extend([
+        ("GITHUB_APP_ID".to_owned(), "4242".to_owned()),
+        (
+            "GITHUB_PRIVATE_KEY_PATH".to_owned(),
+            key.display().to_string(),
+        ),
+        ("GITHUB_WEBHOOK_SECRET".to_owned(), SECRET.to_owned()),
+    ]);
+    world
+}
+
+pub async fn deliver(
+    server: &Server,
+    event: &str,
+    delivery: &str,
+    payload: &Value,
+) -> (u16, Value) {
+    let body = serde_json::to_vec(payload).unwrap();
+    let sig = autodev::github::webhook::sign(SECRET.as_bytes(), &body);
+    send(server, event, delivery, &body, Some(&sig)).await
+}
+
+async fn send(
+    server: &Server,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    sig: Option<&str>,
+) -> (u16, Value) {
+    let mut rb = server
+        .client
+        .post(format!("{}/webhooks/github", server.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("Content-Type", "application/json")
+        .body(body.to_vec());
+    if let Some(sig) = sig {
+        rb = rb.header("X-Hub-Signature-256", sig);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn db(world: &World) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+async fn count(pool: &sqlx::SqlitePool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+fn labeled(label: &str) -> Value {
+    let mut p = fixture("issues.labeled");
+    p["label"]["name"] = json!(label);
+    p["installation"] = json!({"id": 1});
+    p
+}
+
+#[tokio::test]
+async fn signatures_are_checked_before_anything_is_written() {
+    let world = app_world();
+    let server = world.serve();
+    let pool = db(&world).await;
+    let body = serde_json::to_vec(&labeled("autodev:backend")).unwrap();
+    let (status, body_json) = send(&server, "issues", "d-1", &body, Some("sha256=00")).await;
+    assert_eq!(status, 401, "{body_json}");
+    let (status, _) = send(&server, "issues", "d-1", &body, None).await;
+    assert_eq!(status, 401);
+    let sha1_only = "sha1=0123456789abcdef0123456789abcdef01234567";
+    let (status, _) = send(&server, "issues", "d-1", &body, Some(sha1_only)).await;
+    assert_eq!(status, 401);
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM deliveries").await, 0);
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM Jobs").await, 0);
+
+    let (status, _) = send(
+        &server,
+        "issues",
+        "d-2",
+        b"{not json",
+        Some(&autodev::github::webhook::sign(
+            SECRET.as_bytes(),
+            b"{not json",
+        )),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, pong) = deliver(&server, "ping", "d-3", &fixture("ping")).await;
+    assert_eq!((status, pong["ok"].as_str()), (200, Some("pong")));
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"autodev_webhook_deliveries_total{event="unverified",outcome="unauthorized"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"autodev_webhook_deliveries_total{event="issues",outcome="malformed"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_is_stored_and_queued_once_even_when_copies_race() {
+    let world = app_world();
+    let server = Arc::new(world.serve());
+    let pool = db(&world).await;
+    let payload = labeled("autodev:backend");
+    let (status, body) = deliver(&server, "issues", "race-0", &payload).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = deliver(&server, "issues", "race-0", &payload).await;
+    assert_eq!(
+        (status, body["ok"].as_str()),
+        (200, Some("already received"))
+    );
+
+    // Eight copies of a new delivery, released together.
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let (server, barrier, payload) = (server.clone(), barrier.clone(), payload.clone());
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            deliver(&server, "issues", "race-1", &payload).await.0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for h in handles {
+        statuses.push(h.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 202]);
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM deliveries").await, 2);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.github'"
+        )
+        .await,
+        2
+    );
+    let stored: String = sqlx::query_scalar("SELECT payload FROM deliveries WHERE id = 'race-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["kind"], "issue_labeled");
+    assert_eq!(stored["repo"]["owner"], "Codertocat");
+    assert_eq!(stored["issue"]["number"], 1);
+}
+
+#[tokio::test]
+async fn installations_are_recorded() {
+    let world = app_world();
+    let server = world.serve();
+    let pool = db(&world).await;
+    let (status, _) = deliver(
+        &server,
+        "installation",
+        "i-1",
+        &fixture("installation.created"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, _) = deliver(
+        &server,
+        "installation_repositories",
+        "i-2",
+        &fixture("installation_repositories.added"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let repos: Vec<String> = sqlx::query_scalar(
+        "SELECT repo FROM installation_repos WHERE installation_id = 957387 ORDER BY repo",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(repos, ["codertocat/hello-world", "codertocat/space"]);
+    let (status, _) = deliver(&server, "installation", "i-3", &{
+        let mut p = fixture("installation.deleted");
+        p["installation"]["id"] = json!(957387);
+        p
+    })
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        count(&pool, "SELECT active FROM installations WHERE id = 957387").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn what_autodev_does_not_act_on_is_answered_and_counted() {
+    let world = app_world();
+    let server = world.serve();
+    let pool = db(&world).await;
+    let (status, body) = deliver(&server, "star", "s-1", &fixture("star.created")).await;
+    assert_eq!(status, 202);
+    assert!(
+        body["ignored"].as_str().unwrap().contains("star.created"),
+        "{body}"
+    );
+    let (status, body) = deliver(&server, "issues", "s-2", &labeled("bug")).await;
+    assert_eq!(status, 202);
+    assert!(
+        body["ignored"].as_str().unwrap().contains("not an autodev"),
+        "{body}"
+    );
+    let mut bot = labeled("autodev:backend");
+    bot["sender"]["login"] = json!("dependabot[bot]");
+    bot["sender"]["type"] = json!("Bot");
+    let (_, body) = deliver(&server, "issues", "s-3", &bot).await;
+    assert!(body["ignored"].as_str().unwrap().contains("bot"), "{body}");
+    let mut comment = fixture("issue_comment.created");
+    comment["comment"]["body"] = json!("Looks good to me");
+    let (_, body) = deliver(&server, "issue_comment", "s-4", &comment).await;
+    assert!(
+        body["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("no /autodev command"),
+        "{body}"
+    );
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM Jobs").await, 0);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"autodev_webhook_deliveries_total{event="star",outcome="ignored"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn without_app_credentials_the_route_says_so() {
+    let world = World::new();
+    let server = world.serve();
+    let (status, body) = deliver(&server, "ping", "n-1", &fixture("ping")).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"].as_str().unwrap().contains("GITHUB_APP_ID"),
+        "{body}"
+    );
+}
