@@ -6,6 +6,8 @@ mod support;
 mod api;
 mod cli;
 mod examples;
+mod fake_github;
+mod github_client;
 mod pipeline;
 mod recovery;
 mod webhooks;

@@ -1,0 +1,322 @@
+//! The GitHub API as autodev uses it: one octocrab client for the App (JWT) and one per
+//! installation (its token cached and refreshed by octocrab), shared by `Arc`. Every call goes
+//! through [`GithubClient::call`], which turns GitHub's answers into one error type with one
+//! retry policy. octocrab's own retries are not compiled in: retrying is done here, by the
+//! caller's queue, so a POST is never repeated behind our back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use octocrab::Octocrab;
+use octocrab::models::{AppId, InstallationId as OctoInstallationId};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::event::InstallationId;
+use crate::config::GithubApp;
+
+/// What to do about a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// It will not get better (a 404, a 422, bad credentials): report it.
+    Never,
+    /// Try again after this long (`Retry-After`, or until `x-ratelimit-reset`).
+    After(Duration),
+    /// Try again with the caller's backoff (5xx, network).
+    Backoff,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("GitHub answered {status} to {method} {path}: {message}")]
+    Status {
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+        retry: Retry,
+    },
+    #[error("talking to GitHub ({method} {path}): {message}")]
+    Transport {
+        method: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            ApiError::Status { retry, .. } => *retry,
+            ApiError::Transport { .. } => Retry::Backoff,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            ApiError::Transport { .. } => None,
+        }
+    }
+}
+
+/// A collaborator's permission on a repository, as GitHub reports it (`maintain` shows as
+/// `write`, `triage` as `read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Admin,
+    Write,
+    Read,
+    None,
+}
+
+impl Permission {
+    /// Write, maintain and admin may steer autodev.
+    pub fn may_command(self) -> bool {
+        matches!(self, Permission::Admin | Permission::Write)
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "admin" => Permission::Admin,
+            "write" | "maintain" => Permission::Write,
+            "read" | "triage" => Permission::Read,
+            _ => Permission::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Patch,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+pub struct GithubClient {
+    app: Octocrab,
+    installations: Mutex<HashMap<InstallationId, Arc<Octocrab>>>,
+    permissions: Mutex<HashMap<(String, String), (Permission, Instant)>>,
+    permission_ttl: Duration,
+}
+
+impl GithubClient {
+    pub fn new(app: &GithubApp, permission_ttl: Duration) -> anyhow::Result<Self> {
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(app.private_key.expose_secret().as_bytes())
+                .context("GITHUB_PRIVATE_KEY is not an RSA private key in PEM form")?;
+        let app_client = Octocrab::builder()
+            .base_uri(app.api_url.as_str())
+            .with_context(|| format!("GITHUB_API_URL `{}`", app.api_url))?
+            .app(AppId(app.app_id), key)
+            .build()
+            .context("building the GitHub client")?;
+        Ok(Self {
+            app: app_client,
+            installations: Mutex::new(HashMap::new()),
+            permissions: Mutex::new(HashMap::new()),
+            permission_ttl,
+        })
+    }
+
+    /// The client of an installation: one per installation, so its token cache is shared.
+    pub fn installation(&self, id: InstallationId) -> anyhow::Result<Arc<Octocrab>> {
+        let mut map = self.installations.lock().expect("lock");
+        if let Some(c) = map.get(&id) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(
+            self.app
+                .installation(OctoInstallationId(id.0 as u64))
+                .context("creating the installation client")?,
+        );
+        map.insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// A valid installation token (for git over HTTPS), refreshed when it has under a minute
+    /// left.
+    pub async fn installation_token(&self, id: InstallationId) -> anyhow::Result<SecretString> {
+        let client = self.installation(id)?;
+        client
+            .installation_token_with_buffer(chrono::Duration::seconds(60))
+            .await
+            .map_err(|e| anyhow::anyhow!("getting an installation token for {id}: {e}"))
+    }
+
+    /// One API call as the installation. Non-2xx answers become [`ApiError::Status`] with the
+    /// retry advice their status and headers give.
+    pub async fn call(
+        &self,
+        inst: InstallationId,
+        method: &'static str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let client = self.installation(inst).map_err(|e| ApiError::Transport {
+            method,
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+        let m = match method {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            _ => Method::Patch,
+        };
+        let transport = |e: octocrab::Error| ApiError::Transport {
+            method: m.name(),
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let response = match m {
+            Method::Get => client._get(path).await,
+            Method::Post => client._post(path, body).await,
+            Method::Patch => client._patch(path, body).await,
+        }
+        .map_err(transport)?;
+        let status = response.status().as_u16();
+        let retry = retry_advice(status, response.headers());
+        let text = client.body_to_string(response).await.map_err(transport)?;
+        if (200..300).contains(&status) {
+            if text.trim().is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text).map_err(|e| ApiError::Transport {
+                method: m.name(),
+                path: path.to_owned(),
+                message: format!("unreadable answer: {e}"),
+            });
+        }
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| crate::exec::tail_chars(&text, 300));
+        Err(ApiError::Status {
+            method: m.name(),
+            path: path.to_owned(),
+            status,
+            message,
+            retry,
+        })
+    }
+
+    /// The permission `login` has on `owner/repo`, cached for `github.permission_cache_seconds`.
+    pub async fn permission(
+        &self,
+        inst: InstallationId,
+        owner: &str,
+        repo: &str,
+        login: &str,
+    ) -> Result<Permission, ApiError> {
+        let key = (
+            format!("{owner}/{repo}").to_lowercase(),
+            login.to_lowercase(),
+        );
+        if let Some((p, at)) = self.permissions.lock().expect("lock").get(&key)
+            && at.elapsed() < self.permission_ttl
+        {
+            return Ok(*p);
+        }
+        let path = format!("/repos/{owner}/{repo}/collaborators/{login}/permission");
+        let permission = match self.call(inst, "GET", &path, None).await {
+            Ok(v) => Permission::parse(v["permission"].as_str().unwrap_or("none")),
+            // Not a collaborator at all.
+            Err(ApiError::Status { status: 404, .. }) => Permission::None,
+            Err(e) => return Err(e),
+        };
+        self.permissions
+            .lock()
+            .expect("lock")
+            .insert(key, (permission, Instant::now()));
+        Ok(permission)
+    }
+}
+
+/// GitHub's rate-limit rules: `Retry-After` first; else, with no requests left, wait for
+/// `x-ratelimit-reset`; a 403/429 without either is a secondary limit (wait at least a minute);
+/// 5xx back off; other 4xx will not get better.
+fn retry_advice(status: u16, headers: &http::HeaderMap) -> Retry {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if (200..300).contains(&status) {
+        return Retry::Never;
+    }
+    if let Some(secs) = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Retry::After(Duration::from_secs(secs));
+    }
+    if status == 403 || status == 429 {
+        if header("x-ratelimit-remaining") == Some("0")
+            && let Some(reset) = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok())
+        {
+            let wait = (reset - chrono::Utc::now().timestamp()).max(1) as u64;
+            return Retry::After(Duration::from_secs(wait));
+        }
+        if status == 429 || header("x-ratelimit-remaining").is_some() {
+            return Retry::After(Duration::from_secs(60));
+        }
+        return Retry::Never;
+    }
+    if status >= 500 || status == 401 {
+        return Retry::Backoff;
+    }
+    Retry::Never
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_advice_follows_githubs_rules() {
+        assert_eq!(retry_advice(500, &headers(&[])), Retry::Backoff);
+        assert_eq!(retry_advice(422, &headers(&[])), Retry::Never);
+        assert_eq!(retry_advice(404, &headers(&[])), Retry::Never);
+        assert_eq!(
+            retry_advice(403, &headers(&[("retry-after", "7")])),
+            Retry::After(Duration::from_secs(7))
+        );
+        let reset = (chrono::Utc::now().timestamp() + 30).to_string();
+        match retry_advice(
+            403,
+            &headers(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ]),
+        ) {
+            Retry::After(d) => assert!((28..=31).contains(&d.as_secs()), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            retry_advice(429, &headers(&[])),
+            Retry::After(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_advice(403, &headers(&[("x-ratelimit-remaining", "12")])),
+            Retry::After(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_advice(403, &headers(&[])),
+            Retry::Never,
+            "a plain 403 is a permission problem"
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! A stateful fake GitHub on 127.0.0.1 that the real octocrab client talks to. As strict as
+//! GitHub where autodev depends on it: it verifies the App JWT (RS256, issuer, a lifetime of at
+//! most ten minutes), hands out installation tokens that expire, refuses unknown or expired
+//! tokens, and answers with GitHub's own response examples (`@octokit/openapi`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::{Value, json};
+
+pub fn example(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/openapi/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[derive(Debug, Clone)]
+pub struct Comment {
+    pub id: u64,
+    pub issue: u64,
+    pub body: String,
+    pub author: String,
+    pub edits: u32,
+}
+
+#[derive(Default)]
+pub struct St {
+    app_id: u64,
+    public_key: String,
+    pub token_ttl: Duration,
+    tokens: HashMap<String, (u64, Instant)>,
+    pub tokens_issued: u32,
+    pub permissions: HashMap<(String, String), String>,
+    pub comments: Vec<Comment>,
+    pub reactions: Vec<(u64, String)>,
+    /// Answers to give before handling the next requests: (status, headers).
+    pub failures: VecDeque<(u16, Vec<(String, String)>)>,
+    /// `METHOD path` of every request, in order.
+    pub requests: Vec<String>,
+    next_id: u64,
+}
+
+pub struct FakeGithub {
+    pub url: String,
+    pub state: Arc<Mutex<St>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+type Shared = Arc<Mutex<St>>;
+
+impl FakeGithub {
+    /// Starts the fake for App `app_id` whose private key is at `key_pem`.
+    pub async fn start(app_id: u64, key_pem: &std::path::Path) -> Self {
+        let out = std::process::Command::new("openssl")
+            .args(["rsa", "-in", key_pem.to_str().unwrap(), "-pubout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let state = Arc::new(Mutex::new(St {
+            app_id,
+            public_key: String::from_utf8(out.stdout).unwrap(),
+            token_ttl: Duration::from_secs(3600),
+            next_id: 1000,
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route(
+                "/repos/{owner}/{repo}/collaborators/{user}/permission",
+                get(permission),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/{n}/comments",
+                get(list_comments).post(create_comment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/comments/{id}",
+                patch(update_comment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/{n}/reactions",
+                post(create_reaction),
+            )
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"message": "Not Found"})),
+                )
+            })
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            url,
+            state,
+            _server: server,
+        }
+    }
+
+    pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
+        self.state.lock().unwrap().permissions.insert(
+            (repo.to_lowercase(), login.to_lowercase()),
+            permission.into(),
+        );
+    }
+
+    /// The next request(s) get this answer instead of being handled.
+    pub fn fail_next(&self, status: u16, headers: &[(&str, &str)]) {
+        self.state.lock().unwrap().failures.push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        ));
+    }
+
+    /// Every installation token stops working, as after an hour.
+    pub fn expire_tokens(&self) {
+        for (_, (_, exp)) in self.state.lock().unwrap().tokens.iter_mut() {
+            *exp = Instant::now() - Duration::from_secs(1);
+        }
+    }
+
+    pub fn tokens_issued(&self) -> u32 {
+        self.state.lock().unwrap().tokens_issued
+    }
+
+    pub fn comments(&self, issue: u64) -> Vec<Comment> {
+        self.state
+            .lock()
+            .unwrap()
+            .comments
+            .iter()
+            .filter(|c| c.issue == issue)
+            .cloned()
+            .collect()
+    }
+
+    #[allow(dead_code)]
+    pub fn reactions(&self, issue: u64) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .reactions
+            .iter()
+            .filter(|r| r.0 == issue)
+            .map(|r| r.1.clone())
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+fn err(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(
+            json!({ "message": message, "documentation_url": "https://docs.github.com/rest" }),
+        ),
+    )
+        .into_response()
+}
+
+/// Records the request and plays a scripted failure, if one is queued.
+fn intercept(st: &mut St, what: String) -> Option<Response> {
+    st.requests.push(what);
+    let (status, headers) = st.failures.pop_front()?;
+    let mut resp = err(StatusCode::from_u16(status).unwrap(), "scripted failure");
+    for (k, v) in headers {
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    Some(resp)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
+}
+
+/// The App JWT, checked as GitHub does.
+fn check_jwt(st: &St, headers: &HeaderMap) -> Result<(), Response> {
+    let token = bearer(headers).ok_or_else(|| {
+        err(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        )
+    })?;
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(st.public_key.as_bytes()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat"]);
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).map_err(|e| {
+        err(
+            StatusCode::UNAUTHORIZED,
+            &format!(
+                "'Expiration time' claim ('exp') is too far in the future or invalid JWT: {e}"
+            ),
+        )
+    })?;
+    // GitHub takes the issuer as a number or a string.
+    let iss = &data.claims["iss"];
+    if iss.as_u64() != Some(st.app_id) && iss.as_str() != Some(st.app_id.to_string().as_str()) {
+        return Err(err(StatusCode::UNAUTHORIZED, "Integration not found"));
+    }
+    let (iat, exp) = (
+        data.claims["iat"].as_i64().unwrap_or(0),
+        data.claims["exp"].as_i64().unwrap_or(0),
+    );
+    let now = chrono::Utc::now().timestamp();
+    if iat > now + 1 || exp - iat > 660 || exp <= now {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "'Issued at' or 'Expiration time' claim is invalid",
+        ));
+    }
+    Ok(())
+}
+
+/// An installation token, checked for existence and expiry.
+fn check_token(st: &St, headers: &HeaderMap) -> Result<u64, Response> {
+    let token =
+        bearer(headers).ok_or_else(|| err(StatusCode::UNAUTHORIZED, "Requires authentication"))?;
+    match st.tokens.get(&token) {
+        Some((inst, exp)) if *exp > Instant::now() => Ok(*inst),
+        _ => Err(err(StatusCode::UNAUTHORIZED, "Bad credentials")),
+    }
+}
+
+async fn access_token(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("POST /app/installations/{id}/access_tokens"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_jwt(&st, &headers) {
+        return r;
+    }
+    st.tokens_issued += 1;
+    let token = format!("ghs_fake{}x{}", id, st.tokens_issued);
+    let expires = chrono::Utc::now() + chrono::Duration::from_std(st.token_ttl).unwrap();
+    let ttl = st.token_ttl;
+    st.tokens.insert(token.clone(), (id, Instant::now() + ttl));
+    let mut body = example("apps.create-installation-access-token");
+    body["token"] = json!(token);
+    body["expires_at"] = json!(expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+async fn permission(
+    State(s): State<Shared>,
+    Path((owner, repo, user)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("GET /repos/{owner}/{repo}/collaborators/{user}/permission"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let key = (
+        format!("{owner}/{repo}").to_lowercase(),
+        user.to_lowercase(),
+    );
+    let Some(p) = st.permissions.get(&key).cloned() else {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let mut body = example("repos.get-collaborator-permission-level");
+    body["permission"] = json!(p);
+    body["role_name"] = json!(p);
+    body["user"]["login"] = json!(user);
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn comment_json(c: &Comment) -> Value {
+    let mut v = example("issues.create-comment");
+    v["id"] = json!(c.id);
+    v["body"] = json!(c.body);
+    v["user"]["login"] = json!(c.author);
+    v["user"]["type"] = json!("Bot");
+    v
+}
+
+async fn list_comments(
+    State(s): State<Shared>,
+    Path((owner, repo, n)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("GET /repos/{owner}/{repo}/issues/{n}/comments"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let list: Vec<Value> = st
+        .comments
+        .iter()
+        .filter(|c| c.issue == n)
+        .map(comment_json)
+        .collect();
+    (StatusCode::OK, axum::Json(Value::Array(list))).into_response()
+}
+
+async fn create_comment(
+    State(s): State<Shared>,
+    Path((owner, repo, n)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("POST /repos/{owner}/{repo}/issues/{n}/comments"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    };
+    let Some(text) = req["body"].as_str() else {
+        return err(StatusCode::UNPROCESSABLE_ENTITY, "body is missing");
+    };
+    st.next_id += 1;
+    let c = Comment {
+        id: st.next_id,
+        issue: n,
+        body: text.into(),
+        author: "autodev[bot]".into(),
+        edits: 0,
+    };
+    st.comments.push(c.clone());
+    (StatusCode::CREATED, axum::Json(comment_json(&c))).into_response()
+}
+
+async fn update_comment(
+    State(s): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("PATCH /repos/{owner}/{repo}/issues/comments/{id}"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    };
+    let Some(c) = st.comments.iter_mut().find(|c| c.id == id) else {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    };
+    c.body = req["body"].as_str().unwrap_or_default().into();
+    c.edits += 1;
+    let v = comment_json(c);
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+async fn create_reaction(
+    State(s): State<Shared>,
+    Path((owner, repo, n)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("POST /repos/{owner}/{repo}/issues/{n}/reactions"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let content = req["content"].as_str().unwrap_or_default().to_owned();
+    // GitHub answers 200 with the existing reaction when it is already there.
+    let existed = st.reactions.iter().any(|r| r.0 == n && r.1 == content);
+    if !existed {
+        st.reactions.push((n, content.clone()));
+    }
+    let mut v = example("reactions.create-for-issue");
+    v["content"] = json!(content);
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (status, axum::Json(v)).into_response()
+}
