@@ -80,6 +80,11 @@ pub struct TaskRow {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub installation_id: Option<i64>,
+    pub issue_number: Option<i64>,
+    pub requested_by: Option<String>,
+    pub status_comment_id: Option<i64>,
+    pub check_run_id: Option<i64>,
 }
 
 impl TaskRow {
@@ -709,5 +714,66 @@ pub async fn repo_installed(
     .bind(repo.to_lowercase())
     .fetch_one(pool)
     .await?;
+    Ok(n > 0)
+}
+
+/// Marks a task as coming from a GitHub issue.
+pub async fn set_github_origin<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    installation: i64,
+    issue: i64,
+    requested_by: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET installation_id = ?, issue_number = ?, requested_by = ? WHERE pk = ?",
+    )
+    .bind(installation)
+    .bind(issue)
+    .bind(requested_by)
+    .bind(key)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Replaces the spec (and role and branch) of an ended task before it runs again.
+pub async fn replace_spec<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    role: &str,
+    title: &str,
+    spec_json: &str,
+    branch: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET role = ?, title = ?, spec = ?, branch = ? WHERE pk = ?")
+        .bind(role)
+        .bind(title)
+        .bind(spec_json)
+        .bind(branch)
+        .bind(key)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_status_comment(
+    pool: &SqlitePool,
+    key: TaskKey,
+    comment_id: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET status_comment_id = ? WHERE pk = ?")
+        .bind(comment_id)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn has_installation(pool: &SqlitePool, installation: i64) -> anyhow::Result<bool> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM installations WHERE id = ?")
+        .bind(installation)
+        .fetch_one(pool)
+        .await?;
     Ok(n > 0)
 }

@@ -35,6 +35,8 @@ pub struct Engine {
     pub roles: Roles,
     pub metrics: Metrics,
     pub git: Git,
+    /// The GitHub client, in App mode.
+    pub github: Option<Arc<crate::github::client::GithubClient>>,
     /// Identifies this process in task leases and as a queue worker: unique per start, so a
     /// quick restart never collides with the name of the process it replaces.
     pub owner: String,
@@ -89,7 +91,15 @@ impl Engine {
             &settings.file.agent.git_user_email,
         );
         let (live, _) = broadcast::channel(1024);
+        let github = match &settings.github {
+            Some(app) => Some(Arc::new(crate::github::client::GithubClient::new(
+                app,
+                std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
+            )?)),
+            None => None,
+        };
         Ok(Arc::new(Self {
+            github,
             owner: unique_owner_name(),
             settings,
             pool,
@@ -228,11 +238,31 @@ impl Engine {
         if let Err(e) = db::add_event(&self.pool, key, run_seq, kind, message).await {
             tracing::warn!(task = %key, "could not record event: {e:#}");
         }
+        if self.github.is_some() && STATUS_KINDS.contains(&kind) {
+            self.update_github_status(key).await;
+        }
         let _ = self.live.send(LiveEvent {
             task: key,
             kind: kind.to_owned(),
             message: message.to_owned(),
         });
+    }
+
+    /// Queues an edit of a GitHub task's status comment (it renders the task as it is then).
+    pub async fn update_github_status(&self, key: TaskKey) {
+        match db::get_task(&self.pool, key).await {
+            Ok(Some(t)) if t.issue_number.is_some() => {
+                let effect = crate::github::outbox::Effect::Status { task: key };
+                if let Err(e) =
+                    crate::github::outbox::push(&self.pool, effect, 0, std::time::Duration::ZERO)
+                        .await
+                {
+                    tracing::warn!("queueing a status comment update: {e:#}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading task {key}: {e:#}"),
+        }
     }
 
     /// Registers a running task's cancel token so a cancel in this process acts at once.
@@ -317,6 +347,18 @@ impl Engine {
         Ok(v)
     }
 }
+
+/// Timeline entries that change what the status comment shows.
+const STATUS_KINDS: &[&str] = &[
+    "queued",
+    "worktree",
+    "agent",
+    "passed",
+    "failed",
+    "error",
+    "cancelled",
+    "recovered",
+];
 
 fn count_worktrees(dir: &std::path::Path) -> usize {
     let Ok(repos) = std::fs::read_dir(dir) else {

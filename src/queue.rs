@@ -24,6 +24,8 @@ pub const GITHUB_QUEUE: &str = "autodev.github";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandleDelivery {
     pub delivery: String,
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// Queues a delivery inside the caller's transaction; one job per delivery id.
@@ -34,6 +36,7 @@ pub async fn push_delivery(
     let id = ulid::Ulid::generate();
     let args = serde_json::to_vec(&HandleDelivery {
         delivery: delivery.to_owned(),
+        attempt: 0,
     })?;
     let job = TaskBuilder::new(args)
         .task_id(apalis::prelude::TaskId::from_ulid(id))
@@ -77,67 +80,161 @@ pub async fn push(
     Ok(id.to_string())
 }
 
+async fn handle_delivery(
+    job: HandleDelivery,
+    engine: Data<Arc<Engine>>,
+) -> Result<(), BoxDynError> {
+    const MAX_ATTEMPTS: u32 = 8;
+    let wait = crate::github::handler::handle(&engine, &job.delivery)
+        .await
+        .map_err(|e| -> BoxDynError { format!("{e:#}").into() })?;
+    if let Some(wait) = wait {
+        if job.attempt + 1 >= MAX_ATTEMPTS {
+            tracing::error!(delivery = %job.delivery, "giving up after {MAX_ATTEMPTS} attempts");
+            return Ok(());
+        }
+        let args = serde_json::to_vec(&HandleDelivery {
+            delivery: job.delivery.clone(),
+            attempt: job.attempt + 1,
+        })?;
+        let again = TaskBuilder::new(args)
+            .task_id(apalis::prelude::TaskId::from_ulid(ulid::Ulid::generate()))
+            .idempotency_key(format!("delivery-{}-{}", job.delivery, job.attempt + 1))
+            .run_after(wait)
+            .build();
+        let mut conn = engine.pool.acquire().await?;
+        apalis_sqlite::queries::push_tasks(&mut *conn, GITHUB_QUEUE, &[again]).await?;
+    }
+    Ok(())
+}
+
+async fn handle_outbox(
+    job: crate::github::outbox::OutboxJob,
+    engine: Data<Arc<Engine>>,
+) -> Result<(), BoxDynError> {
+    crate::github::outbox::run(&engine, job)
+        .await
+        .map_err(|e| format!("{e:#}").into())
+}
+
 async fn handle(job: RunTask, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
     crate::worker::run_job(&engine, job)
         .await
         .map_err(|e| format!("{e:#}").into())
 }
 
-/// Runs task workers until `shutdown` fires. A worker that dies (the database went away, a
-/// job that cannot be decoded) is started again under a new name after a pause, so one bad
-/// moment does not leave the queue without a worker.
+/// One apalis worker on `$queue` for job type `$args`, handled by `$handler`, until `$shutdown`.
+macro_rules! run_queue_worker {
+    ($engine:expr, $name:expr, $queue:expr, $args:ty, $handler:expr, $concurrency:expr, $shutdown:expr) => {{
+        let workers = &$engine.settings.file.workers;
+        let config = Config::default()
+            .queue($queue)
+            .batch_size($concurrency)
+            .heartbeat_interval(Duration::from_secs(workers.heartbeat_seconds))
+            .missed_heartbeats(workers.missed_heartbeats as usize);
+        let storage = SqliteStorage::<$args>::new(&$engine.pool)
+            .with_config(config)
+            .poll_with_interval(Duration::from_millis(500));
+        let worker = WorkerBuilder::new($name.clone())
+            .backend(storage)
+            .data($engine.clone())
+            .concurrency($concurrency)
+            .build($handler);
+        tracing::info!(worker = %$name, queue = $queue, concurrency = $concurrency, "worker started");
+        let shutdown = $shutdown.clone();
+        worker
+            .run_until(async move {
+                shutdown.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("worker {} stopped: {e}", $name))
+    }};
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Tasks,
+    Github,
+    Outbox,
+}
+
+/// Runs the workers until `shutdown` fires: tasks always, and in App mode the webhook
+/// deliveries and the GitHub side effects. A worker that dies (the database went away, a job
+/// that cannot be decoded) is started again under a new name after a pause, so one bad moment
+/// does not leave a queue without a worker.
 pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut kinds = vec![Kind::Tasks];
+    if engine.github.is_some() {
+        kinds.extend([Kind::Github, Kind::Outbox]);
+    }
+    let runs = kinds
+        .into_iter()
+        .map(|kind| supervise(engine.clone(), kind, shutdown.clone()));
+    for result in futures::future::join_all(runs).await {
+        result?;
+    }
+    Ok(())
+}
+
+async fn supervise(
+    engine: Arc<Engine>,
+    kind: Kind,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut generation = 0u32;
     loop {
-        let name = if generation == 0 {
-            engine.owner.clone()
-        } else {
-            format!("{}-{generation}", engine.owner)
+        let suffix = match kind {
+            Kind::Tasks => "tasks",
+            Kind::Github => "github",
+            Kind::Outbox => "outbox",
         };
-        let result = run_worker(&engine, name, shutdown.clone()).await;
+        let name = match generation {
+            0 => format!("{}-{suffix}", engine.owner),
+            g => format!("{}-{suffix}-{g}", engine.owner),
+        };
+        let concurrency = engine.settings.file.workers.concurrency;
+        let result = match kind {
+            Kind::Tasks => run_queue_worker!(
+                engine,
+                name,
+                TASKS_QUEUE,
+                RunTask,
+                handle,
+                concurrency,
+                shutdown
+            ),
+            Kind::Github => run_queue_worker!(
+                engine,
+                name,
+                GITHUB_QUEUE,
+                HandleDelivery,
+                handle_delivery,
+                2,
+                shutdown
+            ),
+            Kind::Outbox => run_queue_worker!(
+                engine,
+                name,
+                crate::github::outbox::OUTBOX_QUEUE,
+                crate::github::outbox::OutboxJob,
+                handle_outbox,
+                2,
+                shutdown
+            ),
+        };
         if shutdown.is_cancelled() {
             return result;
         }
-        tracing::error!(
-            "task worker stopped ({}); starting it again in 5s",
-            match &result {
-                Ok(()) => "no error".to_owned(),
-                Err(e) => format!("{e:#}"),
-            }
-        );
+        let why = match &result {
+            Ok(()) => "no error".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::error!("{kind:?} worker stopped ({why}); starting it again in 5s");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
         generation += 1;
     }
-}
-
-async fn run_worker(
-    engine: &Arc<Engine>,
-    name: String,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let workers = &engine.settings.file.workers;
-    let config = Config::default()
-        .queue(TASKS_QUEUE)
-        .batch_size(workers.concurrency)
-        .heartbeat_interval(Duration::from_secs(workers.heartbeat_seconds))
-        .missed_heartbeats(workers.missed_heartbeats as usize);
-    let storage = SqliteStorage::<RunTask>::new(&engine.pool)
-        .with_config(config)
-        .poll_with_interval(Duration::from_millis(500));
-    let worker = WorkerBuilder::new(name.clone())
-        .backend(storage)
-        .data(engine.clone())
-        .concurrency(workers.concurrency)
-        .build(handle);
-    tracing::info!(worker = %name, concurrency = workers.concurrency, "worker started");
-    worker
-        .run_until(async move {
-            shutdown.cancelled().await;
-            Ok::<(), std::io::Error>(())
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("worker stopped: {e}"))
 }

@@ -247,6 +247,12 @@ async fn pipeline(
     let spec = &run.spec;
 
     // 1. The worktree, on the task branch, outside the repository.
+    if !row.repo_name().is_local() {
+        return Ok(Outcome::ended(
+            TaskState::Error,
+            "this version cannot run tasks of GitHub repositories yet (their mirrors and pushes come next)",
+        ));
+    }
     let repo = &settings.repo_path;
     if let Err(e) = gitops::check_data_dir_outside(repo, &settings.data_dir) {
         return Ok(Outcome::ended(TaskState::Error, format!("{e:#}")));

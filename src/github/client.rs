@@ -107,6 +107,7 @@ impl Method {
 
 pub struct GithubClient {
     app: Octocrab,
+    writes: Mutex<HashMap<InstallationId, Arc<tokio::sync::Mutex<()>>>>,
     installations: Mutex<HashMap<InstallationId, Arc<Octocrab>>>,
     permissions: Mutex<HashMap<(String, String), (Permission, Instant)>>,
     permission_ttl: Duration,
@@ -126,6 +127,7 @@ impl GithubClient {
         Ok(Self {
             app: app_client,
             installations: Mutex::new(HashMap::new()),
+            writes: Mutex::new(HashMap::new()),
             permissions: Mutex::new(HashMap::new()),
             permission_ttl,
         })
@@ -144,6 +146,19 @@ impl GithubClient {
         );
         map.insert(id, client.clone());
         Ok(client)
+    }
+
+    /// Held around every mutating call, so one installation never has two at once (GitHub's
+    /// secondary rate limits punish concurrent writes).
+    pub async fn write_lock(&self, id: InstallationId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .writes
+            .lock()
+            .expect("lock")
+            .entry(id)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// A valid installation token (for git over HTTPS), refreshed when it has under a minute

@@ -4,5 +4,9 @@
 pub mod client;
 pub mod command;
 pub mod event;
+pub mod handler;
 pub mod intake;
+pub mod issue_spec;
+pub mod messages;
+pub mod outbox;
 pub mod webhook;

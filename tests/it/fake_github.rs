@@ -45,6 +45,8 @@ pub struct St {
     pub permissions: HashMap<(String, String), String>,
     pub comments: Vec<Comment>,
     pub reactions: Vec<(u64, String)>,
+    /// Repositories (`owner/name`) of each installation.
+    pub installations: HashMap<u64, Vec<String>>,
     /// Answers to give before handling the next requests: (status, headers).
     pub failures: VecDeque<(u16, Vec<(String, String)>)>,
     /// `METHOD path` of every request, in order.
@@ -77,6 +79,7 @@ impl FakeGithub {
         }));
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route("/installation/repositories", get(installation_repos))
             .route(
                 "/repos/{owner}/{repo}/collaborators/{user}/permission",
                 get(permission),
@@ -119,6 +122,29 @@ impl FakeGithub {
         );
     }
 
+    pub fn install(&self, installation: u64, repos: &[&str]) {
+        self.state.lock().unwrap().installations.insert(
+            installation,
+            repos.iter().map(|r| (*r).to_owned()).collect(),
+        );
+    }
+
+    /// Waits until `check` holds for the state.
+    pub async fn wait_until(&self, what: &str, check: impl Fn(&St) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if check(&self.state.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fake GitHub never saw: {what}; requests: {:#?}",
+                self.requests()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The next request(s) get this answer instead of being handled.
     pub fn fail_next(&self, status: u16, headers: &[(&str, &str)]) {
         self.state.lock().unwrap().failures.push_back((
@@ -152,7 +178,6 @@ impl FakeGithub {
             .collect()
     }
 
-    #[allow(dead_code)]
     pub fn reactions(&self, issue: u64) -> Vec<String> {
         self.state
             .lock()
@@ -275,6 +300,37 @@ async fn access_token(
     body["token"] = json!(token);
     body["expires_at"] = json!(expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+async fn installation_repos(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(&mut st, "GET /installation/repositories".into()) {
+        return r;
+    }
+    let inst = match check_token(&st, &headers) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let template = example("apps.list-repos-accessible-to-installation");
+    let repos: Vec<Value> = st
+        .installations
+        .get(&inst)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|full| {
+            let mut r = template["repositories"][0].clone();
+            let (owner, name) = full.split_once('/').unwrap();
+            r["full_name"] = json!(full);
+            r["name"] = json!(name);
+            r["owner"]["login"] = json!(owner);
+            r
+        })
+        .collect();
+    let mut body = template;
+    body["total_count"] = json!(repos.len());
+    body["repositories"] = Value::Array(repos);
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn permission(

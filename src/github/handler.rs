@@ -1,0 +1,473 @@
+//! Acting on a stored delivery: check the repository is installed and the person may steer
+//! autodev, then create or re-run the issue's task, cancel it, or answer. Runs in a worker,
+//! never in the webhook request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::client::{ApiError, GithubClient, Retry};
+use super::command::{self, Command};
+use super::event::{Actor, Event, InstallationId, Issue, Repo};
+use super::issue_spec;
+use super::messages;
+use super::outbox::{self, Effect};
+use crate::db::{self, TaskState};
+use crate::engine::Engine;
+use crate::queue;
+
+/// Acts on delivery `id`. `Ok(Some(wait))` asks to be run again after `wait` (GitHub was
+/// unavailable or rate-limited us).
+pub async fn handle(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Option<Duration>> {
+    let Some(gh) = engine.github.clone() else {
+        return Ok(None);
+    };
+    let Some(payload) = db::delivery_payload(&engine.pool, id).await? else {
+        return Ok(None);
+    };
+    let event: Event = serde_json::from_str(&payload).context("reading the stored event")?;
+    let ctx = Ctx {
+        engine,
+        gh: &gh,
+        delivery: id,
+    };
+    match ctx.dispatch(event).await {
+        Ok(()) => Ok(None),
+        Err(Failure::Api(e)) => match e.retry() {
+            Retry::Never => {
+                tracing::error!(delivery = id, "giving up on delivery: {e}");
+                Ok(None)
+            }
+            Retry::After(d) => Ok(Some(d)),
+            Retry::Backoff => Ok(Some(Duration::from_secs(10))),
+        },
+        Err(Failure::Other(e)) => Err(e),
+    }
+}
+
+enum Failure {
+    Api(ApiError),
+    Other(anyhow::Error),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+/// Whether the task is the one this label event's twin just made: same person, same role,
+/// its first run, within the last minute.
+fn is_paired_copy(task: &db::TaskRow, role: &str, sender: &Actor) -> bool {
+    task.run_seq == 1
+        && task.role == role
+        && task.requested_by.as_deref() == Some(sender.login.as_str())
+        && task.created_at > chrono::Utc::now() - chrono::Duration::seconds(60)
+}
+
+/// Whether to say so when the task is already queued or running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    Always,
+    /// Not for the second copy of an issue opened with its label (same person, just now).
+    UnlessPairedCopy,
+    Never,
+}
+
+struct Ctx<'a> {
+    engine: &'a Arc<Engine>,
+    gh: &'a GithubClient,
+    delivery: &'a str,
+}
+
+/// Where a reply goes.
+struct Thread<'a> {
+    inst: InstallationId,
+    repo: &'a Repo,
+    issue: u64,
+}
+
+impl Ctx<'_> {
+    async fn dispatch(&self, event: Event) -> Result<(), Failure> {
+        if let (Some(inst), Some(repo)) = (event.installation(), event.repo())
+            && !self.installed(inst, repo).await?
+        {
+            tracing::warn!(
+                delivery = self.delivery,
+                "refused: {}/{} is not in installation {inst}",
+                repo.owner,
+                repo.name
+            );
+            return Ok(());
+        }
+        match event {
+            Event::IssueLabeled {
+                installation,
+                repo,
+                issue,
+                label,
+                sender,
+            } => {
+                let role = super::event::role_from_label(&label)
+                    .unwrap_or_default()
+                    .to_owned();
+                self.on_issue(
+                    installation,
+                    &repo,
+                    &issue,
+                    &role,
+                    &sender,
+                    Announce::UnlessPairedCopy,
+                )
+                .await
+            }
+            // An issue opened with the label also arrives as `labeled`; that copy speaks.
+            Event::IssueOpened {
+                installation,
+                repo,
+                issue,
+                sender,
+            } => {
+                let role = issue.autodev_role().unwrap_or_default().to_owned();
+                self.on_issue(installation, &repo, &issue, &role, &sender, Announce::Never)
+                    .await
+            }
+            Event::CommentCreated {
+                installation,
+                repo,
+                issue,
+                comment_id,
+                body,
+                author,
+            } => {
+                self.on_comment(installation, &repo, &issue, comment_id, &body, &author)
+                    .await
+            }
+            Event::CheckRunRerequested {
+                installation,
+                repo,
+                external_id,
+                sender,
+                ..
+            } => {
+                self.on_rerun(installation, &repo, external_id.as_deref(), &sender)
+                    .await
+            }
+            Event::CheckRunRequestedAction { .. }
+            | Event::Ping
+            | Event::Installation { .. }
+            | Event::InstallationRepositories { .. } => Ok(()),
+        }
+    }
+
+    /// Whether the installation covers the repository; an installation not seen before is
+    /// asked for its repositories once.
+    async fn installed(&self, inst: InstallationId, repo: &Repo) -> Result<bool, Failure> {
+        let full = format!("{}/{}", repo.owner, repo.name);
+        if !db::has_installation(&self.engine.pool, inst.0).await? {
+            let mut names = Vec::new();
+            for page in 1..=10 {
+                let list = self
+                    .gh
+                    .call(
+                        inst,
+                        "GET",
+                        &format!("/installation/repositories?per_page=100&page={page}"),
+                        None,
+                    )
+                    .await?;
+                let repos = list["repositories"].as_array().cloned().unwrap_or_default();
+                names.extend(
+                    repos
+                        .iter()
+                        .filter_map(|r| r["full_name"].as_str().map(str::to_owned)),
+                );
+                if repos.len() < 100 {
+                    break;
+                }
+            }
+            let mut tx = self
+                .engine
+                .pool
+                .begin()
+                .await
+                .map_err(anyhow::Error::from)?;
+            db::upsert_installation(&mut tx, inst.0, &repo.owner, true, Some(&names)).await?;
+            tx.commit().await.map_err(anyhow::Error::from)?;
+        }
+        Ok(db::repo_installed(&self.engine.pool, inst.0, &full).await?)
+    }
+
+    async fn reply(&self, t: &Thread<'_>, key: &str, body: String) -> Result<(), Failure> {
+        let effect = Effect::Reply {
+            installation: t.inst.0,
+            owner: t.repo.owner.clone(),
+            repo: t.repo.name.clone(),
+            issue: t.issue,
+            key: format!("{}-{key}", self.delivery),
+            body,
+        };
+        outbox::push(&self.engine.pool, effect, 0, Duration::ZERO).await?;
+        Ok(())
+    }
+
+    /// Whether `actor` may steer autodev here; refuses (once) if not.
+    async fn allowed(&self, t: &Thread<'_>, actor: &Actor) -> Result<bool, Failure> {
+        let p = self
+            .gh
+            .permission(t.inst, &t.repo.owner, &t.repo.name, &actor.login)
+            .await?;
+        if p.may_command() {
+            return Ok(true);
+        }
+        self.reply(t, "refused", messages::refusal(&actor.login))
+            .await?;
+        Ok(false)
+    }
+
+    async fn on_issue(
+        &self,
+        inst: InstallationId,
+        repo: &Repo,
+        issue: &Issue,
+        role: &str,
+        sender: &Actor,
+        announce: Announce,
+    ) -> Result<(), Failure> {
+        let t = Thread {
+            inst,
+            repo,
+            issue: issue.number,
+        };
+        if !self.allowed(&t, sender).await? {
+            return Ok(());
+        }
+        let effect = Effect::Reaction {
+            installation: inst.0,
+            owner: repo.owner.clone(),
+            repo: repo.name.clone(),
+            issue: issue.number,
+            content: "eyes".into(),
+        };
+        outbox::push(&self.engine.pool, effect, 0, Duration::ZERO).await?;
+        self.start(&t, issue, role, sender, announce).await
+    }
+
+    /// Creates the issue's task, or re-runs it when it has ended; says so when it is active.
+    async fn start(
+        &self,
+        t: &Thread<'_>,
+        issue: &Issue,
+        role: &str,
+        sender: &Actor,
+        announce: Announce,
+    ) -> Result<(), Failure> {
+        let engine = self.engine;
+        let Some(role_def) = engine.roles.get(role) else {
+            return self
+                .reply(
+                    t,
+                    "role",
+                    messages::unknown_role(role, &engine.roles.names()),
+                )
+                .await;
+        };
+        let spec = match issue_spec::spec_from_issue(issue, t.repo, role, &engine.roles) {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .reply(t, "spec", messages::bad_spec(&e.to_string()))
+                    .await;
+            }
+        };
+        let repo_name = t.repo.repo_name();
+        let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
+        let branch = role_def.branch_for(&spec.id);
+        let mut tx = engine.pool.begin().await.map_err(anyhow::Error::from)?;
+        let existing =
+            sqlx::query_as::<_, db::TaskRow>("SELECT * FROM tasks WHERE repo = ? AND task_id = ?")
+                .bind(repo_name.as_str())
+                .bind(spec.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(anyhow::Error::from)?;
+        let (key, run) = match existing {
+            None => {
+                let new = db::NewTask {
+                    repo: &repo_name,
+                    task_id: spec.id.as_str(),
+                    role,
+                    title: &spec.title,
+                    spec_json: &spec_json,
+                    branch: &branch,
+                };
+                let Some(key) = db::insert_task(&mut *tx, &new).await? else {
+                    // Another delivery for this issue made it at the same moment.
+                    tracing::info!(
+                        delivery = self.delivery,
+                        "task {} was just created by another delivery",
+                        spec.id
+                    );
+                    return Ok(());
+                };
+                (key, 1)
+            }
+            // An issue opened with its label arrives as two deliveries (`opened`, `labeled`),
+            // which may be handled in either order: the second is the same request, not a new
+            // one, whatever state the first one's run has reached.
+            Some(task) if announce != Announce::Always && is_paired_copy(&task, role, sender) => {
+                return Ok(());
+            }
+            Some(task) if !task.state.is_terminal() => {
+                drop(tx);
+                if announce != Announce::Never {
+                    self.reply(t, "active", messages::already_active(&task))
+                        .await?;
+                }
+                return Ok(());
+            }
+            Some(task) => {
+                db::replace_spec(&mut *tx, task.pk, role, &spec.title, &spec_json, &branch).await?;
+                let run = db::requeue(&mut *tx, task.pk)
+                    .await?
+                    .context("task became active")?;
+                (task.pk, run)
+            }
+        };
+        db::set_github_origin(&mut *tx, key, t.inst.0, t.issue as i64, &sender.login).await?;
+        let job = queue::push(&mut tx, key, run).await?;
+        db::set_job_id(&mut *tx, key, &job).await?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        engine
+            .record(
+                key,
+                run,
+                "queued",
+                &format!(
+                    "queued by @{} from issue #{} as job {job} for branch {branch}",
+                    sender.login, t.issue
+                ),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn on_comment(
+        &self,
+        inst: InstallationId,
+        repo: &Repo,
+        issue: &Issue,
+        comment_id: u64,
+        body: &str,
+        author: &Actor,
+    ) -> Result<(), Failure> {
+        let commands = command::parse_comment(body);
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let t = Thread {
+            inst,
+            repo,
+            issue: issue.number,
+        };
+        if !self.allowed(&t, author).await? {
+            return Ok(());
+        }
+        let task = db::find_task(
+            &self.engine.pool,
+            &repo.repo_name(),
+            &issue_spec::task_id(issue.number),
+        )
+        .await?;
+        for (i, parsed) in commands.into_iter().enumerate() {
+            let key = format!("{comment_id}-{i}");
+            match parsed {
+                Err(e) => {
+                    self.reply(&t, &key, messages::command_error(&e.to_string()))
+                        .await?
+                }
+                Ok(Command::Help) => self.reply(&t, &key, messages::help()).await?,
+                Ok(Command::Status) => {
+                    self.reply(&t, &key, messages::status_reply(task.as_ref()))
+                        .await?
+                }
+                Ok(Command::Fix { .. }) => {
+                    self.reply(&t, &key, messages::fix_unavailable()).await?
+                }
+                Ok(Command::Run { role }) => {
+                    let role = role
+                        .or_else(|| task.as_ref().map(|t| t.role.clone()))
+                        .or_else(|| issue.autodev_role().map(str::to_owned));
+                    match role {
+                        Some(role) => {
+                            self.start(&t, issue, &role, author, Announce::Always)
+                                .await?
+                        }
+                        None => self.reply(&t, &key, messages::no_role()).await?,
+                    }
+                }
+                Ok(Command::Retry) => {
+                    let role = task
+                        .as_ref()
+                        .map(|t| t.role.clone())
+                        .or_else(|| issue.autodev_role().map(str::to_owned));
+                    match role {
+                        Some(role) => {
+                            self.start(&t, issue, &role, author, Announce::Always)
+                                .await?
+                        }
+                        None => self.reply(&t, &key, messages::no_role()).await?,
+                    }
+                }
+                Ok(Command::Cancel) => match &task {
+                    Some(task) if matches!(task.state, TaskState::Queued | TaskState::Running) => {
+                        self.engine.cancel(task.pk).await?;
+                    }
+                    _ => self.reply(&t, &key, messages::nothing_to_cancel()).await?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// "Re-run" on an autodev check run retries the task it belongs to.
+    async fn on_rerun(
+        &self,
+        inst: InstallationId,
+        repo: &Repo,
+        task_id: Option<&str>,
+        sender: &Actor,
+    ) -> Result<(), Failure> {
+        let Some(task_id) = task_id else {
+            return Ok(());
+        };
+        let Some(task) = db::find_task(&self.engine.pool, &repo.repo_name(), task_id).await? else {
+            return Ok(());
+        };
+        let Some(issue) = task.issue_number else {
+            return Ok(());
+        };
+        let t = Thread {
+            inst,
+            repo,
+            issue: issue as u64,
+        };
+        if !self.allowed(&t, sender).await? {
+            return Ok(());
+        }
+        if let Some(job) = self.engine.retry(task.pk).await? {
+            tracing::info!(
+                task = task_id,
+                "re-run requested from the check run: job {job}"
+            );
+        }
+        Ok(())
+    }
+}

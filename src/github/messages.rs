@@ -1,0 +1,149 @@
+//! Every message autodev posts on GitHub, built in one place.
+
+use crate::db::{GateRow, TaskRow, TaskState};
+
+/// Hidden in the status comment, so a re-run finds it instead of posting another.
+pub fn status_marker(task_id: &str) -> String {
+    format!("<!-- autodev:status {task_id} -->")
+}
+
+/// Hidden in a reply, so a re-run of the job that posts it does not post it twice.
+pub fn reply_marker(key: &str) -> String {
+    format!("<!-- autodev:reply {key} -->")
+}
+
+fn state_line(task: &TaskRow) -> String {
+    let icon = match task.state {
+        TaskState::Queued => "⏳",
+        TaskState::Running => "🏃",
+        TaskState::Passed => "✅",
+        TaskState::Failed => "❌",
+        TaskState::Error => "⚠️",
+        TaskState::Cancelled => "🛑",
+    };
+    format!("{icon} **{}**", task.state)
+}
+
+/// The status comment of a task, edited in place as the task moves.
+pub fn status_comment(task: &TaskRow, gates: &[GateRow], public_url: Option<&str>) -> String {
+    let mut s = format!(
+        "{}\n### autodev: {}\n\n",
+        status_marker(&task.task_id),
+        state_line(task)
+    );
+    s.push_str(&format!(
+        "- role: `{}`\n- branch: `{}`\n",
+        task.role, task.branch
+    ));
+    if task.rounds > 0 {
+        s.push_str(&format!("- round: {}", task.rounds));
+        if let Some(p) = &task.provider {
+            s.push_str(&format!(" (provider `{p}`)"));
+        }
+        s.push('\n');
+    }
+    if let Some(cost) = task.cost_usd {
+        s.push_str(&format!("- cost: ${cost:.2}\n"));
+    }
+    if let (Some(start), Some(end)) = (task.started_at, task.finished_at) {
+        s.push_str(&format!(
+            "- duration: {}s\n",
+            (end - start).num_seconds().max(0)
+        ));
+    }
+    let latest: Vec<&GateRow> = gates
+        .iter()
+        .filter(|g| g.run_seq == task.run_seq && g.round == task.rounds)
+        .collect();
+    if !latest.is_empty() {
+        s.push_str("\n| gate | result | time |\n|---|---|---|\n");
+        for g in latest {
+            s.push_str(&format!(
+                "| `{}` | {} | {:.1}s |\n",
+                g.gate,
+                g.status,
+                g.duration_ms as f64 / 1000.0
+            ));
+        }
+    }
+    if let Some(e) = &task.last_error
+        && task.state.is_terminal()
+    {
+        s.push_str(&format!(
+            "\n<details><summary>Why</summary>\n\n```\n{}\n```\n</details>\n",
+            crate::exec::tail_chars(e, 3000)
+        ));
+    }
+    if let Some(url) = public_url {
+        s.push_str(&format!(
+            "\n[Details]({url}/repos/{}/tasks/{})\n",
+            task.repo, task.task_id
+        ));
+    }
+    s.push_str("\nComment `/autodev help` for commands.");
+    s
+}
+
+pub fn refusal(login: &str) -> String {
+    format!(
+        "@{login} autodev only takes labels and commands from people with write, maintain or admin permission on this repository."
+    )
+}
+
+pub fn command_error(error: &str) -> String {
+    format!(
+        "autodev did not understand that: {error}.\n\n{}",
+        super::command::help()
+    )
+}
+
+pub fn help() -> String {
+    super::command::help()
+}
+
+pub fn already_active(task: &TaskRow) -> String {
+    format!(
+        "Task `{}` is already {} on `{}`; nothing new was started. Comment `/autodev cancel` to stop it.",
+        task.task_id, task.state, task.branch
+    )
+}
+
+pub fn status_reply(task: Option<&TaskRow>) -> String {
+    match task {
+        None => "There is no autodev task for this issue yet. Label it `autodev:<role>` or comment `/autodev run <role>`.".into(),
+        Some(t) => {
+            let mut s = format!("Task `{}`: {} on `{}`", t.task_id, state_line(t), t.branch);
+            if let Some(e) = &t.last_error {
+                s.push_str(&format!("\n\n```\n{}\n```", crate::exec::tail_chars(e, 1500)));
+            }
+            s
+        }
+    }
+}
+
+pub fn unknown_role(role: &str, known: &[&str]) -> String {
+    format!(
+        "autodev has no role `{role}`. Known roles: {}.",
+        known
+            .iter()
+            .map(|r| format!("`{r}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+pub fn no_role() -> String {
+    "Which role? Comment `/autodev run <role>` or label the issue `autodev:<role>`.".into()
+}
+
+pub fn bad_spec(error: &str) -> String {
+    format!("autodev cannot start this task: {error}")
+}
+
+pub fn nothing_to_cancel() -> String {
+    "There is no queued or running autodev task for this issue.".into()
+}
+
+pub fn fix_unavailable() -> String {
+    "`/autodev fix` is not available in this version of autodev yet.".into()
+}

@@ -1,0 +1,343 @@
+//! App mode end to end: webhook deliveries (GitHub's example payloads) through the real
+//! server, against the fake GitHub: labels and commands, permissions, replies, reactions and
+//! the status comment.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::fake_github::FakeGithub;
+use crate::support::{Server, World};
+use crate::webhooks::{app_world, deliver, fixture};
+
+const REPO: &str = "Codertocat/Hello-World";
+
+struct App {
+    world: World,
+    fake: FakeGithub,
+    server: Server,
+}
+
+async fn app() -> App {
+    let mut world = app_world();
+    world.simple_claude("feature.txt", "x");
+    let key = world.root.path().join("app.pem");
+    let fake = FakeGithub::start(4242, &key).await;
+    fake.install(1, &[REPO]);
+    fake.set_permission(REPO, "Codertocat", "write");
+    world
+        .extra_env
+        .push(("GITHUB_API_URL".into(), fake.url.clone()));
+    let server = world.serve();
+    App {
+        world,
+        fake,
+        server,
+    }
+}
+
+fn labeled(label: &str, sender: &str) -> Value {
+    let mut p = fixture("issues.labeled");
+    p["label"]["name"] = json!(label);
+    p["sender"]["login"] = json!(sender);
+    p["installation"] = json!({"id": 1});
+    p
+}
+
+fn comment(body: &str, author: &str) -> Value {
+    let mut p = fixture("issue_comment.created");
+    p["comment"]["body"] = json!(body);
+    p["comment"]["user"]["login"] = json!(author);
+    p["installation"] = json!({"id": 1});
+    p
+}
+
+async fn task(server: &Server) -> Value {
+    server
+        .get("/repos/codertocat/hello-world/tasks/issue-1")
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn a_label_from_a_writer_makes_one_task_with_a_reaction_and_a_status_comment() {
+    let a = app().await;
+    let (status, _) = deliver(
+        &a.server,
+        "issues",
+        "L-1",
+        &labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    a.fake
+        .wait_until("the status comment", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("autodev:status issue-1"))
+        })
+        .await;
+    a.fake
+        .wait_until("the eyes reaction", |st| {
+            st.reactions.iter().any(|r| r.1 == "eyes")
+        })
+        .await;
+    let t = task(&a.server).await;
+    assert_eq!(t["branch"], "auto/backend/issue-1");
+    assert_eq!(t["repo"], "codertocat/hello-world");
+    assert!(
+        t["spec"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("<<<ISSUE #1>>>"),
+        "{t:#}"
+    );
+
+    // Labelling again while the task exists and has ended re-runs the same task, never a
+    // second one; the status comment is edited, not posted again.
+    let ended = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(30),
+        )
+        .await;
+    a.fake
+        .wait_until("the status comment edited to the final state", |st| {
+            st.comments.iter().any(|c| {
+                c.body.contains("autodev:status issue-1")
+                    && c.edits > 0
+                    && c.body.contains(ended["state"].as_str().unwrap())
+            })
+        })
+        .await;
+    let (status, _) = deliver(
+        &a.server,
+        "issues",
+        "L-2",
+        &labeled("autodev:frontend", "Codertocat"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Wait for the second run to end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let t = task(&a.server).await;
+        if t["runs"] == 2 && ["passed", "failed", "error"].contains(&t["state"].as_str().unwrap()) {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no second run: {t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let t = task(&a.server).await;
+    assert_eq!(t["runs"], 2, "{again:#}");
+    assert_eq!(
+        t["branch"], "auto/frontend/issue-1",
+        "the role given last wins"
+    );
+    let (_, list) = a.server.get("/tasks").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "one task per issue");
+    let status_comments = a
+        .fake
+        .comments(1)
+        .iter()
+        .filter(|c| c.body.contains("autodev:status"))
+        .count();
+    assert_eq!(status_comments, 1);
+}
+
+#[tokio::test]
+async fn opened_and_labeled_for_one_new_issue_make_one_task() {
+    let a = app().await;
+    let mut opened = fixture("issues.opened");
+    opened["issue"]["labels"] = json!([{"name": "autodev:backend", "id": 1, "node_id": "x", "url": "u", "color": "fff", "default": false, "description": null}]);
+    opened["issue"]["number"] = json!(1);
+    opened["sender"]["login"] = json!("Codertocat");
+    opened["repository"] = labeled("x", "y")["repository"].clone();
+    opened["installation"] = json!({"id": 1});
+    let labeled = labeled("autodev:backend", "Codertocat");
+    let (s1, s2) = tokio::join!(
+        deliver(&a.server, "issues", "OL-1", &opened),
+        deliver(&a.server, "issues", "OL-2", &labeled)
+    );
+    assert_eq!((s1.0, s2.0), (202, 202));
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(30),
+        )
+        .await;
+    let t = task(&a.server).await;
+    assert_eq!(t["runs"], 1, "{t:#}");
+    // Neither copy said "already running".
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        a.fake
+            .comments(1)
+            .iter()
+            .all(|c| !c.body.contains("already")),
+        "{:#?}",
+        a.fake.comments(1)
+    );
+}
+
+#[tokio::test]
+async fn an_unauthorized_person_is_refused_once_and_nothing_runs() {
+    let a = app().await;
+    a.fake.set_permission(REPO, "mallory", "read");
+    deliver(
+        &a.server,
+        "issues",
+        "U-1",
+        &labeled("autodev:backend", "mallory"),
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issue_comment",
+        "U-2",
+        &comment("/autodev run backend\n/autodev retry", "mallory"),
+    )
+    .await;
+    a.fake
+        .wait_until("two refusals", |st| {
+            st.comments
+                .iter()
+                .filter(|c| c.body.contains("@mallory"))
+                .count()
+                == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refusals: Vec<_> = a
+        .fake
+        .comments(1)
+        .into_iter()
+        .filter(|c| c.body.contains("write, maintain or admin"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "one reply per delivery: {refusals:#?}");
+    let (status, _) = a
+        .server
+        .get("/repos/codertocat/hello-world/tasks/issue-1")
+        .await;
+    assert_eq!(status, 404, "no task was made");
+    assert!(a.fake.reactions(1).is_empty());
+}
+
+#[tokio::test]
+async fn commands_in_code_blocks_and_bot_comments_are_ignored_and_help_answers() {
+    let a = app().await;
+    let (_, body) = deliver(
+        &a.server,
+        "issue_comment",
+        "C-1",
+        &comment("Try this:\n```\n/autodev run backend\n```", "Codertocat"),
+    )
+    .await;
+    assert_eq!(body["ok"], "queued");
+    let mut bot = comment("/autodev run backend", "autodev[bot]");
+    bot["comment"]["user"]["type"] = json!("Bot");
+    let (_, body) = deliver(&a.server, "issue_comment", "C-2", &bot).await;
+    assert!(body["ignored"].as_str().unwrap().contains("bot"), "{body}");
+    deliver(
+        &a.server,
+        "issue_comment",
+        "C-3",
+        &comment("/autodev frobnicate", "Codertocat"),
+    )
+    .await;
+    a.fake
+        .wait_until("the help reply", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("unknown command `frobnicate`"))
+        })
+        .await;
+    let reply = a
+        .fake
+        .comments(1)
+        .into_iter()
+        .find(|c| c.body.contains("frobnicate"))
+        .unwrap();
+    assert!(
+        reply.body.contains("/autodev retry") && reply.body.contains("/autodev cancel"),
+        "help is included: {}",
+        reply.body
+    );
+    let (status, _) = a
+        .server
+        .get("/repos/codertocat/hello-world/tasks/issue-1")
+        .await;
+    assert_eq!(status, 404, "the command in the code block did not run");
+    deliver(
+        &a.server,
+        "issue_comment",
+        "C-4",
+        &comment("/autodev status", "Codertocat"),
+    )
+    .await;
+    a.fake
+        .wait_until("the status reply", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("no autodev task for this issue yet"))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn github_failing_then_rate_limiting_is_retried_without_duplicates() {
+    let a = app().await;
+    // The permission lookup meets a 500, then the reply meets a secondary rate limit.
+    a.fake.fail_next(500, &[]);
+    deliver(
+        &a.server,
+        "issue_comment",
+        "R-1",
+        &comment("/autodev help", "Codertocat"),
+    )
+    .await;
+    a.fake
+        .wait_until("the help reply", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("autodev commands"))
+        })
+        .await;
+    a.fake.fail_next(403, &[("retry-after", "1")]);
+    deliver(
+        &a.server,
+        "issue_comment",
+        "R-2",
+        &comment("/autodev status", "Codertocat"),
+    )
+    .await;
+    a.fake
+        .wait_until("the status reply", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("no autodev task"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let comments = a.fake.comments(1);
+    assert_eq!(
+        comments
+            .iter()
+            .filter(|c| c.body.contains("autodev commands"))
+            .count(),
+        1,
+        "{comments:#?}"
+    );
+    assert_eq!(
+        comments
+            .iter()
+            .filter(|c| c.body.contains("no autodev task"))
+            .count(),
+        1,
+        "{comments:#?}"
+    );
+    drop(a.world);
+}
