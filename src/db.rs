@@ -85,6 +85,8 @@ pub struct TaskRow {
     pub requested_by: Option<String>,
     pub status_comment_id: Option<i64>,
     pub check_run_id: Option<i64>,
+    pub clone_url: Option<String>,
+    pub pushed_sha: Option<String>,
 }
 
 impl TaskRow {
@@ -724,13 +726,16 @@ pub async fn set_github_origin<'e, E: Executor<'e, Database = Sqlite>>(
     installation: i64,
     issue: i64,
     requested_by: &str,
+    clone_url: &str,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE tasks SET installation_id = ?, issue_number = ?, requested_by = ? WHERE pk = ?",
+        "UPDATE tasks SET installation_id = ?, issue_number = ?, requested_by = ?, clone_url = ?
+         WHERE pk = ?",
     )
     .bind(installation)
     .bind(issue)
     .bind(requested_by)
+    .bind(clone_url)
     .bind(key)
     .execute(ex)
     .await?;
@@ -776,4 +781,22 @@ pub async fn has_installation(pool: &SqlitePool, installation: i64) -> anyhow::R
         .fetch_one(pool)
         .await?;
     Ok(n > 0)
+}
+
+pub async fn set_pushed(pool: &SqlitePool, key: TaskKey, sha: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET pushed_sha = ? WHERE pk = ?")
+        .bind(sha)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_check_run(pool: &SqlitePool, key: TaskKey, id: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET check_run_id = ? WHERE pk = ?")
+        .bind(id)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

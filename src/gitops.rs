@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, bail};
 use prometheus::IntCounterVec;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncWriteExt;
 
 /// Runs git and counts each operation in `autodev_git_operations_total`.
@@ -64,6 +65,19 @@ impl Git {
         args: &[&str],
         stdin: Option<&str>,
     ) -> anyhow::Result<std::process::Output> {
+        self.output_with(dir, args, stdin, None).await
+    }
+
+    /// Runs git; with `token`, HTTP requests carry it as the installation's Basic credentials,
+    /// handed to this git process through `GIT_CONFIG_*` variables: never on a command line,
+    /// in a remote URL or in any `.git/config`.
+    async fn output_with(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+        token: Option<&SecretString>,
+    ) -> anyhow::Result<std::process::Output> {
         let name = format!("user.name={}", self.user_name);
         let email = format!("user.email={}", self.user_email);
         let mut cmd = tokio::process::Command::new("git");
@@ -76,6 +90,8 @@ impl Git {
             .env_remove("GIT_WORK_TREE")
             .env_remove("GIT_INDEX_FILE")
             .env("GIT_TERMINAL_PROMPT", "0")
+            .env_remove("GIT_ASKPASS")
+            .env_remove("SSH_ASKPASS")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -83,6 +99,20 @@ impl Git {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(token) = token {
+            use base64::Engine as _;
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("x-access-token:{}", token.expose_secret()));
+            cmd.env("GIT_CONFIG_COUNT", "2")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env(
+                    "GIT_CONFIG_VALUE_0",
+                    format!("Authorization: Basic {basic}"),
+                )
+                // No helper may store or offer other credentials.
+                .env("GIT_CONFIG_KEY_1", "credential.helper")
+                .env("GIT_CONFIG_VALUE_1", "");
+        }
         let mut child = cmd.spawn().context("running git (is it installed?)")?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(text.as_bytes()).await?;
@@ -195,6 +225,22 @@ impl Git {
         }
         self.run("worktree_prune", repo, &["worktree", "prune"], None)
             .await?;
+        // A task branch pushed earlier but missing here (a new mirror) continues from origin.
+        let remote_branch = format!("refs/remotes/origin/{branch}");
+        let on_origin = self
+            .output(
+                repo,
+                &["show-ref", "--verify", "--quiet", &remote_branch],
+                None,
+            )
+            .await?
+            .status
+            .success();
+        let base_sha = if on_origin {
+            remote_branch.as_str()
+        } else {
+            base_sha
+        };
         let exists = self
             .output(
                 repo,
@@ -236,6 +282,104 @@ impl Git {
             reused_branch: exists,
             head,
         })
+    }
+
+    /// A bare mirror of `url` at `path`, fetched now. Remote branches land in
+    /// `refs/remotes/origin/*`, so a fetch never moves the task branches worktrees have checked
+    /// out. Returns the commit of `origin/<base>`.
+    pub async fn fetch_mirror(
+        &self,
+        path: &Path,
+        url: &str,
+        token: &SecretString,
+        base: &str,
+    ) -> anyhow::Result<String> {
+        if !path.join("HEAD").exists() {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("creating mirror {}", path.display()))?;
+            self.run("init", path, &["init", "--quiet", "--bare"], None)
+                .await?;
+            self.run("config", path, &["config", "remote.origin.url", url], None)
+                .await?;
+            self.run(
+                "config",
+                path,
+                &[
+                    "config",
+                    "remote.origin.fetch",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                ],
+                None,
+            )
+            .await?;
+        }
+        self.ops.with_label_values(&["fetch"]).inc();
+        let out = self
+            .output_with(
+                path,
+                &["fetch", "--quiet", "--prune", "origin"],
+                None,
+                Some(token),
+            )
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "fetching {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let sha = self
+            .run(
+                "rev-parse",
+                path,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    &format!("refs/remotes/origin/{base}^{{commit}}"),
+                ],
+                None,
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("base branch `{base}` does not exist in {url}"))?;
+        Ok(sha.trim().to_owned())
+    }
+
+    /// Pushes the worktree's HEAD to `branch` on origin; every ref the server rejects is an
+    /// error that names it.
+    pub async fn push(&self, dir: &Path, branch: &str, token: &SecretString) -> anyhow::Result<()> {
+        self.ops.with_label_values(&["push"]).inc();
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        let out = self
+            .output_with(
+                dir,
+                &["push", "--porcelain", "origin", &refspec],
+                None,
+                Some(token),
+            )
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let rejected: Vec<&str> = stdout.lines().filter(|l| l.starts_with('!')).collect();
+        if !out.status.success() || !rejected.is_empty() {
+            bail!(
+                "pushing {branch} failed: {} {}",
+                rejected.join("; "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Files changed between `base` and HEAD.
+    pub async fn changed_files(&self, dir: &Path, base: &str) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .run(
+                "diff",
+                dir,
+                &["diff", "--name-only", &format!("{base}...HEAD")],
+                None,
+            )
+            .await?;
+        Ok(out.lines().map(str::to_owned).collect())
     }
 
     pub async fn head(&self, dir: &Path) -> anyhow::Result<String> {

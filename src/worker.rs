@@ -129,6 +129,15 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     engine
         .record(key, run_seq, outcome.state.as_str(), &message)
         .await;
+    if engine.github.is_some()
+        && let Ok(Some(t)) = db::get_task(&engine.pool, key).await
+        && t.pushed_sha.is_some()
+    {
+        let effect = crate::github::outbox::Effect::CheckRun { task: key };
+        if let Err(e) = crate::github::outbox::push(&engine.pool, effect, 0, Duration::ZERO).await {
+            tracing::warn!("queueing the check run: {e:#}");
+        }
+    }
     Ok(outcome.state)
 }
 
@@ -246,25 +255,13 @@ async fn pipeline(
     let git = &engine.git;
     let spec = &run.spec;
 
-    // 1. The worktree, on the task branch, outside the repository.
-    if !row.repo_name().is_local() {
-        return Ok(Outcome::ended(
-            TaskState::Error,
-            "this version cannot run tasks of GitHub repositories yet (their mirrors and pushes come next)",
-        ));
-    }
-    let repo = &settings.repo_path;
-    if let Err(e) = gitops::check_data_dir_outside(repo, &settings.data_dir) {
-        return Ok(Outcome::ended(TaskState::Error, format!("{e:#}")));
-    }
-    let wanted_base = spec
-        .base_branch
-        .as_deref()
-        .or(settings.dev_branch.as_deref());
-    let (base, base_sha) = match git.resolve_base(repo, wanted_base).await {
-        Ok(b) => b,
+    // 1. The worktree, on the task branch, outside the repository: in local mode from the
+    // repository itself, in App mode from a mirror fetched with the installation's token.
+    let source = match Source::resolve(engine, row, spec).await {
+        Ok(s) => s,
         Err(e) => return Ok(Outcome::ended(TaskState::Error, format!("{e:#}"))),
     };
+    let (repo, base, base_sha) = (&source.repo, source.base.clone(), source.base_sha.clone());
     let path = engine.worktree_path(&row.repo_name(), &row.task_id);
     let worktree = {
         let lock_path = settings
@@ -509,6 +506,25 @@ async fn pipeline(
         .await;
     }
     let head = git.head(&worktree.path).await?;
+
+    // 4. In App mode, the branch goes to GitHub.
+    if let Some(token) = &source.token
+        && head != base_sha
+        && let Some(o) = push(
+            &run,
+            &source,
+            &worktree.path,
+            &worktree.branch,
+            token,
+            &head,
+        )
+        .await?
+    {
+        return Ok(Outcome {
+            head: Some(head),
+            ..o
+        });
+    }
     let mut outcome = if passed {
         Outcome {
             state: TaskState::Passed,
@@ -520,6 +536,112 @@ async fn pipeline(
     };
     outcome.head = Some(head);
     Ok(outcome)
+}
+
+/// Where a task's code comes from.
+struct Source {
+    /// The repository (local mode) or mirror (App mode) that worktrees are added to.
+    repo: std::path::PathBuf,
+    base: String,
+    base_sha: String,
+    /// App mode: the installation token for fetch and push.
+    token: Option<secrecy::SecretString>,
+}
+
+impl Source {
+    async fn resolve(engine: &Engine, row: &TaskRow, spec: &TaskSpec) -> anyhow::Result<Self> {
+        let settings = &engine.settings;
+        if row.repo_name().is_local() {
+            let repo = settings.repo_path.clone();
+            gitops::check_data_dir_outside(&repo, &settings.data_dir)?;
+            let wanted = spec
+                .base_branch
+                .as_deref()
+                .or(settings.dev_branch.as_deref());
+            let (base, base_sha) = engine.git.resolve_base(&repo, wanted).await?;
+            return Ok(Self {
+                repo,
+                base,
+                base_sha,
+                token: None,
+            });
+        }
+        let gh = engine
+            .github
+            .as_ref()
+            .context("this task comes from GitHub, but GitHub App mode is not configured")?;
+        let installation = row
+            .installation_id
+            .context("the task has no installation")?;
+        let url = row
+            .clone_url
+            .as_deref()
+            .context("the task has no clone URL")?;
+        let base = spec
+            .base_branch
+            .clone()
+            .context("the task has no base branch")?;
+        let token = gh
+            .installation_token(crate::github::event::InstallationId(installation))
+            .await?;
+        let mirrors = settings.data_dir.join("mirrors");
+        let repo = mirrors.join(format!("{}.git", row.repo_name().dir_name()));
+        let _lock =
+            RepoLock::acquire(mirrors.join(format!("{}.lock", row.repo_name().dir_name()))).await?;
+        let base_sha = engine.git.fetch_mirror(&repo, url, &token, &base).await?;
+        Ok(Self {
+            repo,
+            base,
+            base_sha,
+            token: Some(token),
+        })
+    }
+}
+
+/// Pushes the task branch, unless it touches `.github/workflows/` and the repository does not
+/// allow that. `Some(outcome)` when the push did not happen.
+async fn push(
+    run: &Run<'_>,
+    source: &Source,
+    worktree: &std::path::Path,
+    branch: &str,
+    token: &secrecy::SecretString,
+    head: &str,
+) -> anyhow::Result<Option<Outcome>> {
+    let engine = run.engine;
+    let changed = engine.git.changed_files(worktree, &source.base_sha).await?;
+    let workflows: Vec<&String> = changed
+        .iter()
+        .filter(|f| f.starts_with(".github/workflows/"))
+        .collect();
+    if !workflows.is_empty() && !engine.settings.file.github.allow_workflow_changes {
+        return Ok(Some(Outcome::ended(
+            TaskState::Failed,
+            format!(
+                "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes is set (workflow changes can reach CI secrets)",
+                workflows
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )));
+    }
+    let _lock = RepoLock::acquire(
+        engine
+            .settings
+            .data_dir
+            .join("mirrors")
+            .join(format!("{}.lock", run.row.repo_name().dir_name())),
+    )
+    .await?;
+    if let Err(e) = engine.git.push(worktree, branch, token).await {
+        return Ok(Some(Outcome::ended(TaskState::Error, format!("{e:#}"))));
+    }
+    db::set_pushed(&engine.pool, run.row.pk, head).await?;
+    run.note("push", &format!("pushed {} to {branch}", short(head)))
+        .await;
+    Ok(None)
 }
 
 /// A cancel request or a spent budget ends the run between steps.

@@ -341,7 +341,15 @@ impl Ctx<'_> {
                 (task.pk, run)
             }
         };
-        db::set_github_origin(&mut *tx, key, t.inst.0, t.issue as i64, &sender.login).await?;
+        db::set_github_origin(
+            &mut *tx,
+            key,
+            t.inst.0,
+            t.issue as i64,
+            &sender.login,
+            &t.repo.clone_url,
+        )
+        .await?;
         let job = queue::push(&mut tx, key, run).await?;
         db::set_job_id(&mut *tx, key, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;

@@ -149,6 +149,9 @@ pub fn spec_from_issue(
     map.insert("title".into(), json!(title));
     map.insert("description".into(), json!(description));
     map.insert("role".into(), json!(role));
+    if !map.contains_key("base_branch") && !repo.default_branch.is_empty() {
+        map.insert("base_branch".into(), json!(repo.default_branch));
+    }
     spec::from_value(Value::Object(map), roles)
 }
 

@@ -147,3 +147,67 @@ pub fn nothing_to_cancel() -> String {
 pub fn fix_unavailable() -> String {
     "`/autodev fix` is not available in this version of autodev yet.".into()
 }
+
+/// GitHub's limit on a check run's `summary` and `text`.
+pub const CHECK_OUTPUT_LIMIT: usize = 65_535;
+
+/// A check run's conclusion for a task's state; `None` while it is still going.
+pub fn check_conclusion(task: &TaskRow) -> Option<&'static str> {
+    match task.state {
+        TaskState::Queued | TaskState::Running => None,
+        TaskState::Passed => Some("success"),
+        TaskState::Failed
+            if task
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("timed out")) =>
+        {
+            Some("timed_out")
+        }
+        TaskState::Failed | TaskState::Error => Some("failure"),
+        TaskState::Cancelled => Some("cancelled"),
+    }
+}
+
+/// The check run's title, summary (gate table, provider, rounds, duration, cost) and text
+/// (the failing gates' output), each within GitHub's limits.
+pub fn check_output(task: &TaskRow, gates: &[GateRow]) -> (String, String, String) {
+    let title = match task.state {
+        TaskState::Passed => "Acceptance gates passed".to_owned(),
+        TaskState::Queued | TaskState::Running => "Working".to_owned(),
+        state => format!("Task {state}"),
+    };
+    let mut summary = status_comment(task, gates, None);
+    summary = summary.replace(&status_marker(&task.task_id), "");
+    let mut text = String::new();
+    for g in gates
+        .iter()
+        .filter(|g| g.run_seq == task.run_seq && g.round == task.rounds && g.status != "passed")
+    {
+        text.push_str(&format!(
+            "### `{}` ({})
+
+```
+{}
+```
+
+",
+            g.gate,
+            g.status,
+            crate::exec::tail_chars(&g.output, 20_000)
+        ));
+    }
+    (title, clip(&summary), clip(&text))
+}
+
+fn clip(s: &str) -> String {
+    if s.len() <= CHECK_OUTPUT_LIMIT {
+        return s.to_owned();
+    }
+    let marker = "\n\n[cut to fit GitHub's limit]";
+    let mut end = CHECK_OUTPUT_LIMIT - marker.len();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &s[..end])
+}

@@ -40,6 +40,8 @@ pub enum Effect {
     },
     /// Create or edit the task's status comment from its current state.
     Status { task: TaskKey },
+    /// Create or conclude the task's check run on the commit last pushed.
+    CheckRun { task: TaskKey },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +151,7 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             .await?;
             Ok(())
         }
+        Effect::CheckRun { task } => check_run(engine, gh, *task).await,
         Effect::Status { task } => {
             let internal = |e: anyhow::Error| ApiError::Transport {
                 method: "DB",
@@ -244,4 +247,91 @@ async fn find_comment(
         }
     }
     Ok(None)
+}
+
+async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<(), ApiError> {
+    let internal = |e: anyhow::Error| ApiError::Transport {
+        method: "DB",
+        path: String::new(),
+        message: format!("{e:#}"),
+    };
+    let Some(t) = db::get_task(&engine.pool, task).await.map_err(internal)? else {
+        return Ok(());
+    };
+    let (Some(installation), Some(sha)) = (t.installation_id, t.pushed_sha.clone()) else {
+        return Ok(());
+    };
+    let Some((owner, repo)) = t.repo.split_once('/') else {
+        return Ok(());
+    };
+    let inst = InstallationId(installation);
+    let name = format!("autodev/{}", t.role);
+    let gates = db::gate_results(&engine.pool, t.pk)
+        .await
+        .map_err(internal)?;
+    let (title, summary, text) = messages::check_output(&t, &gates);
+    let mut body = json!({
+        "name": name,
+        "head_sha": sha,
+        "external_id": t.task_id,
+        "output": { "title": title, "summary": summary, "text": text },
+    });
+    match messages::check_conclusion(&t) {
+        Some(c) => {
+            body["status"] = json!("completed");
+            body["conclusion"] = json!(c);
+            body["completed_at"] =
+                json!(t.finished_at.unwrap_or_else(chrono::Utc::now).to_rfc3339());
+        }
+        None => body["status"] = json!("in_progress"),
+    }
+    if let Some(url) = &engine.settings.public_url {
+        body["details_url"] = json!(format!("{url}/repos/{}/tasks/{}", t.repo, t.task_id));
+    }
+    // Look before create: this task's run on this commit, by external id.
+    let list = gh
+        .call(
+            inst,
+            "GET",
+            &format!(
+                "/repos/{owner}/{repo}/commits/{sha}/check-runs?check_name={name}&per_page=100"
+            ),
+            None,
+        )
+        .await?;
+    let existing = list["check_runs"]
+        .as_array()
+        .and_then(|runs| {
+            runs.iter()
+                .find(|r| r["external_id"].as_str() == Some(t.task_id.as_str()))
+        })
+        .and_then(|r| r["id"].as_u64());
+    let _write = gh.write_lock(inst).await;
+    let id = match existing {
+        Some(id) => {
+            gh.call(
+                inst,
+                "PATCH",
+                &format!("/repos/{owner}/{repo}/check-runs/{id}"),
+                Some(&body),
+            )
+            .await?;
+            id
+        }
+        None => {
+            let created = gh
+                .call(
+                    inst,
+                    "POST",
+                    &format!("/repos/{owner}/{repo}/check-runs"),
+                    Some(&body),
+                )
+                .await?;
+            created["id"].as_u64().unwrap_or_default()
+        }
+    };
+    db::set_check_run(&engine.pool, t.pk, id as i64)
+        .await
+        .map_err(internal)?;
+    Ok(())
 }

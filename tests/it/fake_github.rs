@@ -35,8 +35,21 @@ pub struct Comment {
     pub edits: u32,
 }
 
+#[derive(Debug, Clone)]
+pub struct CheckRun {
+    pub id: u64,
+    pub name: String,
+    pub head_sha: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub external_id: Option<String>,
+    pub summary: String,
+    pub updates: u32,
+}
+
 #[derive(Default)]
 pub struct St {
+    pub check_runs: Vec<CheckRun>,
     app_id: u64,
     public_key: String,
     pub token_ttl: Duration,
@@ -80,6 +93,15 @@ impl FakeGithub {
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/installation/repositories", get(installation_repos))
+            .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+            .route(
+                "/repos/{owner}/{repo}/check-runs/{id}",
+                patch(update_check_run),
+            )
+            .route(
+                "/repos/{owner}/{repo}/commits/{sha}/check-runs",
+                get(list_check_runs),
+            )
             .route(
                 "/repos/{owner}/{repo}/collaborators/{user}/permission",
                 get(permission),
@@ -191,6 +213,19 @@ impl FakeGithub {
 
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
+    }
+}
+
+impl St {
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.tokens
+            .get(token)
+            .is_some_and(|(_, exp)| *exp > Instant::now())
+    }
+
+    /// Every installation token handed out (to look for them where they must not be).
+    pub fn all_tokens(&self) -> Vec<String> {
+        self.tokens.keys().cloned().collect()
     }
 }
 
@@ -488,4 +523,139 @@ async fn create_reaction(
         StatusCode::CREATED
     };
     (status, axum::Json(v)).into_response()
+}
+
+fn check_json(c: &CheckRun) -> Value {
+    let mut v = example("checks.create");
+    v["id"] = json!(c.id);
+    v["name"] = json!(c.name);
+    v["head_sha"] = json!(c.head_sha);
+    v["status"] = json!(c.status);
+    v["conclusion"] = json!(c.conclusion);
+    v["external_id"] = json!(c.external_id);
+    v["output"]["summary"] = json!(c.summary);
+    v
+}
+
+fn apply_check(c: &mut CheckRun, req: &Value) -> Result<(), Response> {
+    for (field, limit) in [("summary", 65_535), ("text", 65_535)] {
+        if req["output"][field]
+            .as_str()
+            .is_some_and(|s| s.chars().count() > limit)
+        {
+            return Err(err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("output.{field} is too long (maximum is 65535 characters)"),
+            ));
+        }
+    }
+    if let Some(s) = req["status"].as_str() {
+        c.status = s.into();
+    }
+    if let Some(s) = req["conclusion"].as_str() {
+        c.conclusion = Some(s.into());
+        c.status = "completed".into();
+    }
+    if let Some(s) = req["external_id"].as_str() {
+        c.external_id = Some(s.into());
+    }
+    if let Some(s) = req["output"]["summary"].as_str() {
+        c.summary = s.into();
+    }
+    Ok(())
+}
+
+async fn create_check_run(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(&mut st, format!("POST /repos/{owner}/{repo}/check-runs")) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (Some(name), Some(sha)) = (req["name"].as_str(), req["head_sha"].as_str()) else {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name and head_sha are required",
+        );
+    };
+    st.next_id += 1;
+    let mut c = CheckRun {
+        id: st.next_id,
+        name: name.into(),
+        head_sha: sha.into(),
+        status: "queued".into(),
+        conclusion: None,
+        external_id: None,
+        summary: String::new(),
+        updates: 0,
+    };
+    if let Err(r) = apply_check(&mut c, &req) {
+        return r;
+    }
+    let v = check_json(&c);
+    st.check_runs.push(c);
+    (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+async fn update_check_run(
+    State(s): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("PATCH /repos/{owner}/{repo}/check-runs/{id}"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(c) = st.check_runs.iter_mut().find(|c| c.id == id) else {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    };
+    if let Err(r) = apply_check(c, &req) {
+        return r;
+    }
+    c.updates += 1;
+    let v = check_json(c);
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+async fn list_check_runs(
+    State(s): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("GET /repos/{owner}/{repo}/commits/{sha}/check-runs"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let runs: Vec<Value> = st
+        .check_runs
+        .iter()
+        .filter(|c| c.head_sha == sha && q.get("check_name").is_none_or(|n| *n == c.name))
+        .map(check_json)
+        .collect();
+    let mut body = example("checks.list-for-ref");
+    body["total_count"] = json!(runs.len());
+    body["check_runs"] = Value::Array(runs);
+    (StatusCode::OK, axum::Json(body)).into_response()
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fake_github::FakeGithub;
-use crate::support::{Server, World};
+use crate::git_server::GitServer;
+use crate::support::{CLAUDE_OK, Server, World, git};
 use crate::webhooks::{app_world, deliver, fixture};
 
 const REPO: &str = "Codertocat/Hello-World";
@@ -15,16 +16,21 @@ const REPO: &str = "Codertocat/Hello-World";
 struct App {
     world: World,
     fake: FakeGithub,
+    git: GitServer,
     server: Server,
 }
 
-async fn app() -> App {
+/// App mode against the fake GitHub, with the repository served by the token-checking git
+/// server; `agent` is the fake claude's script.
+async fn app_with(agent: &str) -> App {
     let mut world = app_world();
-    world.simple_claude("feature.txt", "x");
+    world.agent("claude", agent);
     let key = world.root.path().join("app.pem");
     let fake = FakeGithub::start(4242, &key).await;
     fake.install(1, &[REPO]);
     fake.set_permission(REPO, "Codertocat", "write");
+    let git = GitServer::start(&world.root.path().join("remote"), fake.state.clone()).await;
+    git.publish(REPO, &world.repo);
     world
         .extra_env
         .push(("GITHUB_API_URL".into(), fake.url.clone()));
@@ -32,7 +38,23 @@ async fn app() -> App {
     App {
         world,
         fake,
+        git,
         server,
+    }
+}
+
+async fn app() -> App {
+    app_with(&format!(
+        "cat >/dev/null\necho x > feature.txt\necho '{CLAUDE_OK}'"
+    ))
+    .await
+}
+
+impl App {
+    fn labeled(&self, label: &str, sender: &str) -> Value {
+        let mut p = labeled(label, sender);
+        p["repository"]["clone_url"] = json!(self.git.clone_url(REPO));
+        p
     }
 }
 
@@ -156,7 +178,8 @@ async fn opened_and_labeled_for_one_new_issue_make_one_task() {
     opened["sender"]["login"] = json!("Codertocat");
     opened["repository"] = labeled("x", "y")["repository"].clone();
     opened["installation"] = json!({"id": 1});
-    let labeled = labeled("autodev:backend", "Codertocat");
+    opened["repository"]["clone_url"] = json!(a.git.clone_url(REPO));
+    let labeled = a.labeled("autodev:backend", "Codertocat");
     let (s1, s2) = tokio::join!(
         deliver(&a.server, "issues", "OL-1", &opened),
         deliver(&a.server, "issues", "OL-2", &labeled)
@@ -340,4 +363,141 @@ async fn github_failing_then_rate_limiting_is_retried_without_duplicates() {
         "{comments:#?}"
     );
     drop(a.world);
+}
+
+#[tokio::test]
+async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_anywhere() {
+    let dump = "out=\"$FAKE_AGENT_DIR\"\nenv > \"$out/env.txt\"\ngit config --list --show-origin > \"$out/git-config.txt\" 2>&1\n\
+                cat \"$(git rev-parse --git-common-dir)/config\" > \"$out/mirror-config.txt\"\n\
+                for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p 2>/dev/null; echo; done > \"$out/cmdlines.txt\"\n";
+    let a = app_with(&format!(
+        "cat >/dev/null\n{dump}echo x > feature.txt\necho '{CLAUDE_OK}'"
+    ))
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "P-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let t = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+
+    // The branch is on the remote, with the agent's work.
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:feature.txt"]),
+        "x"
+    );
+    let head = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    assert_eq!(t["head_sha"], head.as_str());
+
+    // One check run, on that commit, concluded.
+    a.fake
+        .wait_until("the check run", |st| {
+            st.check_runs.iter().any(|c| c.conclusion.is_some())
+        })
+        .await;
+    let runs = a.fake.state.lock().unwrap().check_runs.clone();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].name, "autodev/backend");
+    assert_eq!(runs[0].head_sha, head);
+    assert_eq!(runs[0].conclusion.as_deref(), Some("success"));
+    assert_eq!(runs[0].external_id.as_deref(), Some("issue-1"));
+    assert!(
+        runs[0].summary.contains("tests") || runs[0].summary.contains("branch"),
+        "{}",
+        runs[0].summary
+    );
+    a.fake
+        .wait_until("the final status comment", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("autodev:status") && c.body.contains("passed"))
+        })
+        .await;
+
+    // No installation token in the agent's world, the mirror's config, or the logs.
+    let tokens = a.fake.state.lock().unwrap().all_tokens();
+    assert!(!tokens.is_empty());
+    let mut places: Vec<(String, String)> = [
+        "env.txt",
+        "git-config.txt",
+        "mirror-config.txt",
+        "cmdlines.txt",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            std::fs::read_to_string(a.world.agent_dir.join(f)).unwrap(),
+        )
+    })
+    .collect();
+    for entry in std::fs::read_dir(a.world.data.join("mirrors"))
+        .unwrap()
+        .flatten()
+    {
+        if entry.path().join("config").exists() {
+            places.push((
+                entry.path().display().to_string(),
+                std::fs::read_to_string(entry.path().join("config")).unwrap(),
+            ));
+        }
+    }
+    places.push(("server log".into(), a.server.log.lock().unwrap().clone()));
+    for (place, text) in &places {
+        for token in &tokens {
+            assert!(!text.contains(token.as_str()), "token found in {place}");
+        }
+    }
+    assert!(
+        places[2].1.contains(&a.git.clone_url(REPO)),
+        "the mirror knows its remote, without credentials"
+    );
+}
+
+#[tokio::test]
+async fn workflow_changes_are_not_pushed_and_the_task_says_why() {
+    let a = app_with(&format!(
+        "cat >/dev/null\nmkdir -p ../.github/workflows 2>/dev/null; mkdir -p .github/workflows\necho 'on: push' > .github/workflows/ci.yml\necho '{CLAUDE_OK}'"
+    ))
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "W-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let t = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(t["state"], "failed", "{t:#}");
+    let err = t["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("not pushed") && err.contains(".github/workflows/ci.yml"),
+        "{err}"
+    );
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    let branches = git(&bare, &["branch", "--list", "auto/*"]);
+    assert!(branches.is_empty(), "nothing was pushed: {branches}");
+    a.fake
+        .wait_until("the status comment says why", |st| {
+            st.comments.iter().any(|c| c.body.contains("not pushed"))
+        })
+        .await;
 }

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod examples;
 mod fake_github;
+mod git_server;
 mod github_app;
 mod github_client;
 mod pipeline;
