@@ -307,6 +307,15 @@ impl Engine {
         self.metrics.active_worktrees.set(count as i64);
     }
 
+    /// The lock file that serializes git bookkeeping (fetch, worktree add, push) on one
+    /// repository across threads and processes.
+    pub fn repo_lock(&self, repo: &RepoName) -> std::path::PathBuf {
+        self.settings
+            .data_dir
+            .join("locks")
+            .join(format!("{}.lock", repo.dir_name()))
+    }
+
     pub fn worktree_path(&self, repo: &RepoName, task_id: &str) -> std::path::PathBuf {
         self.settings
             .worktrees_dir

@@ -264,10 +264,7 @@ async fn pipeline(
     let (repo, base, base_sha) = (&source.repo, source.base.clone(), source.base_sha.clone());
     let path = engine.worktree_path(&row.repo_name(), &row.task_id);
     let worktree = {
-        let lock_path = settings
-            .worktrees_dir
-            .join(format!("{}.lock", row.repo_name().dir_name()));
-        let _lock = RepoLock::acquire(lock_path).await?;
+        let _lock = RepoLock::acquire(engine.repo_lock(&row.repo_name())).await?;
         match git
             .prepare_worktree(repo, &path, &row.branch, &base_sha)
             .await
@@ -586,8 +583,7 @@ impl Source {
             .await?;
         let mirrors = settings.data_dir.join("mirrors");
         let repo = mirrors.join(format!("{}.git", row.repo_name().dir_name()));
-        let _lock =
-            RepoLock::acquire(mirrors.join(format!("{}.lock", row.repo_name().dir_name()))).await?;
+        let _lock = RepoLock::acquire(engine.repo_lock(&row.repo_name())).await?;
         let base_sha = engine.git.fetch_mirror(&repo, url, &token, &base).await?;
         Ok(Self {
             repo,
@@ -627,14 +623,7 @@ async fn push(
             ),
         )));
     }
-    let _lock = RepoLock::acquire(
-        engine
-            .settings
-            .data_dir
-            .join("mirrors")
-            .join(format!("{}.lock", run.row.repo_name().dir_name())),
-    )
-    .await?;
+    let _lock = RepoLock::acquire(engine.repo_lock(&run.row.repo_name())).await?;
     if let Err(e) = engine.git.push(worktree, branch, token).await {
         return Ok(Some(Outcome::ended(TaskState::Error, format!("{e:#}"))));
     }

@@ -501,3 +501,97 @@ async fn workflow_changes_are_not_pushed_and_the_task_says_why() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn cancel_by_command_stops_the_agent_and_concludes_the_check_run_cancelled() {
+    let a = app_with("cat >/dev/null\necho partial > partial.txt\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nsleep 600 &\nwait").await;
+    deliver(
+        &a.server,
+        "issues",
+        "X-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let pid: i32 = crate::support::wait_for_file(
+        &a.world.agent_dir.join("agent.pid"),
+        Duration::from_secs(30),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    deliver(
+        &a.server,
+        "issue_comment",
+        "X-2",
+        &comment("/autodev cancel", "Codertocat"),
+    )
+    .await;
+    let t = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["cancelled", "passed", "failed", "error"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(t["state"], "cancelled", "{t:#}");
+    assert!(!crate::support::alive(pid), "agent {pid} still running");
+    // The partial work is on the branch, and its check run says cancelled.
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:partial.txt"]),
+        "partial"
+    );
+    a.fake
+        .wait_until("a cancelled check run", |st| {
+            st.check_runs
+                .iter()
+                .any(|c| c.conclusion.as_deref() == Some("cancelled"))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn re_run_on_the_check_run_retries_the_task() {
+    let a = app_with(&format!(
+        "cat >/dev/null\ndate +%s%N >> runs.txt\necho '{CLAUDE_OK}'"
+    ))
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "RR-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    a.fake
+        .wait_until("the check run", |st| {
+            st.check_runs.iter().any(|c| c.conclusion.is_some())
+        })
+        .await;
+    let mut rerun = fixture("check_run.rerequested");
+    rerun["check_run"]["name"] = json!("autodev/backend");
+    rerun["check_run"]["external_id"] = json!("issue-1");
+    rerun["repository"] = a.labeled("x", "y")["repository"].clone();
+    rerun["sender"]["login"] = json!("Codertocat");
+    rerun["installation"] = json!({"id": 1});
+    let (status, body) = deliver(&a.server, "check_run", "RR-2", &rerun).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = task(&a.server).await;
+        if t["runs"] == 2 && t["state"] == "passed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no re-run: {t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
