@@ -406,8 +406,8 @@ impl Ctx<'_> {
                     self.reply(&t, &key, messages::status_reply(task.as_ref()))
                         .await?
                 }
-                Ok(Command::Fix { .. }) => {
-                    self.reply(&t, &key, messages::fix_unavailable()).await?
+                Ok(Command::Fix { instructions }) => {
+                    self.fix(&t, issue, &instructions, author, &key).await?
                 }
                 Ok(Command::Run { role }) => {
                     let role = role
@@ -442,6 +442,111 @@ impl Ctx<'_> {
                 },
             }
         }
+        Ok(())
+    }
+
+    /// `/autodev fix` on a pull request from an autodev branch: another run of that branch's
+    /// task, with the instructions and the pull request's review comments.
+    async fn fix(
+        &self,
+        t: &Thread<'_>,
+        issue: &Issue,
+        instructions: &str,
+        author: &Actor,
+        key: &str,
+    ) -> Result<(), Failure> {
+        let (owner, name) = (&t.repo.owner, &t.repo.name);
+        if !issue.is_pull_request {
+            return self.reply(t, key, messages::fix_needs_pull_request()).await;
+        }
+        let pr = self
+            .gh
+            .call(
+                t.inst,
+                "GET",
+                &format!("/repos/{owner}/{name}/pulls/{}", issue.number),
+                None,
+            )
+            .await?;
+        let head = pr["head"]["ref"].as_str().unwrap_or_default().to_owned();
+        let task =
+            sqlx::query_as::<_, db::TaskRow>("SELECT * FROM tasks WHERE repo = ? AND branch = ?")
+                .bind(t.repo.repo_name().as_str())
+                .bind(&head)
+                .fetch_optional(&self.engine.pool)
+                .await
+                .map_err(anyhow::Error::from)?;
+        let Some(task) = task else {
+            return self.reply(t, key, messages::fix_not_autodev(&head)).await;
+        };
+        if !task.state.is_terminal() {
+            return self.reply(t, key, messages::already_active(&task)).await;
+        }
+        let comments = self
+            .gh
+            .call(
+                t.inst,
+                "GET",
+                &format!(
+                    "/repos/{owner}/{name}/pulls/{}/comments?per_page=100",
+                    issue.number
+                ),
+                None,
+            )
+            .await?;
+        let review: Vec<serde_json::Value> = comments
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                serde_json::json!({
+                    "path": c["path"],
+                    "line": c["line"],
+                    "author": c["user"]["login"],
+                    "comment": issue_spec::sanitize(c["body"].as_str().unwrap_or_default()),
+                })
+            })
+            .collect();
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&task.spec).map_err(anyhow::Error::from)?;
+        spec["fix_request"] = serde_json::json!({
+            "pull_request": issue.number,
+            "instructions": issue_spec::sanitize(instructions),
+            "review_comments": review,
+        });
+        let spec_json = spec.to_string();
+        let mut tx = self
+            .engine
+            .pool
+            .begin()
+            .await
+            .map_err(anyhow::Error::from)?;
+        db::replace_spec(
+            &mut *tx,
+            task.pk,
+            &task.role,
+            &task.title,
+            &spec_json,
+            &task.branch,
+        )
+        .await?;
+        let Some(run) = db::requeue(&mut *tx, task.pk).await? else {
+            return Ok(());
+        };
+        let job = queue::push(&mut tx, task.pk, run).await?;
+        db::set_job_id(&mut *tx, task.pk, &job).await?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        self.engine
+            .record(
+                task.pk,
+                run,
+                "queued",
+                &format!(
+                    "fix requested by @{} on pull request #{} as job {job}",
+                    author.login, issue.number
+                ),
+            )
+            .await;
         Ok(())
     }
 

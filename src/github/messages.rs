@@ -144,8 +144,14 @@ pub fn nothing_to_cancel() -> String {
     "There is no queued or running autodev task for this issue.".into()
 }
 
-pub fn fix_unavailable() -> String {
-    "`/autodev fix` is not available in this version of autodev yet.".into()
+pub fn fix_needs_pull_request() -> String {
+    "`/autodev fix` works on a pull request from an autodev branch; on an issue, use `/autodev retry`.".into()
+}
+
+pub fn fix_not_autodev(branch: &str) -> String {
+    format!(
+        "`{branch}` is not a branch of an autodev task, so there is nothing for `/autodev fix` to continue."
+    )
 }
 
 /// GitHub's limit on a check run's `summary` and `text`.

@@ -47,8 +47,17 @@ pub struct CheckRun {
     pub updates: u32,
 }
 
+#[derive(Debug, Clone)]
+pub struct Pull {
+    pub number: u64,
+    pub head_ref: String,
+    /// (path, line, body) of each review comment.
+    pub review_comments: Vec<(String, u64, String)>,
+}
+
 #[derive(Default)]
 pub struct St {
+    pub pulls: Vec<Pull>,
     pub check_runs: Vec<CheckRun>,
     app_id: u64,
     public_key: String,
@@ -93,6 +102,11 @@ impl FakeGithub {
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/installation/repositories", get(installation_repos))
+            .route("/repos/{owner}/{repo}/pulls/{n}", get(get_pull))
+            .route(
+                "/repos/{owner}/{repo}/pulls/{n}/comments",
+                get(list_review_comments),
+            )
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
             .route(
                 "/repos/{owner}/{repo}/check-runs/{id}",
@@ -149,6 +163,17 @@ impl FakeGithub {
             installation,
             repos.iter().map(|r| (*r).to_owned()).collect(),
         );
+    }
+
+    pub fn add_pull(&self, number: u64, head_ref: &str, review_comments: &[(&str, u64, &str)]) {
+        self.state.lock().unwrap().pulls.push(Pull {
+            number,
+            head_ref: head_ref.into(),
+            review_comments: review_comments
+                .iter()
+                .map(|(p, l, b)| ((*p).into(), *l, (*b).into()))
+                .collect(),
+        });
     }
 
     /// Waits until `check` holds for the state.
@@ -658,4 +683,58 @@ async fn list_check_runs(
     body["total_count"] = json!(runs.len());
     body["check_runs"] = Value::Array(runs);
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn get_pull(
+    State(s): State<Shared>,
+    Path((owner, repo, n)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(&mut st, format!("GET /repos/{owner}/{repo}/pulls/{n}")) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let Some(p) = st.pulls.iter().find(|p| p.number == n) else {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let mut v = example("pulls.get");
+    v["number"] = json!(p.number);
+    v["head"]["ref"] = json!(p.head_ref);
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+async fn list_review_comments(
+    State(s): State<Shared>,
+    Path((owner, repo, n)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("GET /repos/{owner}/{repo}/pulls/{n}/comments"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let template = example("pulls.list-review-comments")[0].clone();
+    let list: Vec<Value> = st
+        .pulls
+        .iter()
+        .filter(|p| p.number == n)
+        .flat_map(|p| p.review_comments.clone())
+        .map(|(path, line, body)| {
+            let mut c = template.clone();
+            c["path"] = json!(path);
+            c["line"] = json!(line);
+            c["body"] = json!(body);
+            c["user"]["login"] = json!("reviewer");
+            c
+        })
+        .collect();
+    (StatusCode::OK, axum::Json(Value::Array(list))).into_response()
 }

@@ -595,3 +595,62 @@ async fn re_run_on_the_check_run_retries_the_task() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn fix_on_an_autodev_pull_request_runs_again_with_the_review() {
+    let a = app_with(&format!(
+        "prompt=$(cat)\nprintf '%s' \"$prompt\" > \"$FAKE_AGENT_DIR/last-prompt.txt\"\n\
+         case \"$prompt\" in *'Requested changes'*) echo fixed > fixed.txt ;; *) echo first > feature.txt ;; esac\necho '{CLAUDE_OK}'"
+    ))
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "F-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    a.fake.add_pull(
+        2,
+        "auto/backend/issue-1",
+        &[("feature.txt", 1, "Use snake_case here")],
+    );
+    let mut pr_comment = comment("/autodev fix rename it please", "Codertocat");
+    pr_comment["issue"]["number"] = json!(2);
+    pr_comment["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2"});
+    deliver(&a.server, "issue_comment", "F-2", &pr_comment).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let t = loop {
+        let t = task(&a.server).await;
+        if t["runs"] == 2 && ["passed", "failed", "error"].contains(&t["state"].as_str().unwrap()) {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no fix run: {t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(t["state"], "passed", "{t:#}");
+    let prompt = std::fs::read_to_string(a.world.agent_dir.join("last-prompt.txt")).unwrap();
+    assert!(
+        prompt.contains("rename it please") && prompt.contains("Use snake_case here"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("<<<REVIEW>>>"), "{prompt}");
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:fixed.txt"]),
+        "fixed"
+    );
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:feature.txt"]),
+        "first",
+        "the fix builds on the first run"
+    );
+}
