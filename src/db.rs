@@ -800,3 +800,17 @@ pub async fn set_check_run(pool: &SqlitePool, key: TaskKey, id: i64) -> anyhow::
         .await?;
     Ok(())
 }
+
+/// What became of a delivery after its job looked at it (e.g. refused).
+pub async fn set_delivery_outcome(
+    pool: &SqlitePool,
+    id: &str,
+    outcome: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
+        .bind(outcome)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -95,6 +95,7 @@ impl Engine {
             Some(app) => Some(Arc::new(crate::github::client::GithubClient::new(
                 app,
                 std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
+                &settings.data_dir.join("locks"),
             )?)),
             None => None,
         };

@@ -107,14 +107,19 @@ impl Method {
 
 pub struct GithubClient {
     app: Octocrab,
-    writes: Mutex<HashMap<InstallationId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where the per-installation write locks live (`$AUTODEV_DATA_DIR/locks`).
+    lock_dir: std::path::PathBuf,
     installations: Mutex<HashMap<InstallationId, Arc<Octocrab>>>,
     permissions: Mutex<HashMap<(String, String), (Permission, Instant)>>,
     permission_ttl: Duration,
 }
 
 impl GithubClient {
-    pub fn new(app: &GithubApp, permission_ttl: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        app: &GithubApp,
+        permission_ttl: Duration,
+        lock_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let key =
             jsonwebtoken::EncodingKey::from_rsa_pem(app.private_key.expose_secret().as_bytes())
                 .context("GITHUB_PRIVATE_KEY is not an RSA private key in PEM form")?;
@@ -127,7 +132,7 @@ impl GithubClient {
         Ok(Self {
             app: app_client,
             installations: Mutex::new(HashMap::new()),
-            writes: Mutex::new(HashMap::new()),
+            lock_dir: lock_dir.to_owned(),
             permissions: Mutex::new(HashMap::new()),
             permission_ttl,
         })
@@ -148,17 +153,21 @@ impl GithubClient {
         Ok(client)
     }
 
-    /// Held around every mutating call, so one installation never has two at once (GitHub's
-    /// secondary rate limits punish concurrent writes).
-    pub async fn write_lock(&self, id: InstallationId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .writes
-            .lock()
-            .expect("lock")
-            .entry(id)
-            .or_default()
-            .clone();
-        lock.lock_owned().await
+    /// Held around every mutating call, so one installation never has two at once, in this
+    /// process or another on the same machine (GitHub's secondary rate limits punish
+    /// concurrent writes).
+    pub async fn write_lock(
+        &self,
+        id: InstallationId,
+    ) -> Result<crate::gitops::RepoLock, ApiError> {
+        let path = self.lock_dir.join(format!("github-installation-{id}.lock"));
+        crate::gitops::RepoLock::acquire(path)
+            .await
+            .map_err(|e| ApiError::Transport {
+                method: "LOCK",
+                path: String::new(),
+                message: format!("{e:#}"),
+            })
     }
 
     /// A valid installation token (for git over HTTPS), refreshed when it has under a minute

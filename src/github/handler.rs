@@ -99,12 +99,12 @@ impl Ctx<'_> {
         if let (Some(inst), Some(repo)) = (event.installation(), event.repo())
             && !self.installed(inst, repo).await?
         {
-            tracing::warn!(
-                delivery = self.delivery,
-                "refused: {}/{} is not in installation {inst}",
-                repo.owner,
-                repo.name
+            let why = format!(
+                "refused: {}/{} is not among the repositories installation {inst} covers",
+                repo.owner, repo.name
             );
+            tracing::warn!(delivery = self.delivery, "{why}");
+            db::set_delivery_outcome(&self.engine.pool, self.delivery, &why).await?;
             return Ok(());
         }
         match event {

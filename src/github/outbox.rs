@@ -118,7 +118,7 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             content,
         } => {
             let inst = InstallationId(*installation);
-            let _write = gh.write_lock(inst).await;
+            let _write = gh.write_lock(inst).await?;
             let path = format!("/repos/{owner}/{repo}/issues/{issue}/reactions");
             gh.call(inst, "POST", &path, Some(&json!({ "content": content })))
                 .await?;
@@ -140,7 +140,7 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             {
                 return Ok(());
             }
-            let _write = gh.write_lock(inst).await;
+            let _write = gh.write_lock(inst).await?;
             let path = format!("/repos/{owner}/{repo}/issues/{issue}/comments");
             gh.call(
                 inst,
@@ -186,7 +186,7 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                     .await?
                 }
             };
-            let _write = gh.write_lock(inst).await;
+            let _write = gh.write_lock(inst).await?;
             let id = match existing {
                 Some(id) => {
                     gh.call(
@@ -306,7 +306,7 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
                 .find(|r| r["external_id"].as_str() == Some(t.task_id.as_str()))
         })
         .and_then(|r| r["id"].as_u64());
-    let _write = gh.write_lock(inst).await;
+    let _write = gh.write_lock(inst).await?;
     let id = match existing {
         Some(id) => {
             gh.call(

@@ -654,3 +654,91 @@ async fn fix_on_an_autodev_pull_request_runs_again_with_the_review() {
         "the fix builds on the first run"
     );
 }
+
+#[tokio::test]
+async fn two_issues_on_one_repository_at_once_both_reach_the_remote() {
+    let a = app().await;
+    let one = a.labeled("autodev:backend", "Codertocat");
+    let mut two = one.clone();
+    two["issue"]["number"] = json!(2);
+    let (r1, r2) = tokio::join!(
+        deliver(&a.server, "issues", "T-1", &one),
+        deliver(&a.server, "issues", "T-2", &two)
+    );
+    assert_eq!((r1.0, r2.0), (202, 202));
+    for id in ["issue-1", "issue-2"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, t) = a
+                .server
+                .get(&format!("/repos/codertocat/hello-world/tasks/{id}"))
+                .await;
+            if status == 200
+                && ["passed", "failed", "error"].contains(&t["state"].as_str().unwrap())
+            {
+                assert_eq!(t["state"], "passed", "{t:#}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} did not finish: {t:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:feature.txt"]),
+        "x"
+    );
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-2:feature.txt"]),
+        "x"
+    );
+    let mirror = a.world.data.join("mirrors/codertocat__hello-world.git");
+    let fsck = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&mirror)
+        .args(["fsck", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "mirror is sound: {}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_event_for_a_repository_the_installation_does_not_cover_is_refused() {
+    let a = app().await;
+    let mut other = a.labeled("autodev:backend", "Codertocat");
+    other["repository"]["name"] = json!("Secret-Repo");
+    other["repository"]["full_name"] = json!("Codertocat/Secret-Repo");
+    let (status, _) = deliver(&a.server, "issues", "N-1", &other).await;
+    assert_eq!(status, 202);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        a.world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcome: String = sqlx::query_scalar("SELECT outcome FROM deliveries WHERE id = 'N-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if outcome.starts_with("refused") {
+            assert!(outcome.contains("Codertocat/Secret-Repo"), "{outcome}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refused: {outcome}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, list) = a.server.get("/tasks").await;
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+}

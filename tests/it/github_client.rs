@@ -29,7 +29,7 @@ fn client(fake: &FakeGithub, key: &std::path::Path, app_id: u64) -> GithubClient
         webhook_secret: SecretString::from("x".to_owned()),
         api_url: fake.url.clone(),
     };
-    GithubClient::new(&app, Duration::from_secs(60)).unwrap()
+    GithubClient::new(&app, Duration::from_secs(60), &std::env::temp_dir()).unwrap()
 }
 
 #[tokio::test]
