@@ -2,6 +2,7 @@
 //! produced by AI coding agents, checked by acceptance gates that run outside the agent.
 
 pub mod cli;
+pub mod codeowners;
 pub mod config;
 pub mod db;
 pub mod engine;
