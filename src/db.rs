@@ -87,6 +87,7 @@ pub struct TaskRow {
     pub check_run_id: Option<i64>,
     pub clone_url: Option<String>,
     pub pushed_sha: Option<String>,
+    pub pr_number: Option<i64>,
 }
 
 impl TaskRow {
@@ -810,6 +811,15 @@ pub async fn set_delivery_outcome(
     sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
         .bind(outcome)
         .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_pr(pool: &SqlitePool, key: TaskKey, number: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET pr_number = ? WHERE pk = ?")
+        .bind(number)
+        .bind(key)
         .execute(pool)
         .await?;
     Ok(())

@@ -308,6 +308,14 @@ impl Engine {
         self.metrics.active_worktrees.set(count as i64);
     }
 
+    /// The bare mirror of a GitHub repository.
+    pub fn mirror_path(&self, repo: &RepoName) -> std::path::PathBuf {
+        self.settings
+            .data_dir
+            .join("mirrors")
+            .join(format!("{}.git", repo.dir_name()))
+    }
+
     /// The lock file that serializes git bookkeeping (fetch, worktree add, push) on one
     /// repository across threads and processes.
     pub fn repo_lock(&self, repo: &RepoName) -> std::path::PathBuf {

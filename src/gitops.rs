@@ -369,6 +369,40 @@ impl Git {
         Ok(())
     }
 
+    /// The text of `path` at `rev`, if it exists there.
+    pub async fn read_at(
+        &self,
+        repo: &Path,
+        rev: &str,
+        path: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let out = self
+            .output(repo, &["show", &format!("{rev}:{path}")], None)
+            .await?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Files changed between `base` and `head` (their merge base, as a pull request shows).
+    pub async fn changed_between(
+        &self,
+        repo: &Path,
+        base: &str,
+        head: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .run(
+                "diff",
+                repo,
+                &["diff", "--name-only", &format!("{base}...{head}")],
+                None,
+            )
+            .await?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
     /// Files changed between `base` and HEAD.
     pub async fn changed_files(&self, dir: &Path, base: &str) -> anyhow::Result<Vec<String>> {
         let out = self

@@ -133,9 +133,15 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         && let Ok(Some(t)) = db::get_task(&engine.pool, key).await
         && t.pushed_sha.is_some()
     {
-        let effect = crate::github::outbox::Effect::CheckRun { task: key };
-        if let Err(e) = crate::github::outbox::push(&engine.pool, effect, 0, Duration::ZERO).await {
-            tracing::warn!("queueing the check run: {e:#}");
+        use crate::github::outbox::{self, Effect};
+        let mut effects = vec![Effect::CheckRun { task: key }];
+        if outcome.state == TaskState::Passed && engine.settings.file.hygiene.pr_on_pass {
+            effects.push(Effect::OpenPr { task: key });
+        }
+        for effect in effects {
+            if let Err(e) = outbox::push(&engine.pool, effect, 0, Duration::ZERO).await {
+                tracing::warn!("queueing a GitHub update: {e:#}");
+            }
         }
     }
     Ok(outcome.state)
@@ -581,8 +587,7 @@ impl Source {
         let token = gh
             .installation_token(crate::github::event::InstallationId(installation))
             .await?;
-        let mirrors = settings.data_dir.join("mirrors");
-        let repo = mirrors.join(format!("{}.git", row.repo_name().dir_name()));
+        let repo = engine.mirror_path(&row.repo_name());
         let _lock = RepoLock::acquire(engine.repo_lock(&row.repo_name())).await?;
         let base_sha = engine.git.fetch_mirror(&repo, url, &token, &base).await?;
         Ok(Self {

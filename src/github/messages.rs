@@ -45,6 +45,9 @@ pub fn status_comment(task: &TaskRow, gates: &[GateRow], public_url: Option<&str
     if let Some(cost) = task.cost_usd {
         s.push_str(&format!("- cost: ${cost:.2}\n"));
     }
+    if let Some(pr) = task.pr_number {
+        s.push_str(&format!("- pull request: #{pr}\n"));
+    }
     if let (Some(start), Some(end)) = (task.started_at, task.finished_at) {
         s.push_str(&format!(
             "- duration: {}s\n",
@@ -216,4 +219,23 @@ fn clip(s: &str) -> String {
         end -= 1;
     }
     format!("{}{marker}", &s[..end])
+}
+
+/// The body of a task's pull request.
+pub fn pr_body(task: &TaskRow, gates: &[GateRow]) -> String {
+    let mut s = format!(
+        "{}\nautodev task `{}` (role `{}`).\n\n",
+        pr_marker(&task.task_id),
+        task.task_id,
+        task.role
+    );
+    s.push_str(&status_comment(task, gates, None).replace(&status_marker(&task.task_id), ""));
+    if let Some(issue) = task.issue_number {
+        s.push_str(&format!("\n\nCloses #{issue}\n"));
+    }
+    clip(&s)
+}
+
+pub fn pr_marker(task_id: &str) -> String {
+    format!("<!-- autodev:pr {task_id} -->")
 }

@@ -42,6 +42,8 @@ pub enum Effect {
     Status { task: TaskKey },
     /// Create or conclude the task's check run on the commit last pushed.
     CheckRun { task: TaskKey },
+    /// Open the pull request of a passed task's branch, with CODEOWNERS and role reviewers.
+    OpenPr { task: TaskKey },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +154,7 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             Ok(())
         }
         Effect::CheckRun { task } => check_run(engine, gh, *task).await,
+        Effect::OpenPr { task } => open_pr(engine, gh, *task).await,
         Effect::Status { task } => {
             let internal = |e: anyhow::Error| ApiError::Transport {
                 method: "DB",
@@ -334,4 +337,183 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
         .await
         .map_err(internal)?;
     Ok(())
+}
+
+/// Most reviewers GitHub takes in one request.
+const MAX_REVIEWERS: usize = 15;
+
+async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<(), ApiError> {
+    let internal = |e: anyhow::Error| ApiError::Transport {
+        method: "DB",
+        path: String::new(),
+        message: format!("{e:#}"),
+    };
+    let Some(t) = db::get_task(&engine.pool, task).await.map_err(internal)? else {
+        return Ok(());
+    };
+    let (Some(installation), Some(sha), None) =
+        (t.installation_id, t.pushed_sha.clone(), t.pr_number)
+    else {
+        return Ok(());
+    };
+    let Some((owner, repo)) = t.repo.split_once('/') else {
+        return Ok(());
+    };
+    let inst = InstallationId(installation);
+    let base = t.base_branch.clone().unwrap_or_default();
+    // Look before create: a pull request made before a crash, and not yet recorded, is reused.
+    let open = gh
+        .call(
+            inst,
+            "GET",
+            &format!(
+                "/repos/{owner}/{repo}/pulls?state=open&head={owner}:{}&per_page=100",
+                t.branch
+            ),
+            None,
+        )
+        .await?;
+    let existing = open
+        .as_array()
+        .and_then(|prs| {
+            prs.iter()
+                .find(|p| p["head"]["ref"].as_str() == Some(t.branch.as_str()))
+        })
+        .cloned();
+    let pr = match existing {
+        Some(pr) => pr,
+        None => {
+            let gates = db::gate_results(&engine.pool, t.pk)
+                .await
+                .map_err(internal)?;
+            let body = json!({
+                "title": crate::gitops::commit_message(&t.role, &t.title, &t.task_id, true).lines().next().unwrap_or_default(),
+                "head": t.branch,
+                "base": base,
+                "body": messages::pr_body(&t, &gates),
+                "draft": engine.settings.file.hygiene.draft,
+            });
+            let _write = gh.write_lock(inst).await?;
+            match gh
+                .call(
+                    inst,
+                    "POST",
+                    &format!("/repos/{owner}/{repo}/pulls"),
+                    Some(&body),
+                )
+                .await
+            {
+                Ok(pr) => pr,
+                Err(ApiError::Status {
+                    status: 422,
+                    message,
+                    ..
+                }) => {
+                    report(
+                        engine,
+                        &t,
+                        &format!("could not open a pull request: {message}"),
+                    )
+                    .await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let number = pr["number"].as_i64().unwrap_or_default();
+    let author = pr["user"]["login"].as_str().unwrap_or_default().to_owned();
+    let reviewers = reviewers_for(engine, &t, &base, &sha, &author)
+        .await
+        .map_err(internal)?;
+    if !reviewers.users.is_empty() || !reviewers.teams.is_empty() {
+        let body = json!({ "reviewers": reviewers.users, "team_reviewers": reviewers.teams });
+        let _write = gh.write_lock(inst).await?;
+        let path = format!("/repos/{owner}/{repo}/pulls/{number}/requested_reviewers");
+        match gh.call(inst, "POST", &path, Some(&body)).await {
+            Ok(_) => {}
+            // Not collaborators, or otherwise refused: say so once, do not retry forever.
+            Err(ApiError::Status {
+                status: 422,
+                message,
+                ..
+            }) => {
+                report(engine, &t, &format!("pull request #{number} is open, but GitHub refused its reviewers: {message}")).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    db::set_pr(&engine.pool, t.pk, number)
+        .await
+        .map_err(internal)?;
+    let _ = db::add_event(
+        &engine.pool,
+        t.pk,
+        t.run_seq,
+        "pull_request",
+        &format!("pull request #{number} open for {}", t.branch),
+    )
+    .await;
+    push(
+        &engine.pool,
+        Effect::Status { task: t.pk },
+        0,
+        Duration::ZERO,
+    )
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+/// CODEOWNERS (read from the base branch) of the changed files, then the role's reviewers;
+/// never the pull request's author; at most fifteen.
+async fn reviewers_for(
+    engine: &Engine,
+    t: &db::TaskRow,
+    base: &str,
+    head: &str,
+    author: &str,
+) -> anyhow::Result<crate::codeowners::Reviewers> {
+    use crate::codeowners::{self, Codeowners};
+    let mirror = engine.mirror_path(&t.repo_name());
+    let base_ref = format!("refs/remotes/origin/{base}");
+    let mut text = None;
+    for location in codeowners::LOCATIONS {
+        if let Some(found) = engine.git.read_at(&mirror, &base_ref, location).await? {
+            text = Some(found);
+            break;
+        }
+    }
+    let owners = Codeowners::parse(text.as_deref().unwrap_or_default());
+    let changed = engine.git.changed_between(&mirror, &base_ref, head).await?;
+    let mut r = owners.reviewers_for(changed.iter().map(String::as_str));
+    if let Some(role) = engine.roles.get(&t.role) {
+        for reviewer in &role.reviewers {
+            codeowners::add_owner(&mut r, reviewer);
+        }
+    }
+    r.users
+        .retain(|u| !u.eq_ignore_ascii_case(author) && !u.ends_with("[bot]"));
+    r.users.truncate(MAX_REVIEWERS);
+    r.teams.truncate(MAX_REVIEWERS - r.users.len());
+    Ok(r)
+}
+
+/// A problem worth a person's attention: on the task's timeline and as a reply on its issue.
+async fn report(engine: &Engine, t: &db::TaskRow, message: &str) {
+    let _ = db::add_event(&engine.pool, t.pk, t.run_seq, "github", message).await;
+    let (Some(installation), Some(issue), Some((owner, repo))) =
+        (t.installation_id, t.issue_number, t.repo.split_once('/'))
+    else {
+        return;
+    };
+    let effect = Effect::Reply {
+        installation,
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+        issue: issue as u64,
+        key: format!("{}-run{}-{}", t.task_id, t.run_seq, message.len()),
+        body: message.to_owned(),
+    };
+    let _ = push(&engine.pool, effect, 0, Duration::ZERO).await;
 }

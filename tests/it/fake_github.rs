@@ -47,12 +47,18 @@ pub struct CheckRun {
     pub updates: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Pull {
     pub number: u64,
     pub head_ref: String,
     /// (path, line, body) of each review comment.
     pub review_comments: Vec<(String, u64, String)>,
+    pub title: String,
+    pub body: String,
+    pub base: String,
+    pub draft: bool,
+    pub reviewers: Vec<String>,
+    pub team_reviewers: Vec<String>,
 }
 
 #[derive(Default)]
@@ -102,6 +108,14 @@ impl FakeGithub {
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/installation/repositories", get(installation_repos))
+            .route(
+                "/repos/{owner}/{repo}/pulls",
+                get(list_pulls).post(create_pull),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{n}/requested_reviewers",
+                post(request_reviewers),
+            )
             .route("/repos/{owner}/{repo}/pulls/{n}", get(get_pull))
             .route(
                 "/repos/{owner}/{repo}/pulls/{n}/comments",
@@ -173,6 +187,7 @@ impl FakeGithub {
                 .iter()
                 .map(|(p, l, b)| ((*p).into(), *l, (*b).into()))
                 .collect(),
+            ..Default::default()
         });
     }
 
@@ -737,4 +752,133 @@ async fn list_review_comments(
         })
         .collect();
     (StatusCode::OK, axum::Json(Value::Array(list))).into_response()
+}
+
+fn pull_json(p: &Pull) -> Value {
+    let mut v = example("pulls.get");
+    v["number"] = json!(p.number);
+    v["head"]["ref"] = json!(p.head_ref);
+    v["base"]["ref"] = json!(p.base);
+    v["title"] = json!(p.title);
+    v["body"] = json!(p.body);
+    v["draft"] = json!(p.draft);
+    v["state"] = json!("open");
+    v["user"]["login"] = json!("autodev[bot]");
+    v
+}
+
+async fn list_pulls(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(&mut st, format!("GET /repos/{owner}/{repo}/pulls")) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    // `head` is `owner:branch`, as GitHub takes it.
+    let head = q
+        .get("head")
+        .map(|h| h.split_once(':').map_or(h.as_str(), |(_, b)| b).to_owned());
+    let list: Vec<Value> = st
+        .pulls
+        .iter()
+        .filter(|p| head.as_ref().is_none_or(|h| *h == p.head_ref))
+        .map(pull_json)
+        .collect();
+    (StatusCode::OK, axum::Json(Value::Array(list))).into_response()
+}
+
+async fn create_pull(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(&mut st, format!("POST /repos/{owner}/{repo}/pulls")) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (Some(head), Some(base), Some(title)) = (
+        req["head"].as_str(),
+        req["base"].as_str(),
+        req["title"].as_str(),
+    ) else {
+        return err(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    if st.pulls.iter().any(|p| p.head_ref == head) {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("A pull request already exists for {owner}:{head}."),
+        );
+    }
+    st.next_id += 1;
+    let p = Pull {
+        number: st.next_id,
+        head_ref: head.into(),
+        base: base.into(),
+        title: title.into(),
+        body: req["body"].as_str().unwrap_or_default().into(),
+        draft: req["draft"].as_bool().unwrap_or(false),
+        ..Default::default()
+    };
+    let v = pull_json(&p);
+    st.pulls.push(p);
+    (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+async fn request_reviewers(
+    State(s): State<Shared>,
+    Path((owner, repo, n)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(
+        &mut st,
+        format!("POST /repos/{owner}/{repo}/pulls/{n}/requested_reviewers"),
+    ) {
+        return r;
+    }
+    if let Err(r) = check_token(&st, &headers) {
+        return r;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let users: Vec<String> = req["reviewers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let teams: Vec<String> = req["team_reviewers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let full = format!("{owner}/{repo}").to_lowercase();
+    if users.iter().any(|u| {
+        !st.permissions
+            .contains_key(&(full.clone(), u.to_lowercase()))
+    }) {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Reviews may only be requested from collaborators. One or more of the users or teams you specified is not a collaborator of the repository.",
+        );
+    }
+    let Some(p) = st.pulls.iter_mut().find(|p| p.number == n) else {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    };
+    p.reviewers.extend(users);
+    p.team_reviewers.extend(teams);
+    let v = pull_json(p);
+    (StatusCode::CREATED, axum::Json(v)).into_response()
 }

@@ -23,12 +23,19 @@ struct App {
 /// App mode against the fake GitHub, with the repository served by the token-checking git
 /// server; `agent` is the fake claude's script.
 async fn app_with(agent: &str) -> App {
+    app_with_setup(agent, |_, _| {}).await
+}
+
+/// Like [`app_with`], with `setup` run on the world and the fake before the repository is
+/// published and the server starts.
+async fn app_with_setup(agent: &str, setup: impl FnOnce(&mut World, &FakeGithub)) -> App {
     let mut world = app_world();
     world.agent("claude", agent);
     let key = world.root.path().join("app.pem");
     let fake = FakeGithub::start(4242, &key).await;
     fake.install(1, &[REPO]);
     fake.set_permission(REPO, "Codertocat", "write");
+    setup(&mut world, &fake);
     let git = GitServer::start(&world.root.path().join("remote"), fake.state.clone()).await;
     git.publish(REPO, &world.repo);
     world
@@ -741,4 +748,188 @@ async fn an_event_for_a_repository_the_installation_does_not_cover_is_refused() 
     }
     let (_, list) = a.server.get("/tasks").await;
     assert!(list.as_array().unwrap().is_empty(), "{list}");
+}
+
+/// A repository whose base branch has a CODEOWNERS file, and an agent that changes a `.txt`
+/// and a `.rs` file.
+async fn app_with_codeowners(codeowners: &str) -> App {
+    let codeowners = codeowners.to_owned();
+    app_with_setup(
+        &format!("cat >/dev/null\necho x > notes.txt\necho 'fn main() {{}}' > main.rs\necho '{CLAUDE_OK}'"),
+        move |world, fake| {
+            std::fs::create_dir_all(world.repo.join(".github")).unwrap();
+            std::fs::write(world.repo.join(".github/CODEOWNERS"), codeowners).unwrap();
+            git(&world.repo, &["add", "."]);
+            git(&world.repo, &["commit", "-q", "-m", "codeowners"]);
+            for user in ["alice", "bob", "Codertocat"] {
+                fake.set_permission(REPO, user, "write");
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_for_pr(a: &App) -> crate::fake_github::Pull {
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = task(&a.server).await;
+        if t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "pull_request")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pull request recorded: {t:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.fake.state.lock().unwrap().pulls[0].clone()
+}
+
+#[tokio::test]
+async fn a_passed_task_gets_one_pull_request_with_codeowners_and_team_reviewers() {
+    let a = app_with_codeowners(
+        "* @Codertocat\n*.txt @alice @acme/docs\n*.rs @bob\n/.github/ @acme/admins\n",
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "PR-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let pr = wait_for_pr(&a).await;
+    assert_eq!(pr.head_ref, "auto/backend/issue-1");
+    assert_eq!(pr.base, "master");
+    assert_eq!(pr.title, "feat(backend): Spelling error in the README file");
+    assert!(pr.body.contains("Closes #1"), "{}", pr.body);
+    assert!(!pr.draft);
+    let mut users = pr.reviewers.clone();
+    users.sort();
+    assert_eq!(
+        users,
+        ["alice", "bob"],
+        "owners of the changed files, not of untouched ones"
+    );
+    assert_eq!(
+        pr.team_reviewers,
+        ["docs"],
+        "teams as slugs without the org"
+    );
+    a.fake
+        .wait_until("the status comment links the PR", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains(&format!("pull request: #{}", pr.number)))
+        })
+        .await;
+    let t = task(&a.server).await;
+    assert_eq!(
+        t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "pull_request")
+            .count(),
+        1
+    );
+    assert_eq!(a.fake.state.lock().unwrap().pulls.len(), 1);
+}
+
+#[tokio::test]
+async fn a_pull_request_made_before_a_crash_is_found_not_made_again() {
+    let a = app_with_codeowners("*.txt @alice\n").await;
+    // As if an earlier attempt created it and died before recording it.
+    a.fake
+        .state
+        .lock()
+        .unwrap()
+        .pulls
+        .push(crate::fake_github::Pull {
+            number: 77,
+            head_ref: "auto/backend/issue-1".into(),
+            base: "master".into(),
+            title: "feat(backend): earlier".into(),
+            ..Default::default()
+        });
+    deliver(
+        &a.server,
+        "issues",
+        "PC-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    a.fake
+        .wait_until("reviewers on the existing PR", |st| {
+            st.pulls
+                .iter()
+                .any(|p| p.number == 77 && !p.reviewers.is_empty())
+        })
+        .await;
+    assert_eq!(
+        a.fake.state.lock().unwrap().pulls.len(),
+        1,
+        "no second pull request"
+    );
+    a.fake
+        .wait_until("the status comment links PR 77", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("pull request: #77"))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn reviewers_github_refuses_are_reported_on_the_issue_once() {
+    let a = app_with_codeowners("*.txt @mallory\n").await;
+    deliver(
+        &a.server,
+        "issues",
+        "RV-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    a.fake
+        .wait_until("the refusal reported", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("refused its reviewers"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = a.fake.state.lock().unwrap();
+    assert_eq!(st.pulls.len(), 1, "the pull request is open anyway");
+    assert_eq!(
+        st.comments
+            .iter()
+            .filter(|c| c.body.contains("refused its reviewers"))
+            .count(),
+        1
+    );
+    let posts = st
+        .requests
+        .iter()
+        .filter(|r| r.ends_with("/requested_reviewers"))
+        .count();
+    assert_eq!(posts, 1, "a 422 is not retried");
 }
