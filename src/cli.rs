@@ -94,7 +94,7 @@ pub enum Command {
     Providers,
     /// Commit work in progress of running tasks (git hygiene; not yet available)
     Checkpoint,
-    /// Open pull requests for passed tasks (git hygiene; not yet available)
+    /// Open pull requests for passed GitHub tasks that have none (a running server's workers send them)
     Prize,
 }
 
@@ -161,9 +161,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Validate { specs } => validate(&settings, &specs),
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
-        Command::Checkpoint | Command::Prize => {
+        Command::Prize => prize(settings).await,
+        Command::Checkpoint => {
             eprintln!(
-                "autodev: checkpoint and prize (git hygiene: WIP commits, pull requests) are not available in this version yet"
+                "autodev: checkpoint (WIP commits of running tasks) is not available in this version yet"
             );
             Ok(2)
         }
@@ -187,6 +188,12 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));
+    if engine.github.is_some() {
+        tokio::spawn(crate::hygiene::run_schedules(
+            engine.clone(),
+            shutdown.clone(),
+        ));
+    }
     let workers = if engine.settings.file.workers.concurrency > 0 {
         Some(tokio::spawn(crate::queue::run_workers(
             engine.clone(),
@@ -496,5 +503,20 @@ fn list_providers(settings: &Settings) -> anyhow::Result<i32> {
             "no provider can run here: install one of the CLIs or set `binary:` in config/config.yaml"
         );
     }
+    Ok(0)
+}
+
+async fn prize(settings: Settings) -> anyhow::Result<i32> {
+    if settings.github.is_none() {
+        eprintln!(
+            "autodev: there is nowhere to open pull requests: this is local mode (no GitHub App configured), and opening them through GITHUB_TOKEN is not available yet"
+        );
+        return Ok(1);
+    }
+    let engine = Engine::open(settings).await?;
+    let n = crate::hygiene::prize(&engine).await?;
+    println!(
+        "queued {n} pull request(s); a running `autodev serve` or `autodev worker` opens them"
+    );
     Ok(0)
 }

@@ -93,14 +93,21 @@ pub struct RepoConfig {
     pub dev_branch: Option<String>,
 }
 
+/// Scheduled git hygiene. Intervals are minutes, or a duration such as `"2s"` (handy in
+/// tests).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HygieneConfig {
-    pub checkpoint_minutes: u64,
-    pub pr_minutes: u64,
-    pub rebase_minutes: u64,
-    pub cleanup_minutes: u64,
+    #[serde(deserialize_with = "minutes")]
+    pub checkpoint_minutes: Duration,
+    #[serde(deserialize_with = "minutes")]
+    pub pr_minutes: Duration,
+    #[serde(deserialize_with = "minutes")]
+    pub rebase_minutes: Duration,
+    #[serde(deserialize_with = "minutes")]
+    pub cleanup_minutes: Duration,
     pub cleanup_after_hours: u64,
+    /// Open the pull request as soon as a task passes, not at the next `pr_minutes` tick.
     pub pr_on_pass: bool,
     pub draft: bool,
 }
@@ -108,15 +115,35 @@ pub struct HygieneConfig {
 impl Default for HygieneConfig {
     fn default() -> Self {
         Self {
-            checkpoint_minutes: 30,
-            pr_minutes: 120,
-            rebase_minutes: 60,
-            cleanup_minutes: 60,
+            checkpoint_minutes: Duration::from_secs(30 * 60),
+            pr_minutes: Duration::from_secs(120 * 60),
+            rebase_minutes: Duration::from_secs(60 * 60),
+            cleanup_minutes: Duration::from_secs(60 * 60),
             cleanup_after_hours: 72,
             pr_on_pass: true,
             draft: false,
         }
     }
+}
+
+/// A whole number of minutes, or a duration string.
+fn minutes<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let d = match &v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .map(|m| Duration::from_secs(m * 60))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("expected whole minutes, found {n}"))
+            })?,
+        _ => parse_timeout(&v).map_err(serde::de::Error::custom)?,
+    };
+    if d.is_zero() {
+        return Err(serde::de::Error::custom(
+            "an interval must be longer than zero",
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -824,3 +824,13 @@ pub async fn set_pr(pool: &SqlitePool, key: TaskKey, number: i64) -> anyhow::Res
         .await?;
     Ok(())
 }
+
+/// Passed GitHub tasks whose branch is pushed and has no pull request yet.
+pub async fn tasks_needing_pr(pool: &SqlitePool) -> anyhow::Result<Vec<TaskKey>> {
+    Ok(sqlx::query_scalar(
+        "SELECT pk FROM tasks WHERE state = 'passed' AND pushed_sha IS NOT NULL
+           AND pr_number IS NULL AND installation_id IS NOT NULL ORDER BY pk",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod gates;
 pub mod github;
 pub mod gitops;
+pub mod hygiene;
 pub mod ids;
 pub mod metrics;
 pub mod prompt;

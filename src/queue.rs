@@ -117,6 +117,15 @@ async fn handle_outbox(
         .map_err(|e| format!("{e:#}").into())
 }
 
+async fn handle_hygiene(
+    job: crate::hygiene::HygieneJob,
+    engine: Data<Arc<Engine>>,
+) -> Result<(), BoxDynError> {
+    crate::hygiene::run(&engine, job)
+        .await
+        .map_err(|e| format!("{e:#}").into())
+}
+
 async fn handle(job: RunTask, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
     crate::worker::run_job(&engine, job)
         .await
@@ -157,6 +166,7 @@ enum Kind {
     Tasks,
     Github,
     Outbox,
+    Hygiene,
 }
 
 /// Runs the workers until `shutdown` fires: tasks always, and in App mode the webhook
@@ -166,7 +176,7 @@ enum Kind {
 pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut kinds = vec![Kind::Tasks];
     if engine.github.is_some() {
-        kinds.extend([Kind::Github, Kind::Outbox]);
+        kinds.extend([Kind::Github, Kind::Outbox, Kind::Hygiene]);
     }
     let runs = kinds
         .into_iter()
@@ -188,6 +198,7 @@ async fn supervise(
             Kind::Tasks => "tasks",
             Kind::Github => "github",
             Kind::Outbox => "outbox",
+            Kind::Hygiene => "hygiene",
         };
         let name = match generation {
             0 => format!("{}-{suffix}", engine.owner),
@@ -220,6 +231,15 @@ async fn supervise(
                 crate::github::outbox::OutboxJob,
                 handle_outbox,
                 2,
+                shutdown
+            ),
+            Kind::Hygiene => run_queue_worker!(
+                engine,
+                name,
+                crate::hygiene::HYGIENE_QUEUE,
+                crate::hygiene::HygieneJob,
+                handle_hygiene,
+                1,
                 shutdown
             ),
         };

@@ -20,6 +20,8 @@ pub enum Command {
     Fix {
         instructions: String,
     },
+    /// Open the pull request of the passed task now.
+    Pr,
 }
 
 /// The kinds of command, for the help text.
@@ -31,13 +33,15 @@ enum Kind {
     Status,
     Help,
     Fix,
+    Pr,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
     Kind::Run,
     Kind::Retry,
     Kind::Cancel,
     Kind::Status,
+    Kind::Pr,
     Kind::Fix,
     Kind::Help,
 ];
@@ -51,6 +55,7 @@ impl Kind {
             Command::Status => Kind::Status,
             Command::Help => Kind::Help,
             Command::Fix { .. } => Kind::Fix,
+            Command::Pr => Kind::Pr,
         }
     }
 
@@ -71,6 +76,10 @@ impl Kind {
                 "on an autodev pull request: another round on its branch with these instructions and the review comments",
             ),
             Kind::Help => ("/autodev help", "show this help"),
+            Kind::Pr => (
+                "/autodev pr",
+                "open the pull request of the passed task now",
+            ),
         }
     }
 }
@@ -113,6 +122,7 @@ fn parse_line(line: &str) -> Result<Command, CommandError> {
         ("status", |a| no_args("status", a, Command::Status)),
         ("help", |a| no_args("help", a, Command::Help)),
         ("fix", parse_fix),
+        ("pr", |a| no_args("pr", a, Command::Pr)),
     ];
     if verb.is_empty() {
         return Err(CommandError::Empty);
@@ -299,6 +309,7 @@ mod tests {
             Command::Fix {
                 instructions: "x".into(),
             },
+            Command::Pr,
         ] {
             assert!(h.contains(usage(&c)), "{c:?} missing from help");
         }

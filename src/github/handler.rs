@@ -160,10 +160,26 @@ impl Ctx<'_> {
                 self.on_rerun(installation, &repo, external_id.as_deref(), &sender)
                     .await
             }
-            Event::CheckRunRequestedAction { .. }
-            | Event::Ping
-            | Event::Installation { .. }
-            | Event::InstallationRepositories { .. } => Ok(()),
+            Event::CheckRunRequestedAction {
+                installation,
+                repo,
+                external_id,
+                identifier,
+                sender,
+                ..
+            } => {
+                self.on_action(
+                    installation,
+                    &repo,
+                    external_id.as_deref(),
+                    &identifier,
+                    &sender,
+                )
+                .await
+            }
+            Event::Ping | Event::Installation { .. } | Event::InstallationRepositories { .. } => {
+                Ok(())
+            }
         }
     }
 
@@ -434,6 +450,18 @@ impl Ctx<'_> {
                         None => self.reply(&t, &key, messages::no_role()).await?,
                     }
                 }
+                Ok(Command::Pr) => match &task {
+                    Some(task) if task.state == TaskState::Passed && task.pushed_sha.is_some() => {
+                        outbox::push(
+                            &self.engine.pool,
+                            Effect::OpenPr { task: task.pk },
+                            0,
+                            Duration::ZERO,
+                        )
+                        .await?;
+                    }
+                    _ => self.reply(&t, &key, messages::nothing_to_open()).await?,
+                },
                 Ok(Command::Cancel) => match &task {
                     Some(task) if matches!(task.state, TaskState::Queued | TaskState::Running) => {
                         self.engine.cancel(task.pk).await?;
@@ -547,6 +575,42 @@ impl Ctx<'_> {
                 ),
             )
             .await;
+        Ok(())
+    }
+
+    /// The "Open PR" button on an autodev check run.
+    async fn on_action(
+        &self,
+        inst: InstallationId,
+        repo: &Repo,
+        task_id: Option<&str>,
+        identifier: &str,
+        sender: &Actor,
+    ) -> Result<(), Failure> {
+        let (Some(task_id), super::messages::OPEN_PR_ACTION) = (task_id, identifier) else {
+            return Ok(());
+        };
+        let Some(task) = db::find_task(&self.engine.pool, &repo.repo_name(), task_id).await? else {
+            return Ok(());
+        };
+        let Some(issue) = task.issue_number else {
+            return Ok(());
+        };
+        let t = Thread {
+            inst,
+            repo,
+            issue: issue as u64,
+        };
+        if !self.allowed(&t, sender).await? {
+            return Ok(());
+        }
+        outbox::push(
+            &self.engine.pool,
+            Effect::OpenPr { task: task.pk },
+            0,
+            Duration::ZERO,
+        )
+        .await?;
         Ok(())
     }
 

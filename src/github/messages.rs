@@ -239,3 +239,10 @@ pub fn pr_body(task: &TaskRow, gates: &[GateRow]) -> String {
 pub fn pr_marker(task_id: &str) -> String {
     format!("<!-- autodev:pr {task_id} -->")
 }
+
+/// The identifier of the check run's "Open PR" button.
+pub const OPEN_PR_ACTION: &str = "open_pr";
+
+pub fn nothing_to_open() -> String {
+    "There is no passed and pushed autodev task for this issue, so there is no pull request to open yet.".into()
+}

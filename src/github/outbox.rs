@@ -288,6 +288,13 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
         }
         None => body["status"] = json!("in_progress"),
     }
+    if t.state == crate::db::TaskState::Passed && t.pr_number.is_none() {
+        body["actions"] = json!([{
+            "label": "Open PR",
+            "description": "Open a pull request for this branch",
+            "identifier": messages::OPEN_PR_ACTION,
+        }]);
+    }
     if let Some(url) = &engine.settings.public_url {
         body["details_url"] = json!(format!("{url}/repos/{}/tasks/{}", t.repo, t.task_id));
     }

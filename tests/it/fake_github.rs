@@ -45,6 +45,8 @@ pub struct CheckRun {
     pub external_id: Option<String>,
     pub summary: String,
     pub updates: u32,
+    /// Identifiers of the buttons offered.
+    pub actions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -602,6 +604,21 @@ fn apply_check(c: &mut CheckRun, req: &Value) -> Result<(), Response> {
     if let Some(s) = req["output"]["summary"].as_str() {
         c.summary = s.into();
     }
+    if let Some(actions) = req["actions"].as_array() {
+        if actions.len() > 3
+            || actions.iter().any(|a| {
+                a["label"].as_str().is_none_or(|l| l.len() > 20)
+                    || a["identifier"].as_str().is_none_or(|i| i.len() > 20)
+                    || a["description"].as_str().is_none_or(|d| d.len() > 40)
+            })
+        {
+            return Err(err(StatusCode::UNPROCESSABLE_ENTITY, "Invalid actions"));
+        }
+        c.actions = actions
+            .iter()
+            .filter_map(|a| a["identifier"].as_str().map(str::to_owned))
+            .collect();
+    }
     Ok(())
 }
 
@@ -635,6 +652,7 @@ async fn create_check_run(
         external_id: None,
         summary: String::new(),
         updates: 0,
+        actions: Vec::new(),
     };
     if let Err(r) = apply_check(&mut c, &req) {
         return r;

@@ -933,3 +933,134 @@ async fn reviewers_github_refuses_are_reported_on_the_issue_once() {
         .count();
     assert_eq!(posts, 1, "a 422 is not retried");
 }
+
+/// Hygiene settings for a test: no PR on pass, the prizer every `every`.
+fn hygiene(world: &mut World, every: &str) {
+    world.write_config(&format!(
+        "providers:\n  order: [claude_cli]\nhygiene: {{pr_on_pass: false, pr_minutes: \"{every}\"}}\n"
+    ));
+}
+
+fn pr_posts(a: &App) -> usize {
+    a.fake
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("POST") && r.ends_with("/pulls"))
+        .count()
+}
+
+#[tokio::test]
+async fn the_scheduled_prizer_opens_it_once_with_two_processes_on_one_database() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho x > f.txt\necho '{CLAUDE_OK}'"),
+        |world, _| hygiene(world, "2s"),
+    )
+    .await;
+    let _second = a.world.worker();
+    deliver(
+        &a.server,
+        "issues",
+        "S-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    a.fake
+        .wait_until("a pull request from the schedule", |st| {
+            !st.pulls.is_empty()
+        })
+        .await;
+    // Several more ticks: still one pull request, one create call.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(a.fake.state.lock().unwrap().pulls.len(), 1);
+    assert_eq!(pr_posts(&a), 1);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        a.world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    let dupes: i64 = sqlx::query_scalar("SELECT COUNT(*) - COUNT(DISTINCT idempotency_key) FROM Jobs WHERE job_type = 'autodev.hygiene'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let ticks: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.hygiene'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(ticks >= 2, "the schedule ticked: {ticks}");
+    assert_eq!(dupes, 0, "one job per tick across both processes");
+}
+
+#[tokio::test]
+async fn pr_command_and_open_pr_button_open_it_on_demand() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho x > f.txt\necho '{CLAUDE_OK}'"),
+        |world, _| hygiene(world, "600"),
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issue_comment",
+        "B-0",
+        &comment("/autodev pr", "Codertocat"),
+    )
+    .await;
+    a.fake
+        .wait_until("no task yet", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.body.contains("no pull request to open yet"))
+        })
+        .await;
+    deliver(
+        &a.server,
+        "issues",
+        "B-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    a.server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    a.fake
+        .wait_until("the Open PR button", |st| {
+            st.check_runs.iter().any(|c| c.actions == ["open_pr"])
+        })
+        .await;
+    assert!(a.fake.state.lock().unwrap().pulls.is_empty(), "not on pass");
+    let mut press = fixture("check_run.requested_action");
+    press["check_run"]["name"] = json!("autodev/backend");
+    press["check_run"]["external_id"] = json!("issue-1");
+    press["requested_action"]["identifier"] = json!("open_pr");
+    press["repository"] = a.labeled("x", "y")["repository"].clone();
+    press["sender"]["login"] = json!("Codertocat");
+    press["installation"] = json!({"id": 1});
+    deliver(&a.server, "check_run", "B-2", &press).await;
+    a.fake
+        .wait_until("the pull request", |st| st.pulls.len() == 1)
+        .await;
+    deliver(
+        &a.server,
+        "issue_comment",
+        "B-3",
+        &comment("/autodev pr", "Codertocat"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pr_posts(&a), 1, "asking again does not open a second one");
+}

@@ -1,0 +1,119 @@
+//! Scheduled git hygiene. Each schedule ticks on wall-clock multiples of its interval (the
+//! same instants in every process), and each tick is queued with the idempotency key
+//! `<job>:<timestamp>`, so with several `serve`/`worker` processes on one database a job runs
+//! once per tick, not once per process. The prizer opens pull requests for passed tasks that
+//! have none (the on-pass trigger catches most; the schedule catches what it missed).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apalis::prelude::TaskBuilder;
+use apalis_cron::{CronScheduler, Schedule, Tick};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::github::outbox::{self, Effect};
+
+pub const HYGIENE_QUEUE: &str = "autodev.hygiene";
+
+/// Ticks at every multiple of `every` since the epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Every(pub Duration);
+
+impl Schedule<apalis_cron::timezone::Utc> for Every {
+    fn next_tick(
+        &mut self,
+        _: &apalis_cron::timezone::Utc,
+    ) -> Option<Tick<apalis_cron::timezone::Utc>> {
+        let step = self.0.as_secs().max(1);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        Some(Tick::new((now / step + 1) * step))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Job {
+    Prize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HygieneJob {
+    pub job: Job,
+    pub tick: u64,
+}
+
+/// Turns ticks into queued jobs until `shutdown`.
+pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let hygiene = &engine.settings.file.hygiene;
+    let schedules = [(Job::Prize, hygiene.pr_minutes)];
+    let loops = schedules.into_iter().map(|(job, every)| {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut ticks = Box::pin(CronScheduler::new(Every(every)).into_stream());
+            loop {
+                let tick = tokio::select! {
+                    t = ticks.next() => t,
+                    _ = shutdown.cancelled() => return,
+                };
+                match tick {
+                    Some(Ok(tick)) => {
+                        if let Err(e) = enqueue(&engine, job, tick.get_timestamp()).await {
+                            tracing::warn!(
+                                "queueing {job:?} for tick {}: {e:#}",
+                                tick.get_timestamp()
+                            );
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!("{job:?} schedule: {e}"),
+                    None => return,
+                }
+            }
+        }
+    });
+    futures::future::join_all(loops).await;
+}
+
+async fn enqueue(engine: &Engine, job: Job, tick: u64) -> anyhow::Result<()> {
+    let name = match job {
+        Job::Prize => "prize",
+    };
+    let args = serde_json::to_vec(&HygieneJob { job, tick })?;
+    let task = TaskBuilder::new(args)
+        .task_id(apalis::prelude::TaskId::from_ulid(ulid::Ulid::generate()))
+        .idempotency_key(format!("{name}:{tick}"))
+        .build();
+    let mut conn = engine.pool.acquire().await?;
+    apalis_sqlite::queries::push_tasks(&mut *conn, HYGIENE_QUEUE, &[task])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs one hygiene job.
+pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
+    match job.job {
+        Job::Prize => {
+            let n = prize(engine).await?;
+            tracing::info!(tick = job.tick, "prizer: {n} pull request(s) to open");
+            Ok(())
+        }
+    }
+}
+
+/// Queues a pull request for every passed, pushed task that has none. Returns how many.
+pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
+    let keys = crate::db::tasks_needing_pr(&engine.pool).await?;
+    for key in &keys {
+        outbox::push(
+            &engine.pool,
+            Effect::OpenPr { task: *key },
+            0,
+            Duration::ZERO,
+        )
+        .await?;
+    }
+    Ok(keys.len())
+}
