@@ -578,6 +578,31 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The task an autodev check run belongs to (its `external_id`), if `sender` may act on it.
+    async fn check_run_task(
+        &self,
+        inst: InstallationId,
+        repo: &Repo,
+        task_id: Option<&str>,
+        sender: &Actor,
+    ) -> Result<Option<db::TaskRow>, Failure> {
+        let Some(task_id) = task_id else {
+            return Ok(None);
+        };
+        let Some(task) = db::find_task(&self.engine.pool, &repo.repo_name(), task_id).await? else {
+            return Ok(None);
+        };
+        let Some(issue) = task.issue_number else {
+            return Ok(None);
+        };
+        let t = Thread {
+            inst,
+            repo,
+            issue: issue as u64,
+        };
+        Ok(self.allowed(&t, sender).await?.then_some(task))
+    }
+
     /// The "Open PR" button on an autodev check run.
     async fn on_action(
         &self,
@@ -587,30 +612,18 @@ impl Ctx<'_> {
         identifier: &str,
         sender: &Actor,
     ) -> Result<(), Failure> {
-        let (Some(task_id), super::messages::OPEN_PR_ACTION) = (task_id, identifier) else {
-            return Ok(());
-        };
-        let Some(task) = db::find_task(&self.engine.pool, &repo.repo_name(), task_id).await? else {
-            return Ok(());
-        };
-        let Some(issue) = task.issue_number else {
-            return Ok(());
-        };
-        let t = Thread {
-            inst,
-            repo,
-            issue: issue as u64,
-        };
-        if !self.allowed(&t, sender).await? {
+        if identifier != super::messages::OPEN_PR_ACTION {
             return Ok(());
         }
-        outbox::push(
-            &self.engine.pool,
-            Effect::OpenPr { task: task.pk },
-            0,
-            Duration::ZERO,
-        )
-        .await?;
+        if let Some(task) = self.check_run_task(inst, repo, task_id, sender).await? {
+            outbox::push(
+                &self.engine.pool,
+                Effect::OpenPr { task: task.pk },
+                0,
+                Duration::ZERO,
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -622,28 +635,11 @@ impl Ctx<'_> {
         task_id: Option<&str>,
         sender: &Actor,
     ) -> Result<(), Failure> {
-        let Some(task_id) = task_id else {
+        let Some(task) = self.check_run_task(inst, repo, task_id, sender).await? else {
             return Ok(());
         };
-        let Some(task) = db::find_task(&self.engine.pool, &repo.repo_name(), task_id).await? else {
-            return Ok(());
-        };
-        let Some(issue) = task.issue_number else {
-            return Ok(());
-        };
-        let t = Thread {
-            inst,
-            repo,
-            issue: issue as u64,
-        };
-        if !self.allowed(&t, sender).await? {
-            return Ok(());
-        }
         if let Some(job) = self.engine.retry(task.pk).await? {
-            tracing::info!(
-                task = task_id,
-                "re-run requested from the check run: job {job}"
-            );
+            tracing::info!(task = %task.task_id, "re-run requested from the check run: job {job}");
         }
         Ok(())
     }

@@ -190,29 +190,15 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                 }
             };
             let _write = gh.write_lock(inst).await?;
-            let id = match existing {
-                Some(id) => {
-                    gh.call(
-                        inst,
-                        "PATCH",
-                        &format!("/repos/{owner}/{repo}/issues/comments/{id}"),
-                        Some(&json!({ "body": body })),
-                    )
-                    .await?;
-                    id
-                }
-                None => {
-                    let created = gh
-                        .call(
-                            inst,
-                            "POST",
-                            &format!("/repos/{owner}/{repo}/issues/{issue}/comments"),
-                            Some(&json!({ "body": body })),
-                        )
-                        .await?;
-                    created["id"].as_u64().unwrap_or_default()
-                }
-            };
+            let id = upsert(
+                gh,
+                inst,
+                existing,
+                |id| format!("/repos/{owner}/{repo}/issues/comments/{id}"),
+                &format!("/repos/{owner}/{repo}/issues/{issue}/comments"),
+                &json!({ "body": body }),
+            )
+            .await?;
             if t.status_comment_id != Some(id as i64) {
                 db::set_status_comment(&engine.pool, t.pk, id as i64)
                     .await
@@ -317,29 +303,15 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
         })
         .and_then(|r| r["id"].as_u64());
     let _write = gh.write_lock(inst).await?;
-    let id = match existing {
-        Some(id) => {
-            gh.call(
-                inst,
-                "PATCH",
-                &format!("/repos/{owner}/{repo}/check-runs/{id}"),
-                Some(&body),
-            )
-            .await?;
-            id
-        }
-        None => {
-            let created = gh
-                .call(
-                    inst,
-                    "POST",
-                    &format!("/repos/{owner}/{repo}/check-runs"),
-                    Some(&body),
-                )
-                .await?;
-            created["id"].as_u64().unwrap_or_default()
-        }
-    };
+    let id = upsert(
+        gh,
+        inst,
+        existing,
+        |id| format!("/repos/{owner}/{repo}/check-runs/{id}"),
+        &format!("/repos/{owner}/{repo}/check-runs"),
+        &body,
+    )
+    .await?;
     db::set_check_run(&engine.pool, t.pk, id as i64)
         .await
         .map_err(internal)?;
@@ -523,4 +495,25 @@ async fn report(engine: &Engine, t: &db::TaskRow, message: &str) {
         body: message.to_owned(),
     };
     let _ = push(&engine.pool, effect, 0, Duration::ZERO).await;
+}
+
+/// Edits the object `existing` names, or creates it; its id either way.
+async fn upsert(
+    gh: &GithubClient,
+    inst: InstallationId,
+    existing: Option<u64>,
+    patch_path: impl Fn(u64) -> String,
+    post_path: &str,
+    body: &Value,
+) -> Result<u64, ApiError> {
+    match existing {
+        Some(id) => {
+            gh.call(inst, "PATCH", &patch_path(id), Some(body)).await?;
+            Ok(id)
+        }
+        None => {
+            let created = gh.call(inst, "POST", post_path, Some(body)).await?;
+            Ok(created["id"].as_u64().unwrap_or_default())
+        }
+    }
 }
