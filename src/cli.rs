@@ -188,12 +188,10 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));
-    if engine.github.is_some() {
-        tokio::spawn(crate::hygiene::run_schedules(
-            engine.clone(),
-            shutdown.clone(),
-        ));
-    }
+    tokio::spawn(crate::hygiene::run_schedules(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     let workers = if engine.settings.file.workers.concurrency > 0 {
         Some(tokio::spawn(crate::queue::run_workers(
             engine.clone(),

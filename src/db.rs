@@ -155,6 +155,15 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at the start (waiting up
+/// to `busy_timeout`), so a transaction that reads before it writes cannot fail with
+/// `SQLITE_BUSY` halfway when another process wrote in between, as a deferred one can.
+pub async fn begin_write(pool: &SqlitePool) -> anyhow::Result<sqlx::Transaction<'static, Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .context("starting a write transaction")
+}
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -360,7 +369,7 @@ pub async fn acquire_lease(
     owner: &str,
     ttl: Duration,
 ) -> anyhow::Result<LeaseAttempt> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_write(pool).await?;
     let Some(row): Option<TaskRow> = sqlx::query_as("SELECT * FROM tasks WHERE pk = ?")
         .bind(key)
         .fetch_optional(&mut *tx)
@@ -530,7 +539,7 @@ pub async fn finish(
 /// Cancels a queued task at once, or asks the worker running it to stop. Returns the state the
 /// task was in, or `None` if it does not exist.
 pub async fn request_cancel(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Option<TaskState>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_write(pool).await?;
     let state: Option<TaskState> = sqlx::query_scalar("SELECT state FROM tasks WHERE pk = ?")
         .bind(key)
         .fetch_optional(&mut *tx)
@@ -833,4 +842,28 @@ pub async fn tasks_needing_pr(pool: &SqlitePool) -> anyhow::Result<Vec<TaskKey>>
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// Ended tasks that still have a worktree and finished before `before`.
+pub async fn ended_with_worktree(
+    pool: &SqlitePool,
+    before: DateTime<Utc>,
+) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE state IN ('passed', 'failed', 'error', 'cancelled')
+           AND worktree IS NOT NULL AND finished_at <= ? ORDER BY pk",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn clear_worktree(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET worktree = NULL WHERE pk = ? AND state NOT IN ('queued', 'running')",
+    )
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -124,7 +124,7 @@ impl Engine {
             .with_context(|| format!("unknown role `{}`", spec.role))?;
         let spec_json = serde_json::to_string(spec).context("encoding spec")?;
         let branch = role.branch_for(&spec.id);
-        let mut tx = self.pool.begin().await.context("starting transaction")?;
+        let mut tx = db::begin_write(&self.pool).await?;
         let new = db::NewTask {
             repo,
             task_id: spec.id.as_str(),
@@ -215,7 +215,7 @@ impl Engine {
     /// Queues an ended task again; it continues on the same branch. `Ok(None)` while it is
     /// queued or running.
     pub async fn retry(&self, key: TaskKey) -> anyhow::Result<Option<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin_write(&self.pool).await?;
         let Some(run_seq) = db::requeue(&mut *tx, key).await? else {
             return Ok(None);
         };

@@ -416,6 +416,22 @@ impl Git {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
+    /// Removes a task's worktree (the branch stays).
+    pub async fn remove_worktree(&self, repo: &Path, path: &Path) -> anyhow::Result<()> {
+        let path_s = path.to_string_lossy();
+        let removed = self
+            .output(repo, &["worktree", "remove", "--force", &path_s], None)
+            .await?;
+        self.ops.with_label_values(&["worktree_remove"]).inc();
+        if !removed.status.success() && path.exists() {
+            std::fs::remove_dir_all(path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+        self.run("worktree_prune", repo, &["worktree", "prune"], None)
+            .await?;
+        Ok(())
+    }
+
     pub async fn head(&self, dir: &Path) -> anyhow::Result<String> {
         Ok(self
             .run("rev-parse", dir, &["rev-parse", "HEAD"], None)

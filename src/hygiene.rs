@@ -37,6 +37,7 @@ impl Schedule<apalis_cron::timezone::Utc> for Every {
 #[serde(rename_all = "snake_case")]
 pub enum Job {
     Prize,
+    Cleanup,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,7 +49,10 @@ pub struct HygieneJob {
 /// Turns ticks into queued jobs until `shutdown`.
 pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
     let hygiene = &engine.settings.file.hygiene;
-    let schedules = [(Job::Prize, hygiene.pr_minutes)];
+    let schedules = [
+        (Job::Prize, hygiene.pr_minutes),
+        (Job::Cleanup, hygiene.cleanup_minutes),
+    ];
     let loops = schedules.into_iter().map(|(job, every)| {
         let engine = engine.clone();
         let shutdown = shutdown.clone();
@@ -80,6 +84,7 @@ pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
 async fn enqueue(engine: &Engine, job: Job, tick: u64) -> anyhow::Result<()> {
     let name = match job {
         Job::Prize => "prize",
+        Job::Cleanup => "cleanup",
     };
     let args = serde_json::to_vec(&HygieneJob { job, tick })?;
     let task = TaskBuilder::new(args)
@@ -100,7 +105,49 @@ pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
             tracing::info!(tick = job.tick, "prizer: {n} pull request(s) to open");
             Ok(())
         }
+        Job::Cleanup => {
+            let n = cleanup(engine).await?;
+            tracing::info!(tick = job.tick, "clean-up: {n} worktree(s) removed");
+            Ok(())
+        }
     }
+}
+
+/// Removes the worktrees of tasks that ended more than `hygiene.cleanup_after_hours` ago. The
+/// branches stay: a retry makes a new worktree and continues from them.
+pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
+    let hours = engine.settings.file.hygiene.cleanup_after_hours;
+    let before = chrono::Utc::now() - chrono::Duration::hours(hours as i64);
+    let mut removed = 0;
+    for task in crate::db::ended_with_worktree(&engine.pool, before).await? {
+        let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
+            continue;
+        };
+        let repo = if task.repo_name().is_local() {
+            engine.settings.repo_path.clone()
+        } else {
+            engine.mirror_path(&task.repo_name())
+        };
+        let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+        // Re-read under the lock: a retry may have taken the task since.
+        match crate::db::get_task(&engine.pool, task.pk).await? {
+            Some(t) if t.state.is_terminal() && t.worktree.is_some() => {}
+            _ => continue,
+        }
+        engine.git.remove_worktree(&repo, &path).await?;
+        crate::db::clear_worktree(&engine.pool, task.pk).await?;
+        engine
+            .record(
+                task.pk,
+                task.run_seq,
+                "cleanup",
+                &format!("removed worktree {}", path.display()),
+            )
+            .await;
+        removed += 1;
+    }
+    engine.refresh_gauges().await;
+    Ok(removed)
 }
 
 /// Queues a pull request for every passed, pushed task that has none. Returns how many.

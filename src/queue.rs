@@ -174,9 +174,9 @@ enum Kind {
 /// that cannot be decoded) is started again under a new name after a pause, so one bad moment
 /// does not leave a queue without a worker.
 pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut kinds = vec![Kind::Tasks];
+    let mut kinds = vec![Kind::Tasks, Kind::Hygiene];
     if engine.github.is_some() {
-        kinds.extend([Kind::Github, Kind::Outbox, Kind::Hygiene]);
+        kinds.extend([Kind::Github, Kind::Outbox]);
     }
     let runs = kinds
         .into_iter()

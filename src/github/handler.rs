@@ -209,12 +209,7 @@ impl Ctx<'_> {
                     break;
                 }
             }
-            let mut tx = self
-                .engine
-                .pool
-                .begin()
-                .await
-                .map_err(anyhow::Error::from)?;
+            let mut tx = db::begin_write(&self.engine.pool).await?;
             db::upsert_installation(&mut tx, inst.0, &repo.owner, true, Some(&names)).await?;
             tx.commit().await.map_err(anyhow::Error::from)?;
         }
@@ -306,7 +301,7 @@ impl Ctx<'_> {
         let repo_name = t.repo.repo_name();
         let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
         let branch = role_def.branch_for(&spec.id);
-        let mut tx = engine.pool.begin().await.map_err(anyhow::Error::from)?;
+        let mut tx = db::begin_write(&engine.pool).await?;
         let existing =
             sqlx::query_as::<_, db::TaskRow>("SELECT * FROM tasks WHERE repo = ? AND task_id = ?")
                 .bind(repo_name.as_str())
@@ -543,12 +538,7 @@ impl Ctx<'_> {
             "review_comments": review,
         });
         let spec_json = spec.to_string();
-        let mut tx = self
-            .engine
-            .pool
-            .begin()
-            .await
-            .map_err(anyhow::Error::from)?;
+        let mut tx = db::begin_write(&self.engine.pool).await?;
         db::replace_spec(
             &mut *tx,
             task.pk,

@@ -74,7 +74,7 @@ pub async fn receive(
     }
     let repo = event.repo().map(|r| r.repo_name().to_string());
     let installation = event.installation().map(|i| i.0);
-    let mut tx = engine.pool.begin().await.map_err(anyhow::Error::from)?;
+    let mut tx = db::begin_write(&engine.pool).await?;
     let payload = serde_json::to_string(&event).map_err(anyhow::Error::from)?;
     let outcome = match &event {
         Event::Ping => return Ok(Intake::Pong),

@@ -528,3 +528,55 @@ fn a_data_dir_inside_the_repository_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("inside the repository"));
 }
+
+#[tokio::test]
+async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        &format!("cat >/dev/null\ndate +%s%N >> work.txt\necho '{CLAUDE_OK}'"),
+    );
+    world.write_config("providers:\n  order: [claude_cli]\nhygiene: {cleanup_minutes: \"1s\", cleanup_after_hours: 0}\n");
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("CLN-1", ""))
+        .await;
+    let task = server
+        .wait_for("CLN-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let path = std::path::PathBuf::from(task["worktree"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + WAIT;
+    while path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} was not removed",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (_, task) = server.get("/tasks/CLN-1").await;
+    assert!(task["worktree"].is_null(), "{task:#}");
+    assert!(
+        !git(&world.repo, &["worktree", "list"]).contains("CLN-1"),
+        "git forgot it too"
+    );
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("autodev_active_worktrees 0"), "{metrics}");
+    // The branch stays; a retry makes a new worktree from it.
+    server.post("/tasks/CLN-1/retry").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, t) = server.get("/tasks/CLN-1").await;
+        if t["runs"] == 2 && t["state"] == "passed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{t:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = git(
+        &world.repo,
+        &["log", "--format=%s", "master..auto/backend/CLN-1"],
+    );
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
