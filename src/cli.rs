@@ -92,7 +92,7 @@ pub enum Command {
     Roles,
     /// List the providers in the configured order and whether each can run here
     Providers,
-    /// Commit work in progress of running tasks (git hygiene; not yet available)
+    /// Save a work-in-progress commit of every running task now (refs/autodev/checkpoints/<id>; pushed in App mode)
     Checkpoint,
     /// Open pull requests for passed GitHub tasks that have none (a running server's workers send them)
     Prize,
@@ -163,10 +163,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Providers => list_providers(&settings),
         Command::Prize => prize(settings).await,
         Command::Checkpoint => {
-            eprintln!(
-                "autodev: checkpoint (WIP commits of running tasks) is not available in this version yet"
-            );
-            Ok(2)
+            let engine = Engine::open(settings).await?;
+            let n = crate::hygiene::checkpoint(&engine).await?;
+            println!("{n} checkpoint(s) saved");
+            Ok(0)
         }
     }
 }

@@ -78,6 +78,19 @@ impl Git {
         stdin: Option<&str>,
         token: Option<&SecretString>,
     ) -> anyhow::Result<std::process::Output> {
+        self.output_full(dir, args, stdin, token, None).await
+    }
+
+    /// Runs git with everything optional: input, a token, and an index file of its own (so
+    /// that the worktree's real index is never touched).
+    async fn output_full(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+        token: Option<&SecretString>,
+        index: Option<&Path>,
+    ) -> anyhow::Result<std::process::Output> {
         let name = format!("user.name={}", self.user_name);
         let email = format!("user.email={}", self.user_email);
         let mut cmd = tokio::process::Command::new("git");
@@ -99,6 +112,9 @@ impl Git {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(index) = index {
+            cmd.env("GIT_INDEX_FILE", index);
+        }
         if let Some(token) = token {
             use base64::Engine as _;
             let basic = base64::engine::general_purpose::STANDARD
@@ -346,13 +362,27 @@ impl Git {
 
     /// Pushes the worktree's HEAD to `branch` on origin; every ref the server rejects is an
     /// error that names it.
-    pub async fn push(&self, dir: &Path, branch: &str, token: &SecretString) -> anyhow::Result<()> {
+    /// `lease` is the commit autodev last pushed there (`None`: the branch must not exist
+    /// yet): the push replaces it, and only it, so a checkpoint can be superseded by the next
+    /// one while nobody else's push is ever overwritten.
+    pub async fn push(
+        &self,
+        dir: &Path,
+        rev: &str,
+        branch: &str,
+        token: &SecretString,
+        lease: Option<&str>,
+    ) -> anyhow::Result<()> {
         self.ops.with_label_values(&["push"]).inc();
-        let refspec = format!("HEAD:refs/heads/{branch}");
+        let refspec = format!("{rev}:refs/heads/{branch}");
+        let lease = format!(
+            "--force-with-lease=refs/heads/{branch}:{}",
+            lease.unwrap_or("")
+        );
         let out = self
             .output_with(
                 dir,
-                &["push", "--porcelain", "origin", &refspec],
+                &["push", "--porcelain", &lease, "origin", &refspec],
                 None,
                 Some(token),
             )
@@ -414,6 +444,77 @@ impl Git {
             )
             .await?;
         Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// A work-in-progress commit of everything in the worktree, made with an index of its own
+    /// and recorded only under `side_ref`: the worktree, its index and HEAD are never touched,
+    /// so an agent may keep writing files and running git meanwhile. `None` when there is
+    /// nothing new since HEAD or the last checkpoint.
+    pub async fn checkpoint(
+        &self,
+        worktree: &Path,
+        index: &Path,
+        side_ref: &str,
+        message: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let _ = std::fs::remove_file(index);
+        let in_index = |args: &'static [&'static str]| async move {
+            let out = self
+                .output_full(worktree, args, None, None, Some(index))
+                .await?;
+            if !out.status.success() {
+                bail!(
+                    "`git {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            anyhow::Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        self.ops.with_label_values(&["checkpoint"]).inc();
+        in_index(&["read-tree", "HEAD"]).await?;
+        in_index(&["add", "--all"]).await?;
+        let tree = in_index(&["write-tree"]).await?;
+        let _ = std::fs::remove_file(index);
+        let head = self.head(worktree).await?;
+        let head_tree = self
+            .run("rev-parse", worktree, &["rev-parse", "HEAD^{tree}"], None)
+            .await?;
+        if tree == head_tree.trim() {
+            return Ok(None);
+        }
+        let last_tree = self
+            .output(
+                worktree,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{side_ref}^{{tree}}"),
+                ],
+                None,
+            )
+            .await?;
+        if String::from_utf8_lossy(&last_tree.stdout).trim() == tree {
+            return Ok(None);
+        }
+        let commit = self
+            .run(
+                "commit",
+                worktree,
+                &["commit-tree", &tree, "-p", &head, "-F", "-"],
+                Some(message),
+            )
+            .await?;
+        let commit = commit.trim().to_owned();
+        self.run(
+            "update-ref",
+            worktree,
+            &["update-ref", side_ref, &commit],
+            None,
+        )
+        .await?;
+        Ok(Some(commit))
     }
 
     /// Removes a task's worktree (the branch stays).

@@ -38,6 +38,7 @@ impl Schedule<apalis_cron::timezone::Utc> for Every {
 pub enum Job {
     Prize,
     Cleanup,
+    Checkpoint,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +53,7 @@ pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
     let schedules = [
         (Job::Prize, hygiene.pr_minutes),
         (Job::Cleanup, hygiene.cleanup_minutes),
+        (Job::Checkpoint, hygiene.checkpoint_minutes),
     ];
     let loops = schedules.into_iter().map(|(job, every)| {
         let engine = engine.clone();
@@ -85,6 +87,7 @@ async fn enqueue(engine: &Engine, job: Job, tick: u64) -> anyhow::Result<()> {
     let name = match job {
         Job::Prize => "prize",
         Job::Cleanup => "cleanup",
+        Job::Checkpoint => "checkpoint",
     };
     let args = serde_json::to_vec(&HygieneJob { job, tick })?;
     let task = TaskBuilder::new(args)
@@ -103,6 +106,11 @@ pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
         Job::Prize => {
             let n = prize(engine).await?;
             tracing::info!(tick = job.tick, "prizer: {n} pull request(s) to open");
+            Ok(())
+        }
+        Job::Checkpoint => {
+            let n = checkpoint(engine).await?;
+            tracing::info!(tick = job.tick, "checkpointer: {n} checkpoint(s)");
             Ok(())
         }
         Job::Cleanup => {
@@ -163,4 +171,84 @@ pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
         .await?;
     }
     Ok(keys.len())
+}
+
+/// A work-in-progress commit for each running task whose worktree changed since its last
+/// checkpoint, kept under `refs/autodev/checkpoints/<task_id>`; in App mode also pushed to the
+/// task branch, so a crash or a lost machine costs at most one interval of the agent's work.
+/// Returns how many checkpoints were made.
+pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
+    let tmp = engine.settings.data_dir.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let mut made = 0;
+    for task in
+        crate::db::list_tasks(&engine.pool, Some(crate::db::TaskState::Running), 1000).await?
+    {
+        let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
+            continue;
+        };
+        if !path.join(".git").exists() {
+            continue;
+        }
+        let message = format!(
+            "chore({}): checkpoint of {}\n\nWork in progress, saved while the agent runs.\n\nAutodev-Task: {}\n",
+            task.role, task.title, task.task_id
+        );
+        let side_ref = format!("refs/autodev/checkpoints/{}", task.task_id);
+        let index = tmp.join(format!("checkpoint-{}.index", task.pk));
+        let commit = match engine
+            .git
+            .checkpoint(&path, &index, &side_ref, &message)
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(task = %task.task_id, "checkpoint failed: {e:#}");
+                continue;
+            }
+        };
+        made += 1;
+        engine
+            .record(
+                task.pk,
+                task.run_seq,
+                "checkpoint",
+                &format!(
+                    "checkpoint {} saved as {side_ref}",
+                    &commit[..10.min(commit.len())]
+                ),
+            )
+            .await;
+        if let (Some(gh), Some(installation)) = (&engine.github, task.installation_id) {
+            let token = gh
+                .installation_token(crate::github::event::InstallationId(installation))
+                .await?;
+            let _lock =
+                crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+            let lease = crate::db::get_task(&engine.pool, task.pk)
+                .await?
+                .and_then(|t| t.pushed_sha);
+            match engine
+                .git
+                .push(&path, &commit, &task.branch, &token, lease.as_deref())
+                .await
+            {
+                Ok(()) => {
+                    crate::db::set_pushed(&engine.pool, task.pk, &commit).await?;
+                    outbox::push(
+                        &engine.pool,
+                        Effect::CheckRun { task: task.pk },
+                        0,
+                        Duration::ZERO,
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    tracing::warn!(task = %task.task_id, "pushing the checkpoint failed: {e:#}")
+                }
+            }
+        }
+    }
+    Ok(made)
 }

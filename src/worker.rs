@@ -629,7 +629,16 @@ async fn push(
         )));
     }
     let _lock = RepoLock::acquire(engine.repo_lock(&run.row.repo_name())).await?;
-    if let Err(e) = engine.git.push(worktree, branch, token).await {
+    // The last commit autodev pushed there (a checkpoint, an earlier run): the one the push may
+    // replace.
+    let lease = db::get_task(&engine.pool, run.row.pk)
+        .await?
+        .and_then(|t| t.pushed_sha);
+    if let Err(e) = engine
+        .git
+        .push(worktree, "HEAD", branch, token, lease.as_deref())
+        .await
+    {
         return Ok(Some(Outcome::ended(TaskState::Error, format!("{e:#}"))));
     }
     db::set_pushed(&engine.pool, run.row.pk, head).await?;

@@ -303,6 +303,21 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
         })
         .and_then(|r| r["id"].as_u64());
     let _write = gh.write_lock(inst).await?;
+    // A run on an earlier commit (a checkpoint) is concluded as superseded, not left going.
+    if let (None, Some(previous)) = (existing, t.check_run_id) {
+        let superseded = json!({
+            "status": "completed",
+            "conclusion": "neutral",
+            "output": { "title": "Superseded", "summary": format!("autodev pushed a newer commit of this task: {sha}") },
+        });
+        gh.call(
+            inst,
+            "PATCH",
+            &format!("/repos/{owner}/{repo}/check-runs/{previous}"),
+            Some(&superseded),
+        )
+        .await?;
+    }
     let id = upsert(
         gh,
         inst,

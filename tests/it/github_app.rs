@@ -1064,3 +1064,61 @@ async fn pr_command_and_open_pr_button_open_it_on_demand() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(pr_posts(&a), 1, "asking again does not open a second one");
 }
+
+#[tokio::test]
+async fn checkpoints_are_pushed_while_the_agent_runs_and_the_final_commit_replaces_them() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho early > early.txt\nsleep 3\necho late > late.txt\necho '{CLAUDE_OK}'"),
+        |world, _| world.write_config("providers:\n  order: [claude_cli]\nhygiene: {checkpoint_minutes: \"1s\"}\n"),
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "CK-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    // While the agent sleeps, the checkpoint reaches the remote, with an in-progress check run.
+    a.fake
+        .wait_until("an in-progress check run", |st| {
+            st.check_runs.iter().any(|c| c.status == "in_progress")
+        })
+        .await;
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:early.txt"]),
+        "early"
+    );
+    let t = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    let head = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    assert_eq!(
+        t["head_sha"],
+        head.as_str(),
+        "the final commit replaced the checkpoint"
+    );
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:late.txt"]),
+        "late"
+    );
+    a.fake
+        .wait_until("a concluded check run on the final head", |st| {
+            st.check_runs
+                .iter()
+                .any(|c| c.head_sha == head && c.conclusion.as_deref() == Some("success"))
+        })
+        .await;
+    a.fake
+        .wait_until("no check run left in progress", |st| {
+            st.check_runs.iter().all(|c| c.status == "completed")
+        })
+        .await;
+}

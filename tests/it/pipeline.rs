@@ -580,3 +580,65 @@ async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
     );
     assert_eq!(log.lines().count(), 2, "{log}");
 }
+
+#[tokio::test]
+async fn checkpoints_while_the_agent_writes_lose_nothing_and_break_nothing() {
+    let world = World::new();
+    // The agent writes a file every 100 ms for about 4 s, and runs git itself meanwhile.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\ni=0\nwhile [ $i -lt 40 ]; do\n  echo $i > file-$i.txt\n  git status --porcelain >/dev/null 2>>\"$FAKE_AGENT_DIR/git-errors.txt\"\n  \
+             if [ $((i % 10)) -eq 0 ]; then git add file-$i.txt 2>>\"$FAKE_AGENT_DIR/git-errors.txt\"; fi\n  i=$((i+1))\n  sleep 0.1\ndone\necho '{CLAUDE_OK}'"
+        ),
+    );
+    world
+        .write_config("providers:\n  order: [claude_cli]\nhygiene: {checkpoint_minutes: \"1s\"}\n");
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("CP-1", ""))
+        .await;
+    let task = server
+        .wait_for("CP-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let checkpoints = task["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "checkpoint")
+        .count();
+    assert!(
+        checkpoints >= 2,
+        "checkpoints were taken while it ran: {task:#}"
+    );
+    // The side ref holds a commit on top of the branch's start, with some of the files.
+    let side = git(&world.repo, &["rev-parse", "refs/autodev/checkpoints/CP-1"]);
+    let files = git(&world.repo, &["ls-tree", "--name-only", &side]);
+    assert!(files.contains("file-0.txt"), "{files}");
+    // Nothing was lost or broken: every file is in the final commit, the repository is sound,
+    // and the agent's own git never failed.
+    let final_files = git(
+        &world.repo,
+        &["ls-tree", "--name-only", "auto/backend/CP-1"],
+    );
+    for i in 0..40 {
+        assert!(
+            final_files.contains(&format!("file-{i}.txt")),
+            "file-{i}.txt lost"
+        );
+    }
+    git(&world.repo, &["fsck", "--no-progress"]);
+    let errors =
+        std::fs::read_to_string(world.agent_dir.join("git-errors.txt")).unwrap_or_default();
+    assert!(errors.trim().is_empty(), "the agent's git failed: {errors}");
+    let subjects = git(
+        &world.repo,
+        &["log", "--format=%s", "master..auto/backend/CP-1"],
+    );
+    assert_eq!(
+        subjects.lines().count(),
+        1,
+        "checkpoints stay off the branch: {subjects}"
+    );
+}
