@@ -49,9 +49,12 @@ impl Env {
         };
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {file_var}={path}"))?;
-        Ok(Some(SecretString::from(
-            text.trim_end_matches(['\n', '\r']).to_owned(),
-        )))
+        let value = text.trim_end_matches(['\n', '\r']);
+        if value.is_empty() {
+            // An empty secret would be a secret everybody knows.
+            bail!("{file_var}={path} is empty");
+        }
+        Ok(Some(SecretString::from(value.to_owned())))
     }
 
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -670,6 +673,16 @@ mod tests {
             Some(Duration::from_secs(300))
         );
         assert!(ok.providers.entry("claude_cli").is_some());
+    }
+
+    #[test]
+    fn an_empty_secret_file_is_an_error_not_an_empty_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let env = Env::from_pairs([("AUTODEV_API_TOKEN_FILE", empty.to_str().unwrap())]);
+        let err = env.secret("AUTODEV_API_TOKEN").unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
     }
 
     #[test]

@@ -456,7 +456,7 @@ pub async fn mark_running(
     sqlx::query(
         "UPDATE tasks SET state = 'running', base_branch = ?, worktree = ?, rounds = 0,
            last_error = NULL, started_at = ?, finished_at = NULL, updated_at = ?
-         WHERE pk = ? AND lease_owner = ?",
+         WHERE pk = ? AND lease_owner = ? AND state IN ('queued', 'running')",
     )
     .bind(base_branch)
     .bind(worktree)
@@ -521,7 +521,7 @@ pub async fn finish(
         "UPDATE tasks SET state = ?, last_error = ?, head_sha = COALESCE(?, head_sha),
            finished_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL,
            agent_pgid = NULL, agent_marker = NULL, cancel_requested = 0
-         WHERE pk = ? AND lease_owner = ?",
+         WHERE pk = ? AND lease_owner = ? AND state IN ('queued', 'running')",
     )
     .bind(state)
     .bind(last_error)
@@ -545,6 +545,34 @@ pub async fn request_cancel(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<O
         .fetch_optional(&mut *tx)
         .await?;
     let now = Utc::now();
+    // A queued task whose lease is held is being set up by a worker: ask that worker to stop,
+    // as for a running one, instead of flipping the state under it.
+    let leased: bool = sqlx::query_scalar(
+        "SELECT lease_owner IS NOT NULL AND lease_until > ? FROM tasks WHERE pk = ?",
+    )
+    .bind(now_ms())
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?
+    .unwrap_or(false);
+    let state = match state {
+        Some(TaskState::Queued) if leased => Some(TaskState::Running),
+        Some(TaskState::Running) if !leased => {
+            // Its worker is gone (a crashed `autodev run`, a job out of attempts): end it.
+            sqlx::query(
+                "UPDATE tasks SET state = 'cancelled', last_error = 'cancelled; its worker had stopped',
+                   finished_at = ?, updated_at = ?, agent_pgid = NULL, agent_marker = NULL WHERE pk = ?",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(TaskState::Queued));
+        }
+        other => other,
+    };
     match state {
         Some(TaskState::Queued) => {
             sqlx::query(
@@ -580,11 +608,13 @@ pub async fn requeue<'e, E: Executor<'e, Database = Sqlite>>(
     Ok(sqlx::query_scalar(
         "UPDATE tasks SET state = 'queued', run_seq = run_seq + 1, cancel_requested = 0,
            last_error = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
-         WHERE pk = ? AND state NOT IN ('queued', 'running')
+         WHERE pk = ? AND (state NOT IN ('queued', 'running')
+           OR (state = 'running' AND (lease_until IS NULL OR lease_until <= ?)))
          RETURNING run_seq",
     )
     .bind(now)
     .bind(key)
+    .bind(now_ms())
     .fetch_optional(ex)
     .await?)
 }
@@ -785,14 +815,6 @@ pub async fn set_status_comment(
     Ok(())
 }
 
-pub async fn has_installation(pool: &SqlitePool, installation: i64) -> anyhow::Result<bool> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM installations WHERE id = ?")
-        .bind(installation)
-        .fetch_one(pool)
-        .await?;
-    Ok(n > 0)
-}
-
 pub async fn set_pushed(pool: &SqlitePool, key: TaskKey, sha: &str) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET pushed_sha = ? WHERE pk = ?")
         .bind(sha)
@@ -863,6 +885,22 @@ pub async fn clear_worktree(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<(
         "UPDATE tasks SET worktree = NULL WHERE pk = ? AND state NOT IN ('queued', 'running')",
     )
     .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets the agent process of a run, unless another run has recorded its own since.
+pub async fn clear_agent_process_if(
+    pool: &SqlitePool,
+    key: TaskKey,
+    marker: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET agent_pgid = NULL, agent_marker = NULL WHERE pk = ? AND agent_marker = ?",
+    )
+    .bind(key)
+    .bind(marker)
     .execute(pool)
     .await?;
     Ok(())

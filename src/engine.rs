@@ -291,7 +291,9 @@ impl Engine {
                 )
                 .await;
             }
-            db::set_agent_process(&self.pool, task.pk, None, None).await?;
+            if let Some(marker) = task.agent_marker.as_deref() {
+                db::clear_agent_process_if(&self.pool, task.pk, marker).await?;
+            }
         }
         Ok(killed)
     }

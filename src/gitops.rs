@@ -76,9 +76,9 @@ impl Git {
         dir: &Path,
         args: &[&str],
         stdin: Option<&str>,
-        token: Option<&SecretString>,
+        auth: Option<(&str, &SecretString)>,
     ) -> anyhow::Result<std::process::Output> {
-        self.output_full(dir, args, stdin, token, None).await
+        self.output_full(dir, args, stdin, auth, None).await
     }
 
     /// Runs git with everything optional: input, a token, and an index file of its own (so
@@ -88,7 +88,7 @@ impl Git {
         dir: &Path,
         args: &[&str],
         stdin: Option<&str>,
-        token: Option<&SecretString>,
+        auth: Option<(&str, &SecretString)>,
         index: Option<&Path>,
     ) -> anyhow::Result<std::process::Output> {
         let name = format!("user.name={}", self.user_name);
@@ -97,14 +97,23 @@ impl Git {
         cmd.arg("-C")
             .arg(dir)
             .args(["-c", &name, "-c", &email, "-c", "commit.gpgsign=false"])
+            // The agent can write to this repository's config and hooks: none of its hooks or
+            // file monitors run in autodev's git.
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "core.fsmonitor=false",
+            ])
             .args(args)
-            // A variable such as GIT_DIR from a surrounding hook would redirect every command.
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
-            .env_remove("GIT_INDEX_FILE")
+            // Only what git needs of autodev's environment: never its secrets.
+            .env_clear()
+            .envs(
+                ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+            )
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env_remove("GIT_ASKPASS")
-            .env_remove("SSH_ASKPASS")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -115,12 +124,14 @@ impl Git {
         if let Some(index) = index {
             cmd.env("GIT_INDEX_FILE", index);
         }
-        if let Some(token) = token {
+        if let Some((url, token)) = auth {
             use base64::Engine as _;
             let basic = base64::engine::general_purpose::STANDARD
                 .encode(format!("x-access-token:{}", token.expose_secret()));
+            // Scoped to the clone URL: a URL rewritten by the repository's config (which the
+            // agent can edit) does not get the header.
             cmd.env("GIT_CONFIG_COUNT", "2")
-                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
                 .env(
                     "GIT_CONFIG_VALUE_0",
                     format!("Authorization: Basic {basic}"),
@@ -330,12 +341,20 @@ impl Git {
             .await?;
         }
         self.ops.with_label_values(&["fetch"]).inc();
+        // The explicit URL, not `origin`: the remote's settings live in a config the agent can
+        // edit.
         let out = self
             .output_with(
                 path,
-                &["fetch", "--quiet", "--prune", "origin"],
+                &[
+                    "fetch",
+                    "--quiet",
+                    "--prune",
+                    url,
+                    "+refs/heads/*:refs/remotes/origin/*",
+                ],
                 None,
-                Some(token),
+                Some((url, token)),
             )
             .await?;
         if !out.status.success() {
@@ -368,6 +387,7 @@ impl Git {
     pub async fn push(
         &self,
         dir: &Path,
+        url: &str,
         rev: &str,
         branch: &str,
         token: &SecretString,
@@ -382,9 +402,9 @@ impl Git {
         let out = self
             .output_with(
                 dir,
-                &["push", "--porcelain", &lease, "origin", &refspec],
+                &["push", "--porcelain", "--no-verify", &lease, url, &refspec],
                 None,
-                Some(token),
+                Some((url, token)),
             )
             .await?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -515,6 +535,20 @@ impl Git {
         )
         .await?;
         Ok(Some(commit))
+    }
+
+    /// The first parent of `commit`.
+    pub async fn parent_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
+        Ok(self
+            .run(
+                "rev-parse",
+                dir,
+                &["rev-parse", &format!("{commit}^")],
+                None,
+            )
+            .await?
+            .trim()
+            .to_owned())
     }
 
     /// Removes a task's worktree (the branch stays).

@@ -220,18 +220,31 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
                 ),
             )
             .await;
-        if let (Some(gh), Some(installation)) = (&engine.github, task.installation_id) {
+        if let (Some(gh), Some(installation), Some(url)) = (
+            &engine.github,
+            task.installation_id,
+            task.clone_url.as_deref(),
+        ) {
             let token = gh
                 .installation_token(crate::github::event::InstallationId(installation))
                 .await?;
             let _lock =
                 crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
-            let lease = crate::db::get_task(&engine.pool, task.pk)
-                .await?
-                .and_then(|t| t.pushed_sha);
+            // Under the lock, only if the run is still going and has not committed since: the
+            // final push must never be replaced by an older checkpoint.
+            let now = crate::db::get_task(&engine.pool, task.pk).await?;
+            let still = now.as_ref().is_some_and(|t| {
+                t.state == crate::db::TaskState::Running && t.run_seq == task.run_seq
+            });
+            let parent = engine.git.head(&path).await.ok();
+            let checkpoint_parent = engine.git.parent_of(&path, &commit).await.ok();
+            if !still || parent.is_none() || parent != checkpoint_parent {
+                continue;
+            }
+            let lease = now.and_then(|t| t.pushed_sha);
             match engine
                 .git
-                .push(&path, &commit, &task.branch, &token, lease.as_deref())
+                .push(&path, url, &commit, &task.branch, &token, lease.as_deref())
                 .await
             {
                 Ok(()) => {

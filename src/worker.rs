@@ -499,6 +499,14 @@ async fn pipeline(
         }
     }
 
+    // A run that lost its lease leaves the worktree to the worker that has the task now.
+    if stop.load(Ordering::SeqCst) == STOP_LEASE_LOST {
+        return Ok(Outcome::ended(
+            TaskState::Cancelled,
+            "stopped: another worker took the task over",
+        ));
+    }
+
     // 3. Commit whatever the agent left, so a retry continues from it and nothing is lost.
     let message = gitops::commit_message(&spec.role, &spec.title, spec.id.as_str(), passed);
     if let Some(sha) = git.commit_all(&worktree.path, &message).await? {
@@ -511,17 +519,9 @@ async fn pipeline(
     let head = git.head(&worktree.path).await?;
 
     // 4. In App mode, the branch goes to GitHub.
-    if let Some(token) = &source.token
+    if source.token.is_some()
         && head != base_sha
-        && let Some(o) = push(
-            &run,
-            &source,
-            &worktree.path,
-            &worktree.branch,
-            token,
-            &head,
-        )
-        .await?
+        && let Some(o) = push(&run, &source, &worktree.path, &worktree.branch, &head).await?
     {
         return Ok(Outcome {
             head: Some(head),
@@ -606,7 +606,6 @@ async fn push(
     source: &Source,
     worktree: &std::path::Path,
     branch: &str,
-    token: &secrecy::SecretString,
     head: &str,
 ) -> anyhow::Result<Option<Outcome>> {
     let engine = run.engine;
@@ -634,11 +633,26 @@ async fn push(
     let lease = db::get_task(&engine.pool, run.row.pk)
         .await?
         .and_then(|t| t.pushed_sha);
-    if let Err(e) = engine
-        .git
-        .push(worktree, "HEAD", branch, token, lease.as_deref())
-        .await
-    {
+    // A fresh token: the one from the start of the task may be near its end by now.
+    let pushed = match (
+        &engine.github,
+        run.row.installation_id,
+        run.row.clone_url.as_deref(),
+    ) {
+        (Some(gh), Some(installation), Some(url)) => {
+            let token = gh
+                .installation_token(crate::github::event::InstallationId(installation))
+                .await?;
+            engine
+                .git
+                .push(worktree, url, "HEAD", branch, &token, lease.as_deref())
+                .await
+        }
+        _ => Err(anyhow::anyhow!(
+            "this task has no GitHub installation or clone URL to push to"
+        )),
+    };
+    if let Err(e) = pushed {
         return Ok(Some(Outcome::ended(TaskState::Error, format!("{e:#}"))));
     }
     db::set_pushed(&engine.pool, run.row.pk, head).await?;

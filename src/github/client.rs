@@ -211,7 +211,7 @@ impl GithubClient {
         }
         .map_err(transport)?;
         let status = response.status().as_u16();
-        let retry = retry_advice(status, response.headers());
+        let mut retry = retry_advice(status, response.headers());
         let text = client.body_to_string(response).await.map_err(transport)?;
         if (200..300).contains(&status) {
             if text.trim().is_empty() {
@@ -227,6 +227,14 @@ impl GithubClient {
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| crate::exec::tail_chars(&text, 300));
+        // GitHub sends rate-limit headers on every answer: a 403 that is not about limits
+        // (missing permission) will not get better by waiting.
+        if status == 403
+            && retry == Retry::After(Duration::from_secs(60))
+            && !message.to_lowercase().contains("rate limit")
+        {
+            retry = Retry::Never;
+        }
         Err(ApiError::Status {
             method: m.name(),
             path: path.to_owned(),

@@ -183,11 +183,12 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether the installation covers the repository; an installation not seen before is
-    /// asked for its repositories once.
+    /// Whether the installation covers the repository.
     async fn installed(&self, inst: InstallationId, repo: &Repo) -> Result<bool, Failure> {
         let full = format!("{}/{}", repo.owner, repo.name);
-        if !db::has_installation(&self.engine.pool, inst.0).await? {
+        // What autodev recorded may be partial (it saw only some installation events): a
+        // repository not on the record is checked with GitHub before it is refused.
+        if !db::repo_installed(&self.engine.pool, inst.0, &full).await? {
             let mut names = Vec::new();
             for page in 1..=10 {
                 let list = self

@@ -175,7 +175,14 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                 .await
                 .map_err(internal)?;
             let body = messages::status_comment(&t, &gates, engine.settings.public_url.as_deref());
-            let existing = match t.status_comment_id {
+            // Lock first, then look: two status jobs of one new task must not both find
+            // nothing and both post.
+            let _write = gh.write_lock(inst).await?;
+            let recorded = db::get_task(&engine.pool, t.pk)
+                .await
+                .map_err(internal)?
+                .and_then(|t| t.status_comment_id);
+            let existing = match recorded {
                 Some(id) => Some(id as u64),
                 None => {
                     find_comment(
@@ -189,7 +196,6 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                     .await?
                 }
             };
-            let _write = gh.write_lock(inst).await?;
             let id = upsert(
                 gh,
                 inst,
@@ -506,7 +512,7 @@ async fn report(engine: &Engine, t: &db::TaskRow, message: &str) {
         owner: owner.to_owned(),
         repo: repo.to_owned(),
         issue: issue as u64,
-        key: format!("{}-run{}-{}", t.task_id, t.run_seq, message.len()),
+        key: format!("{}-run{}-{}", t.task_id, t.run_seq, short_hash(message)),
         body: message.to_owned(),
     };
     let _ = push(&engine.pool, effect, 0, Duration::ZERO).await;
@@ -531,4 +537,10 @@ async fn upsert(
             Ok(created["id"].as_u64().unwrap_or_default())
         }
     }
+}
+
+/// A short stable fingerprint of a message, for reply keys.
+fn short_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..6])
 }

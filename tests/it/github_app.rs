@@ -1122,3 +1122,47 @@ async fn checkpoints_are_pushed_while_the_agent_runs_and_the_final_commit_replac
         })
         .await;
 }
+
+#[tokio::test]
+async fn an_agent_cannot_redirect_the_push_or_run_hooks_in_autodevs_git() {
+    // The agent plants hooks (checked to work by running one itself) and points the remote
+    // elsewhere, in the repository config it shares with autodev's git.
+    let a = app_with(&format!(
+        "cat >/dev/null\nmkdir -p .hooks\nfor h in pre-push post-commit reference-transaction; do\n  \
+         printf '#!/bin/sh\\necho ran >> %s/hook-ran.txt\\n' \"$FAKE_AGENT_DIR\" > .hooks/$h; chmod +x .hooks/$h\ndone\n\
+         .hooks/pre-push && mv \"$FAKE_AGENT_DIR/hook-ran.txt\" \"$FAKE_AGENT_DIR/hook-selftest.txt\"\n\
+         git config core.hooksPath \"$PWD/.hooks\"\ngit config remote.origin.pushurl http://127.0.0.1:9/evil.git\n\
+         git config remote.origin.url http://127.0.0.1:9/evil.git\necho x > feature.txt\necho '{CLAUDE_OK}'"
+    ))
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "H-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let t = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    assert!(
+        a.world.agent_dir.join("hook-selftest.txt").exists(),
+        "the planted hook works"
+    );
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:feature.txt"]),
+        "x",
+        "pushed to the real remote"
+    );
+    assert!(
+        !a.world.agent_dir.join("hook-ran.txt").exists(),
+        "a hook the agent planted ran in autodev's git"
+    );
+}
