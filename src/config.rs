@@ -261,7 +261,7 @@ pub struct GithubConfig {
     /// ignored.
     pub allowed_bots: Vec<String>,
     /// Push changes under `.github/workflows/` (needs the App's `workflows` permission).
-    pub allow_workflow_changes: bool,
+    pub allow_workflow_changes: WorkflowChanges,
     /// How long a collaborator's permission is trusted before asking GitHub again.
     pub permission_cache_seconds: u64,
 }
@@ -270,8 +270,26 @@ impl Default for GithubConfig {
     fn default() -> Self {
         Self {
             allowed_bots: Vec::new(),
-            allow_workflow_changes: false,
+            allow_workflow_changes: WorkflowChanges::All(false),
             permission_cache_seconds: 60,
+        }
+    }
+}
+
+/// Which repositories may receive changes under `.github/workflows/`: `true`/`false` for all,
+/// or a list of `owner/name`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum WorkflowChanges {
+    All(bool),
+    Repos(Vec<String>),
+}
+
+impl WorkflowChanges {
+    pub fn allowed_for(&self, repo: &str) -> bool {
+        match self {
+            WorkflowChanges::All(b) => *b,
+            WorkflowChanges::Repos(list) => list.iter().any(|r| r.eq_ignore_ascii_case(repo)),
         }
     }
 }

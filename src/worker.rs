@@ -614,11 +614,18 @@ async fn push(
         .iter()
         .filter(|f| f.starts_with(".github/workflows/"))
         .collect();
-    if !workflows.is_empty() && !engine.settings.file.github.allow_workflow_changes {
+    if !workflows.is_empty()
+        && !engine
+            .settings
+            .file
+            .github
+            .allow_workflow_changes
+            .allowed_for(&run.row.repo)
+    {
         return Ok(Some(Outcome::ended(
             TaskState::Failed,
             format!(
-                "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes is set (workflow changes can reach CI secrets)",
+                "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows this repository (workflow changes can reach CI secrets)",
                 workflows
                     .iter()
                     .map(|f| format!("`{f}`"))

@@ -1166,3 +1166,38 @@ async fn an_agent_cannot_redirect_the_push_or_run_hooks_in_autodevs_git() {
         "a hook the agent planted ran in autodev's git"
     );
 }
+
+#[tokio::test]
+async fn a_repository_allowed_workflow_changes_gets_them_pushed() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\nmkdir -p .github/workflows\necho 'on: push' > .github/workflows/ci.yml\necho '{CLAUDE_OK}'"),
+        |world, _| {
+            world.write_config("providers:\n  order: [claude_cli]\ngithub: {allow_workflow_changes: [codertocat/hello-world]}\n")
+        },
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "WA-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let t = a
+        .server
+        .wait_for(
+            "issue-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    assert_eq!(
+        git(
+            &bare,
+            &["show", "auto/backend/issue-1:.github/workflows/ci.yml"]
+        ),
+        "on: push"
+    );
+}
