@@ -113,6 +113,15 @@ pub struct HygieneConfig {
     /// Open the pull request as soon as a task passes, not at the next `pr_minutes` tick.
     pub pr_on_pass: bool,
     pub draft: bool,
+    /// How stale branches catch up with their base: `rebase` or `merge`.
+    pub merge_strategy: MergeStrategy,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeStrategy {
+    Rebase,
+    Merge,
 }
 
 impl Default for HygieneConfig {
@@ -125,6 +134,7 @@ impl Default for HygieneConfig {
             cleanup_after_hours: 72,
             pr_on_pass: true,
             draft: false,
+            merge_strategy: MergeStrategy::Rebase,
         }
     }
 }

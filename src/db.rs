@@ -905,3 +905,30 @@ pub async fn clear_agent_process_if(
     .await?;
     Ok(())
 }
+
+/// Passed GitHub tasks with an open pull request (the rebase job's work list).
+pub async fn tasks_with_open_pr(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE state = 'passed' AND pr_number IS NOT NULL
+           AND pushed_sha IS NOT NULL AND installation_id IS NOT NULL ORDER BY pk",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A passed task whose branch no longer passes after hygiene (a rebase) is failed.
+pub async fn fail_after_hygiene(
+    pool: &SqlitePool,
+    key: TaskKey,
+    error: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'failed', last_error = ?, updated_at = ? WHERE pk = ? AND state = 'passed'",
+    )
+    .bind(error)
+    .bind(Utc::now())
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

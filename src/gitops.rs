@@ -537,6 +537,107 @@ impl Git {
         Ok(Some(commit))
     }
 
+    /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
+    pub async fn is_ancestor(
+        &self,
+        dir: &Path,
+        ancestor: &str,
+        commit: &str,
+    ) -> anyhow::Result<bool> {
+        let out = self
+            .output(
+                dir,
+                &["merge-base", "--is-ancestor", ancestor, commit],
+                None,
+            )
+            .await?;
+        Ok(out.status.success())
+    }
+
+    /// Brings `worktree` (detached at the branch head) up to `onto` by rebase or merge. On a
+    /// conflict nothing is kept and the conflicting files are returned.
+    pub async fn catch_up(
+        &self,
+        worktree: &Path,
+        onto: &str,
+        merge: bool,
+        message: &str,
+    ) -> anyhow::Result<Result<String, Vec<String>>> {
+        let args: Vec<&str> = if merge {
+            vec!["merge", "--no-edit", "--no-verify", "-m", message, onto]
+        } else {
+            vec!["rebase", "--no-verify", onto]
+        };
+        self.ops
+            .with_label_values(&[if merge { "merge" } else { "rebase" }])
+            .inc();
+        let out = self.output(worktree, &args, None).await?;
+        if out.status.success() {
+            return Ok(Ok(self.head(worktree).await?));
+        }
+        let conflicts = self
+            .output(worktree, &["diff", "--name-only", "--diff-filter=U"], None)
+            .await?;
+        let files: Vec<String> = String::from_utf8_lossy(&conflicts.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let abort = if merge {
+            ["merge", "--abort"]
+        } else {
+            ["rebase", "--abort"]
+        };
+        let _ = self.output(worktree, &abort, None).await?;
+        if files.is_empty() {
+            bail!(
+                "{} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(Err(files))
+    }
+
+    /// A detached worktree at `rev`, for work that must not touch a task's own worktree.
+    pub async fn add_detached(&self, repo: &Path, path: &Path, rev: &str) -> anyhow::Result<()> {
+        if path.exists() {
+            self.remove_worktree(repo, path).await?;
+        }
+        self.run(
+            "worktree_add",
+            repo,
+            &[
+                "worktree",
+                "add",
+                "--quiet",
+                "--detach",
+                &path.to_string_lossy(),
+                rev,
+            ],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Moves `branch` from `old` to `new` (refusing if it moved meanwhile).
+    pub async fn move_branch(
+        &self,
+        repo: &Path,
+        branch: &str,
+        new: &str,
+        old: &str,
+    ) -> anyhow::Result<()> {
+        self.run(
+            "update-ref",
+            repo,
+            &["update-ref", &format!("refs/heads/{branch}"), new, old],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The first parent of `commit`.
     pub async fn parent_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
         Ok(self

@@ -39,6 +39,7 @@ pub enum Job {
     Prize,
     Cleanup,
     Checkpoint,
+    Rebase,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +55,7 @@ pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
         (Job::Prize, hygiene.pr_minutes),
         (Job::Cleanup, hygiene.cleanup_minutes),
         (Job::Checkpoint, hygiene.checkpoint_minutes),
+        (Job::Rebase, hygiene.rebase_minutes),
     ];
     let loops = schedules.into_iter().map(|(job, every)| {
         let engine = engine.clone();
@@ -88,6 +90,7 @@ async fn enqueue(engine: &Engine, job: Job, tick: u64) -> anyhow::Result<()> {
         Job::Prize => "prize",
         Job::Cleanup => "cleanup",
         Job::Checkpoint => "checkpoint",
+        Job::Rebase => "rebase",
     };
     let args = serde_json::to_vec(&HygieneJob { job, tick })?;
     let task = TaskBuilder::new(args)
@@ -106,6 +109,11 @@ pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
         Job::Prize => {
             let n = prize(engine).await?;
             tracing::info!(tick = job.tick, "prizer: {n} pull request(s) to open");
+            Ok(())
+        }
+        Job::Rebase => {
+            let n = rebase(engine).await?;
+            tracing::info!(tick = job.tick, "rebase: {n} branch(es) brought up to date");
             Ok(())
         }
         Job::Checkpoint => {
@@ -264,4 +272,223 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
         }
     }
     Ok(made)
+}
+
+/// Brings the branches of open autodev pull requests up to date with their base (rebase or
+/// merge, per `hygiene.merge_strategy`), runs the gates again and pushes with a lease, so a
+/// new check run lands on the new head. A conflict leaves the branch as it was and says which
+/// files conflict on the pull request. Returns how many branches moved.
+pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
+    let Some(gh) = engine.github.clone() else {
+        return Ok(0);
+    };
+    let mut moved = 0;
+    for task in crate::db::tasks_with_open_pr(&engine.pool).await? {
+        match rebase_one(engine, &gh, &task).await {
+            Ok(true) => moved += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(task = %task.task_id, "bringing the branch up to date failed: {e:#}")
+            }
+        }
+    }
+    Ok(moved)
+}
+
+async fn rebase_one(
+    engine: &Arc<Engine>,
+    gh: &crate::github::client::GithubClient,
+    task: &crate::db::TaskRow,
+) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let (Some(installation), Some(url), Some(head), Some(base), Some(pr)) = (
+        task.installation_id,
+        task.clone_url.as_deref(),
+        task.pushed_sha.clone(),
+        task.base_branch.clone(),
+        task.pr_number,
+    ) else {
+        return Ok(false);
+    };
+    let git = &engine.git;
+    let token = gh
+        .installation_token(crate::github::event::InstallationId(installation))
+        .await?;
+    let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+    let mirror = engine.mirror_path(&task.repo_name());
+    let base_sha = git.fetch_mirror(&mirror, url, &token, &base).await?;
+    if git.is_ancestor(&mirror, &base_sha, &head).await? {
+        return Ok(false);
+    }
+    // The task's own worktree would keep the old head: it goes, the branch moves.
+    if let Some(wt) = task.worktree.as_deref() {
+        git.remove_worktree(&mirror, std::path::Path::new(wt))
+            .await?;
+        crate::db::clear_worktree(&engine.pool, task.pk).await?;
+    }
+    let tmp = engine
+        .settings
+        .data_dir
+        .join("tmp")
+        .join(format!("rebase-{}", task.pk));
+    git.add_detached(&mirror, &tmp, &head).await?;
+    let merge = engine.settings.file.hygiene.merge_strategy == crate::config::MergeStrategy::Merge;
+    let message = format!("chore({}): merge {base} into {}", task.role, task.branch);
+    let result = git.catch_up(&tmp, &base_sha, merge, &message).await;
+    let new = match result {
+        Ok(Ok(new)) => new,
+        Ok(Err(files)) => {
+            git.remove_worktree(&mirror, &tmp).await?;
+            let list = files
+                .iter()
+                .map(|f| format!("- `{f}`"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let body = format!(
+                "autodev could not bring `{}` up to date with `{base}`: these files conflict. The branch is left as it was.\n\n{list}",
+                task.branch
+            );
+            reply_on_pr(engine, task, pr, &format!("conflict-{base_sha}"), body).await?;
+            engine
+                .record(
+                    task.pk,
+                    task.run_seq,
+                    "rebase",
+                    &format!("conflicts with {base} in {}", files.join(", ")),
+                )
+                .await;
+            return Ok(false);
+        }
+        Err(e) => {
+            git.remove_worktree(&mirror, &tmp).await?;
+            return Err(e);
+        }
+    };
+    // The gates again, on the new head.
+    let spec_value: serde_json::Value =
+        serde_json::from_str(&task.spec).context("reading the stored spec")?;
+    let spec =
+        crate::spec::from_value(spec_value, &engine.roles).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let workdir = tmp.join(&spec.target_dir);
+    std::fs::create_dir_all(&workdir)?;
+    let homes = engine.settings.data_dir.join("homes");
+    std::fs::create_dir_all(homes.join("gates"))?;
+    let env = crate::providers::base_env(
+        &engine.settings.env,
+        &homes.join("gates"),
+        &engine.settings.file.agent.env,
+    );
+    let path_env = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let planned = crate::gates::plan(
+        &spec.acceptance,
+        &engine.settings.file.gates,
+        &workdir,
+        &tmp,
+        path_env.as_deref(),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let no_record =
+        |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
+    let results = crate::gates::run(
+        &planned,
+        &workdir,
+        &env,
+        &engine.settings.file.gates,
+        &cancel,
+        &no_record,
+    )
+    .await;
+    let round = task.rounds + 1;
+    for r in &results {
+        crate::db::add_gate_result(
+            &engine.pool,
+            task.pk,
+            &crate::db::NewGateResult {
+                run_seq: task.run_seq,
+                round,
+                gate: &r.name,
+                command: r.command.as_deref(),
+                status: r.status.as_str(),
+                exit_code: r.exit_code.map(i64::from),
+                duration_ms: r.duration.as_millis() as i64,
+                output: &r.output,
+            },
+        )
+        .await?;
+    }
+    let pushed = git
+        .push(&tmp, url, &new, &task.branch, &token, Some(&head))
+        .await;
+    git.remove_worktree(&mirror, &tmp).await?;
+    pushed?;
+    crate::db::set_pushed(&engine.pool, task.pk, &new).await?;
+    crate::db::set_progress(&engine.pool, task.pk, round, None, None).await?;
+    // The mirror's own branch follows, unless something else moved it.
+    let _ = git.move_branch(&mirror, &task.branch, &new, &head).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.status.is_ok())
+        .map(|r| r.summary())
+        .collect();
+    if !failed.is_empty() {
+        crate::db::fail_after_hygiene(
+            &engine.pool,
+            task.pk,
+            &format!("after catching up with {base}: {}", failed.join("; ")),
+        )
+        .await?;
+    }
+    engine
+        .record(
+            task.pk,
+            task.run_seq,
+            "rebase",
+            &format!(
+                "brought up to date with {base}: {} is now {}",
+                task.branch,
+                &new[..10.min(new.len())]
+            ),
+        )
+        .await;
+    outbox::push(
+        &engine.pool,
+        Effect::CheckRun { task: task.pk },
+        0,
+        Duration::ZERO,
+    )
+    .await?;
+    outbox::push(
+        &engine.pool,
+        Effect::Status { task: task.pk },
+        0,
+        Duration::ZERO,
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn reply_on_pr(
+    engine: &Engine,
+    task: &crate::db::TaskRow,
+    pr: i64,
+    key: &str,
+    body: String,
+) -> anyhow::Result<()> {
+    let (Some(installation), Some((owner, repo))) =
+        (task.installation_id, task.repo.split_once('/'))
+    else {
+        return Ok(());
+    };
+    let effect = Effect::Reply {
+        installation,
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+        issue: pr as u64,
+        key: format!("{}-{key}", task.task_id),
+        body,
+    };
+    outbox::push(&engine.pool, effect, 0, Duration::ZERO).await
 }

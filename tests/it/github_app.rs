@@ -1201,3 +1201,151 @@ async fn a_repository_allowed_workflow_changes_gets_them_pushed() {
         "on: push"
     );
 }
+
+/// Someone pushes a commit that writes `file` to the remote's master.
+fn advance_base(a: &App, file: &str, content: &str) {
+    let clone = a.world.root.path().join("someone-else");
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    let out = std::process::Command::new("git")
+        .arg("clone")
+        .arg("--quiet")
+        .arg(&bare)
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(clone.join(file), content).unwrap();
+    git(&clone, &["add", "."]);
+    git(
+        &clone,
+        &[
+            "-c",
+            "user.name=Someone",
+            "-c",
+            "user.email=s@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "base moves on",
+        ],
+    );
+    git(&clone, &["push", "-q", "origin", "master"]);
+}
+
+fn with_rebase(world: &mut World, _: &FakeGithub) {
+    world.write_config("providers:\n  order: [claude_cli]\nhygiene: {rebase_minutes: \"1s\"}\n");
+}
+
+#[tokio::test]
+async fn a_branch_behind_its_base_is_rebased_checked_and_pushed() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho x > feature.txt\necho '{CLAUDE_OK}'"),
+        with_rebase,
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "RB-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    wait_for_pr(&a).await;
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    let before = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    advance_base(&a, "base.txt", "new on master\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&bare)
+            .args(["show", "auto/backend/issue-1:base.txt"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the branch was not brought up to date"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    assert_ne!(before, after);
+    git(
+        &bare,
+        &[
+            "merge-base",
+            "--is-ancestor",
+            "master",
+            "auto/backend/issue-1",
+        ],
+    );
+    assert_eq!(
+        git(&bare, &["show", "auto/backend/issue-1:feature.txt"]),
+        "x",
+        "the task's work is kept"
+    );
+    a.fake
+        .wait_until("a check run on the new head", |st| {
+            st.check_runs
+                .iter()
+                .any(|c| c.head_sha == after && c.conclusion.as_deref() == Some("success"))
+        })
+        .await;
+    let t = task(&a.server).await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    assert!(
+        t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "rebase"),
+        "{t:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_base_leaves_the_branch_and_names_the_files_on_the_pr() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho 'agent version' > README.md\necho '{CLAUDE_OK}'"),
+        with_rebase,
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "RC-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let pr = wait_for_pr(&a).await;
+    let bare = a.git.root.join("codertocat/hello-world.git");
+    let before = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    advance_base(&a, "README.md", "base version\n");
+    a.fake
+        .wait_until("the conflict named on the pull request", |st| {
+            st.comments
+                .iter()
+                .any(|c| c.issue == pr.number && c.body.contains("`README.md`"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        git(&bare, &["rev-parse", "auto/backend/issue-1"]),
+        before,
+        "the branch is left as it was"
+    );
+    let comments = a
+        .fake
+        .comments(pr.number)
+        .into_iter()
+        .filter(|c| c.body.contains("could not bring"))
+        .count();
+    assert_eq!(comments, 1, "said once, not at every tick");
+}
