@@ -88,6 +88,7 @@ pub struct TaskRow {
     pub clone_url: Option<String>,
     pub pushed_sha: Option<String>,
     pub pr_number: Option<i64>,
+    pub pr_state: Option<String>,
 }
 
 impl TaskRow {
@@ -910,7 +911,8 @@ pub async fn clear_agent_process_if(
 pub async fn tasks_with_open_pr(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(
         "SELECT * FROM tasks WHERE state = 'passed' AND pr_number IS NOT NULL
-           AND pushed_sha IS NOT NULL AND installation_id IS NOT NULL ORDER BY pk",
+           AND pushed_sha IS NOT NULL AND installation_id IS NOT NULL
+           AND (pr_state IS NULL OR pr_state = 'open') ORDER BY pk",
     )
     .fetch_all(pool)
     .await?)
@@ -930,5 +932,24 @@ pub async fn fail_after_hygiene(
     .bind(key)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// GitHub tasks with a pull request not yet known to be closed.
+pub async fn tasks_with_pr_not_closed(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE pr_number IS NOT NULL AND installation_id IS NOT NULL
+           AND state NOT IN ('queued', 'running') AND (pr_state IS NULL OR pr_state = 'open') ORDER BY pk",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn set_pr_state(pool: &SqlitePool, key: TaskKey, state: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET pr_state = ? WHERE pk = ?")
+        .bind(state)
+        .bind(key)
+        .execute(pool)
+        .await?;
     Ok(())
 }

@@ -638,6 +638,27 @@ impl Git {
         Ok(())
     }
 
+    /// Deletes a local branch and any refs under `refs/autodev/` for the task, if present.
+    pub async fn delete_branch(
+        &self,
+        repo: &Path,
+        branch: &str,
+        side_ref: &str,
+    ) -> anyhow::Result<()> {
+        let _ = self
+            .output(
+                repo,
+                &["update-ref", "-d", &format!("refs/heads/{branch}")],
+                None,
+            )
+            .await?;
+        let _ = self
+            .output(repo, &["update-ref", "-d", side_ref], None)
+            .await?;
+        self.ops.with_label_values(&["branch_delete"]).inc();
+        Ok(())
+    }
+
     /// The first parent of `commit`.
     pub async fn parent_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
         Ok(self

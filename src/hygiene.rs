@@ -162,8 +162,77 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
             .await;
         removed += 1;
     }
+    removed += prune_closed(engine).await?;
     engine.refresh_gauges().await;
     Ok(removed)
+}
+
+/// In App mode: tasks whose pull request was merged or closed lose their worktree and their
+/// branch in the mirror (GitHub keeps the pushed branch, or deleted it on merge).
+async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
+    let Some(gh) = engine.github.clone() else {
+        return Ok(0);
+    };
+    let mut pruned = 0;
+    for task in crate::db::tasks_with_pr_not_closed(&engine.pool).await? {
+        let (Some(installation), Some(pr), Some((owner, repo))) = (
+            task.installation_id,
+            task.pr_number,
+            task.repo.split_once('/'),
+        ) else {
+            continue;
+        };
+        let inst = crate::github::event::InstallationId(installation);
+        let state = match gh
+            .call(
+                inst,
+                "GET",
+                &format!("/repos/{owner}/{repo}/pulls/{pr}"),
+                None,
+            )
+            .await
+        {
+            Ok(v) => v["state"].as_str().unwrap_or("open").to_owned(),
+            Err(e) => {
+                tracing::warn!(task = %task.task_id, "reading pull request #{pr}: {e}");
+                continue;
+            }
+        };
+        if state != "closed" {
+            continue;
+        }
+        let mirror = engine.mirror_path(&task.repo_name());
+        let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+        if let Some(wt) = task.worktree.as_deref() {
+            engine
+                .git
+                .remove_worktree(&mirror, std::path::Path::new(wt))
+                .await?;
+            crate::db::clear_worktree(&engine.pool, task.pk).await?;
+        }
+        engine
+            .git
+            .delete_branch(
+                &mirror,
+                &task.branch,
+                &format!("refs/autodev/checkpoints/{}", task.task_id),
+            )
+            .await?;
+        crate::db::set_pr_state(&engine.pool, task.pk, "closed").await?;
+        engine
+            .record(
+                task.pk,
+                task.run_seq,
+                "cleanup",
+                &format!(
+                    "pull request #{pr} is closed: pruned {} from the mirror",
+                    task.branch
+                ),
+            )
+            .await;
+        pruned += 1;
+    }
+    Ok(pruned)
 }
 
 /// Queues a pull request for every passed, pushed task that has none. Returns how many.

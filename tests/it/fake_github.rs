@@ -61,6 +61,7 @@ pub struct Pull {
     pub draft: bool,
     pub reviewers: Vec<String>,
     pub team_reviewers: Vec<String>,
+    pub closed: bool,
 }
 
 #[derive(Default)]
@@ -733,9 +734,7 @@ async fn get_pull(
     let Some(p) = st.pulls.iter().find(|p| p.number == n) else {
         return err(StatusCode::NOT_FOUND, "Not Found");
     };
-    let mut v = example("pulls.get");
-    v["number"] = json!(p.number);
-    v["head"]["ref"] = json!(p.head_ref);
+    let v = pull_json(p);
     (StatusCode::OK, axum::Json(v)).into_response()
 }
 
@@ -780,7 +779,7 @@ fn pull_json(p: &Pull) -> Value {
     v["title"] = json!(p.title);
     v["body"] = json!(p.body);
     v["draft"] = json!(p.draft);
-    v["state"] = json!("open");
+    v["state"] = json!(if p.closed { "closed" } else { "open" });
     v["user"]["login"] = json!("autodev[bot]");
     v
 }

@@ -1349,3 +1349,67 @@ async fn a_conflicting_base_leaves_the_branch_and_names_the_files_on_the_pr() {
         .count();
     assert_eq!(comments, 1, "said once, not at every tick");
 }
+
+#[tokio::test]
+async fn a_closed_pull_requests_branch_is_pruned_from_the_mirror() {
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho x > feature.txt\necho '{CLAUDE_OK}'"),
+        |world, _| {
+            world.write_config(
+                "providers:\n  order: [claude_cli]\nhygiene: {cleanup_minutes: \"1s\"}\n",
+            )
+        },
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "PX-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let pr = wait_for_pr(&a).await;
+    let mirror = a.world.data.join("mirrors/codertocat__hello-world.git");
+    git(
+        &mirror,
+        &["show-ref", "--verify", "refs/heads/auto/backend/issue-1"],
+    );
+    a.fake.state.lock().unwrap().pulls.iter_mut().for_each(|p| {
+        if p.number == pr.number {
+            p.closed = true;
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone = !std::process::Command::new("git")
+            .arg("-C")
+            .arg(&mirror)
+            .args([
+                "show-ref",
+                "--verify",
+                "--quiet",
+                "refs/heads/auto/backend/issue-1",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        if gone {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the branch stayed in the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t = task(&a.server).await;
+    assert!(t["worktree"].is_null(), "{t:#}");
+    assert!(
+        t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("is closed")),
+        "{t:#}"
+    );
+}
