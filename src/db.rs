@@ -953,3 +953,12 @@ pub async fn set_pr_state(pool: &SqlitePool, key: TaskKey, state: &str) -> anyho
         .await?;
     Ok(())
 }
+
+pub async fn set_head(pool: &SqlitePool, key: TaskKey, sha: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET head_sha = ? WHERE pk = ?")
+        .bind(sha)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

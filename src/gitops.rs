@@ -659,6 +659,27 @@ impl Git {
         Ok(())
     }
 
+    /// Where `branch` is checked out, if anywhere.
+    pub async fn checked_out_at(
+        &self,
+        repo: &Path,
+        branch: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let out = self
+            .run(
+                "for-each-ref",
+                repo,
+                &[
+                    "for-each-ref",
+                    "--format=%(worktreepath)",
+                    &format!("refs/heads/{branch}"),
+                ],
+                None,
+            )
+            .await?;
+        Ok(Some(out.trim().to_owned()).filter(|p| !p.is_empty()))
+    }
+
     /// The first parent of `commit`.
     pub async fn parent_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
         Ok(self

@@ -343,17 +343,27 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
     Ok(made)
 }
 
-/// Brings the branches of open autodev pull requests up to date with their base (rebase or
-/// merge, per `hygiene.merge_strategy`), runs the gates again and pushes with a lease, so a
-/// new check run lands on the new head. A conflict leaves the branch as it was and says which
-/// files conflict on the pull request. Returns how many branches moved.
+/// Brings stale branches up to date with their base (rebase or merge, per
+/// `hygiene.merge_strategy`) and runs the gates again. In App mode: the branches of open
+/// autodev pull requests, pushed with a lease so a new check run lands on the new head, and a
+/// conflict named once on the pull request. In local mode: passed tasks' branches, moved in
+/// the repository. A conflict leaves the branch as it was. Returns how many branches moved.
 pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
-    let Some(gh) = engine.github.clone() else {
-        return Ok(0);
-    };
     let mut moved = 0;
-    for task in crate::db::tasks_with_open_pr(&engine.pool).await? {
-        match rebase_one(engine, &gh, &task).await {
+    let tasks = match &engine.github {
+        Some(_) => crate::db::tasks_with_open_pr(&engine.pool).await?,
+        None => crate::db::list_tasks(&engine.pool, Some(crate::db::TaskState::Passed), 1000)
+            .await?
+            .into_iter()
+            .filter(|t| t.repo_name().is_local())
+            .collect(),
+    };
+    for task in tasks {
+        let result = match &engine.github {
+            Some(gh) => rebase_pushed(engine, gh, &task).await,
+            None => rebase_local(engine, &task).await,
+        };
+        match result {
             Ok(true) => moved += 1,
             Ok(false) => {}
             Err(e) => {
@@ -364,12 +374,21 @@ pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
     Ok(moved)
 }
 
-async fn rebase_one(
+/// What catching up did.
+enum CatchUp {
+    Conflict(Vec<String>),
+    /// The new head, and the gates that failed on it.
+    Done {
+        new: String,
+        failures: Vec<String>,
+    },
+}
+
+async fn rebase_pushed(
     engine: &Arc<Engine>,
     gh: &crate::github::client::GithubClient,
     task: &crate::db::TaskRow,
 ) -> anyhow::Result<bool> {
-    use anyhow::Context;
     let (Some(installation), Some(url), Some(head), Some(base), Some(pr)) = (
         task.installation_id,
         task.clone_url.as_deref(),
@@ -389,25 +408,8 @@ async fn rebase_one(
     if git.is_ancestor(&mirror, &base_sha, &head).await? {
         return Ok(false);
     }
-    // The task's own worktree would keep the old head: it goes, the branch moves.
-    if let Some(wt) = task.worktree.as_deref() {
-        git.remove_worktree(&mirror, std::path::Path::new(wt))
-            .await?;
-        crate::db::clear_worktree(&engine.pool, task.pk).await?;
-    }
-    let tmp = engine
-        .settings
-        .data_dir
-        .join("tmp")
-        .join(format!("rebase-{}", task.pk));
-    git.add_detached(&mirror, &tmp, &head).await?;
-    let merge = engine.settings.file.hygiene.merge_strategy == crate::config::MergeStrategy::Merge;
-    let message = format!("chore({}): merge {base} into {}", task.role, task.branch);
-    let result = git.catch_up(&tmp, &base_sha, merge, &message).await;
-    let new = match result {
-        Ok(Ok(new)) => new,
-        Ok(Err(files)) => {
-            git.remove_worktree(&mirror, &tmp).await?;
+    let (new, failures) = match catch_up(engine, task, &mirror, &head, &base, &base_sha).await? {
+        CatchUp::Conflict(files) => {
             let list = files
                 .iter()
                 .map(|f| format!("- `{f}`"))
@@ -418,110 +420,16 @@ async fn rebase_one(
                 task.branch
             );
             reply_on_pr(engine, task, pr, &format!("conflict-{base_sha}"), body).await?;
-            engine
-                .record(
-                    task.pk,
-                    task.run_seq,
-                    "rebase",
-                    &format!("conflicts with {base} in {}", files.join(", ")),
-                )
-                .await;
             return Ok(false);
         }
-        Err(e) => {
-            git.remove_worktree(&mirror, &tmp).await?;
-            return Err(e);
-        }
+        CatchUp::Done { new, failures } => (new, failures),
     };
-    // The gates again, on the new head.
-    let spec_value: serde_json::Value =
-        serde_json::from_str(&task.spec).context("reading the stored spec")?;
-    let spec =
-        crate::spec::from_value(spec_value, &engine.roles).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let workdir = tmp.join(&spec.target_dir);
-    std::fs::create_dir_all(&workdir)?;
-    let homes = engine.settings.data_dir.join("homes");
-    std::fs::create_dir_all(homes.join("gates"))?;
-    let env = crate::providers::base_env(
-        &engine.settings.env,
-        &homes.join("gates"),
-        &engine.settings.file.agent.env,
-    );
-    let path_env = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone());
-    let planned = crate::gates::plan(
-        &spec.acceptance,
-        &engine.settings.file.gates,
-        &workdir,
-        &tmp,
-        path_env.as_deref(),
-    );
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let no_record =
-        |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
-    let results = crate::gates::run(
-        &planned,
-        &workdir,
-        &env,
-        &engine.settings.file.gates,
-        &cancel,
-        &no_record,
-    )
-    .await;
-    let round = task.rounds + 1;
-    for r in &results {
-        crate::db::add_gate_result(
-            &engine.pool,
-            task.pk,
-            &crate::db::NewGateResult {
-                run_seq: task.run_seq,
-                round,
-                gate: &r.name,
-                command: r.command.as_deref(),
-                status: r.status.as_str(),
-                exit_code: r.exit_code.map(i64::from),
-                duration_ms: r.duration.as_millis() as i64,
-                output: &r.output,
-            },
-        )
+    git.push(&mirror, url, &new, &task.branch, &token, Some(&head))
         .await?;
-    }
-    let pushed = git
-        .push(&tmp, url, &new, &task.branch, &token, Some(&head))
-        .await;
-    git.remove_worktree(&mirror, &tmp).await?;
-    pushed?;
     crate::db::set_pushed(&engine.pool, task.pk, &new).await?;
-    crate::db::set_progress(&engine.pool, task.pk, round, None, None).await?;
     // The mirror's own branch follows, unless something else moved it.
     let _ = git.move_branch(&mirror, &task.branch, &new, &head).await;
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| !r.status.is_ok())
-        .map(|r| r.summary())
-        .collect();
-    if !failed.is_empty() {
-        crate::db::fail_after_hygiene(
-            &engine.pool,
-            task.pk,
-            &format!("after catching up with {base}: {}", failed.join("; ")),
-        )
-        .await?;
-    }
-    engine
-        .record(
-            task.pk,
-            task.run_seq,
-            "rebase",
-            &format!(
-                "brought up to date with {base}: {} is now {}",
-                task.branch,
-                &new[..10.min(new.len())]
-            ),
-        )
-        .await;
+    settle(engine, task, &base, &new, &failures).await?;
     outbox::push(
         &engine.pool,
         Effect::CheckRun { task: task.pk },
@@ -537,6 +445,179 @@ async fn rebase_one(
     )
     .await?;
     Ok(true)
+}
+
+async fn rebase_local(engine: &Arc<Engine>, task: &crate::db::TaskRow) -> anyhow::Result<bool> {
+    let Some(base) = task.base_branch.clone() else {
+        return Ok(false);
+    };
+    let git = &engine.git;
+    let repo = engine.settings.repo_path.clone();
+    let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+    let (_, base_sha) = git.resolve_base(&repo, Some(&base)).await?;
+    let (_, head) = match git.resolve_base(&repo, Some(&task.branch)).await {
+        Ok(found) => found,
+        Err(_) => return Ok(false),
+    };
+    if git.is_ancestor(&repo, &base_sha, &head).await? {
+        return Ok(false);
+    }
+    // A branch someone has checked out in their own worktree is theirs to update.
+    let ours = task
+        .worktree
+        .as_deref()
+        .map(|p| p.trim_end_matches('/').to_owned());
+    if let Some(at) = git.checked_out_at(&repo, &task.branch).await?
+        && Some(at.trim_end_matches('/').to_owned()) != ours
+    {
+        return Ok(false);
+    }
+    let (new, failures) = match catch_up(engine, task, &repo, &head, &base, &base_sha).await? {
+        CatchUp::Conflict(_) => return Ok(false),
+        CatchUp::Done { new, failures } => (new, failures),
+    };
+    git.move_branch(&repo, &task.branch, &new, &head).await?;
+    settle(engine, task, &base, &new, &failures).await?;
+    Ok(true)
+}
+
+/// Rebases (or merges) `head` onto `base_sha` in a throwaway worktree of `repo` and runs the
+/// gates there. The task's own worktree goes first: it would keep the old head.
+async fn catch_up(
+    engine: &Arc<Engine>,
+    task: &crate::db::TaskRow,
+    repo: &std::path::Path,
+    head: &str,
+    base: &str,
+    base_sha: &str,
+) -> anyhow::Result<CatchUp> {
+    use anyhow::Context;
+    let git = &engine.git;
+    if let Some(wt) = task.worktree.as_deref() {
+        git.remove_worktree(repo, std::path::Path::new(wt)).await?;
+        crate::db::clear_worktree(&engine.pool, task.pk).await?;
+    }
+    let tmp = engine
+        .settings
+        .data_dir
+        .join("tmp")
+        .join(format!("rebase-{}", task.pk));
+    git.add_detached(repo, &tmp, head).await?;
+    let outcome = async {
+        let merge =
+            engine.settings.file.hygiene.merge_strategy == crate::config::MergeStrategy::Merge;
+        let message = format!("chore({}): merge {base} into {}", task.role, task.branch);
+        let new = match git.catch_up(&tmp, base_sha, merge, &message).await? {
+            Ok(new) => new,
+            Err(files) => {
+                engine
+                    .record(
+                        task.pk,
+                        task.run_seq,
+                        "rebase",
+                        &format!("conflicts with {base} in {}", files.join(", ")),
+                    )
+                    .await;
+                return Ok(CatchUp::Conflict(files));
+            }
+        };
+        let spec_value: serde_json::Value =
+            serde_json::from_str(&task.spec).context("reading the stored spec")?;
+        let spec = crate::spec::from_value(spec_value, &engine.roles)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let workdir = tmp.join(&spec.target_dir);
+        std::fs::create_dir_all(&workdir)?;
+        let homes = engine.settings.data_dir.join("homes");
+        std::fs::create_dir_all(homes.join("gates"))?;
+        let env = crate::providers::base_env(
+            &engine.settings.env,
+            &homes.join("gates"),
+            &engine.settings.file.agent.env,
+        );
+        let path_env = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        let planned = crate::gates::plan(
+            &spec.acceptance,
+            &engine.settings.file.gates,
+            &workdir,
+            &tmp,
+            path_env.as_deref(),
+        );
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let no_record =
+            |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
+        let results = crate::gates::run(
+            &planned,
+            &workdir,
+            &env,
+            &engine.settings.file.gates,
+            &cancel,
+            &no_record,
+        )
+        .await;
+        let round = task.rounds + 1;
+        for r in &results {
+            crate::db::add_gate_result(
+                &engine.pool,
+                task.pk,
+                &crate::db::NewGateResult {
+                    run_seq: task.run_seq,
+                    round,
+                    gate: &r.name,
+                    command: r.command.as_deref(),
+                    status: r.status.as_str(),
+                    exit_code: r.exit_code.map(i64::from),
+                    duration_ms: r.duration.as_millis() as i64,
+                    output: &r.output,
+                },
+            )
+            .await?;
+        }
+        crate::db::set_progress(&engine.pool, task.pk, round, None, None).await?;
+        let failures = results
+            .iter()
+            .filter(|r| !r.status.is_ok())
+            .map(|r| r.summary())
+            .collect();
+        anyhow::Ok(CatchUp::Done { new, failures })
+    }
+    .await;
+    git.remove_worktree(repo, &tmp).await?;
+    outcome
+}
+
+/// Records the new head; a branch that no longer passes its gates fails the task.
+async fn settle(
+    engine: &Engine,
+    task: &crate::db::TaskRow,
+    base: &str,
+    new: &str,
+    failures: &[String],
+) -> anyhow::Result<()> {
+    if !failures.is_empty() {
+        crate::db::fail_after_hygiene(
+            &engine.pool,
+            task.pk,
+            &format!("after catching up with {base}: {}", failures.join("; ")),
+        )
+        .await?;
+    }
+    crate::db::set_head(&engine.pool, task.pk, new).await?;
+    engine
+        .record(
+            task.pk,
+            task.run_seq,
+            "rebase",
+            &format!(
+                "brought up to date with {base}: {} is now {}",
+                task.branch,
+                &new[..10.min(new.len())]
+            ),
+        )
+        .await;
+    Ok(())
 }
 
 async fn reply_on_pr(

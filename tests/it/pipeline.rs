@@ -645,3 +645,69 @@ async fn checkpoints_while_the_agent_writes_lose_nothing_and_break_nothing() {
         "checkpoints stay off the branch: {subjects}"
     );
 }
+
+#[tokio::test]
+async fn in_local_mode_a_passed_branch_behind_its_base_is_rebased_in_place() {
+    let world = World::new();
+    world.simple_claude("feature.txt", "x");
+    world.write_config("providers:\n  order: [claude_cli]\nhygiene: {rebase_minutes: \"1s\"}\n");
+    let server = world.serve();
+    server
+        .post_spec(
+            "application/yaml",
+            &spec("LRB-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n"),
+        )
+        .await;
+    let task = server
+        .wait_for("LRB-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    std::fs::write(world.repo.join("base.txt"), "moved on\n").unwrap();
+    git(&world.repo, &["add", "base.txt"]);
+    git(&world.repo, &["commit", "-q", "-m", "master moves on"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&world.repo)
+            .args([
+                "merge-base",
+                "--is-ancestor",
+                "master",
+                "auto/backend/LRB-1",
+            ])
+            .status()
+            .unwrap();
+        if out.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the branch was not rebased"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        git(&world.repo, &["show", "auto/backend/LRB-1:feature.txt"]),
+        "x"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, t) = server.get("/tasks/LRB-1").await;
+        if t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "rebase")
+        {
+            assert_eq!(t["state"], "passed", "the gates passed again: {t:#}");
+            assert_eq!(
+                t["head_sha"],
+                git(&world.repo, &["rev-parse", "auto/backend/LRB-1"]).as_str()
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{t:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
