@@ -354,6 +354,21 @@ fn check_token(st: &St, headers: &HeaderMap) -> Result<u64, Response> {
     }
 }
 
+/// Records the request, plays a scripted failure if one is queued, and checks the
+/// installation token; returns the locked state, or answers for the handler.
+macro_rules! enter {
+    ($s:expr, $headers:expr, $what:expr) => {{
+        let mut st = $s.lock().unwrap();
+        if let Some(r) = intercept(&mut st, $what) {
+            return r;
+        }
+        if let Err(r) = check_token(&st, &$headers) {
+            return r;
+        }
+        st
+    }};
+}
+
 async fn access_token(
     State(s): State<Shared>,
     Path(id): Path<u64>,
@@ -416,16 +431,11 @@ async fn permission(
     Path((owner, repo, user)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("GET /repos/{owner}/{repo}/collaborators/{user}/permission"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let st = enter!(
+        s,
+        headers,
+        format!("GET /repos/{owner}/{repo}/collaborators/{user}/permission")
+    );
     let key = (
         format!("{owner}/{repo}").to_lowercase(),
         user.to_lowercase(),
@@ -454,16 +464,11 @@ async fn list_comments(
     Path((owner, repo, n)): Path<(String, String, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("GET /repos/{owner}/{repo}/issues/{n}/comments"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let st = enter!(
+        s,
+        headers,
+        format!("GET /repos/{owner}/{repo}/issues/{n}/comments")
+    );
     let list: Vec<Value> = st
         .comments
         .iter()
@@ -479,16 +484,11 @@ async fn create_comment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("POST /repos/{owner}/{repo}/issues/{n}/comments"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(
+        s,
+        headers,
+        format!("POST /repos/{owner}/{repo}/issues/{n}/comments")
+    );
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return err(StatusCode::BAD_REQUEST, "Problems parsing JSON");
     };
@@ -513,16 +513,11 @@ async fn update_comment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("PATCH /repos/{owner}/{repo}/issues/comments/{id}"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(
+        s,
+        headers,
+        format!("PATCH /repos/{owner}/{repo}/issues/comments/{id}")
+    );
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return err(StatusCode::BAD_REQUEST, "Problems parsing JSON");
     };
@@ -541,16 +536,11 @@ async fn create_reaction(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("POST /repos/{owner}/{repo}/issues/{n}/reactions"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(
+        s,
+        headers,
+        format!("POST /repos/{owner}/{repo}/issues/{n}/reactions")
+    );
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let content = req["content"].as_str().unwrap_or_default().to_owned();
     // GitHub answers 200 with the existing reaction when it is already there.
@@ -629,13 +619,7 @@ async fn create_check_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(&mut st, format!("POST /repos/{owner}/{repo}/check-runs")) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(s, headers, format!("POST /repos/{owner}/{repo}/check-runs"));
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let (Some(name), Some(sha)) = (req["name"].as_str(), req["head_sha"].as_str()) else {
         return err(
@@ -669,16 +653,11 @@ async fn update_check_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("PATCH /repos/{owner}/{repo}/check-runs/{id}"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(
+        s,
+        headers,
+        format!("PATCH /repos/{owner}/{repo}/check-runs/{id}")
+    );
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(c) = st.check_runs.iter_mut().find(|c| c.id == id) else {
         return err(StatusCode::NOT_FOUND, "Not Found");
@@ -697,16 +676,11 @@ async fn list_check_runs(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("GET /repos/{owner}/{repo}/commits/{sha}/check-runs"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let st = enter!(
+        s,
+        headers,
+        format!("GET /repos/{owner}/{repo}/commits/{sha}/check-runs")
+    );
     let runs: Vec<Value> = st
         .check_runs
         .iter()
@@ -724,13 +698,7 @@ async fn get_pull(
     Path((owner, repo, n)): Path<(String, String, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(&mut st, format!("GET /repos/{owner}/{repo}/pulls/{n}")) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let st = enter!(s, headers, format!("GET /repos/{owner}/{repo}/pulls/{n}"));
     let Some(p) = st.pulls.iter().find(|p| p.number == n) else {
         return err(StatusCode::NOT_FOUND, "Not Found");
     };
@@ -743,16 +711,11 @@ async fn list_review_comments(
     Path((owner, repo, n)): Path<(String, String, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("GET /repos/{owner}/{repo}/pulls/{n}/comments"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let st = enter!(
+        s,
+        headers,
+        format!("GET /repos/{owner}/{repo}/pulls/{n}/comments")
+    );
     let template = example("pulls.list-review-comments")[0].clone();
     let list: Vec<Value> = st
         .pulls
@@ -790,13 +753,7 @@ async fn list_pulls(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(&mut st, format!("GET /repos/{owner}/{repo}/pulls")) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let st = enter!(s, headers, format!("GET /repos/{owner}/{repo}/pulls"));
     // `head` is `owner:branch`, as GitHub takes it.
     let head = q
         .get("head")
@@ -816,13 +773,7 @@ async fn create_pull(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(&mut st, format!("POST /repos/{owner}/{repo}/pulls")) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(s, headers, format!("POST /repos/{owner}/{repo}/pulls"));
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let (Some(head), Some(base), Some(title)) = (
         req["head"].as_str(),
@@ -858,16 +809,11 @@ async fn request_reviewers(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Some(r) = intercept(
-        &mut st,
-        format!("POST /repos/{owner}/{repo}/pulls/{n}/requested_reviewers"),
-    ) {
-        return r;
-    }
-    if let Err(r) = check_token(&st, &headers) {
-        return r;
-    }
+    let mut st = enter!(
+        s,
+        headers,
+        format!("POST /repos/{owner}/{repo}/pulls/{n}/requested_reviewers")
+    );
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let users: Vec<String> = req["reviewers"]
         .as_array()
