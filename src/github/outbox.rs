@@ -156,11 +156,6 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
         Effect::CheckRun { task } => check_run(engine, gh, *task).await,
         Effect::OpenPr { task } => open_pr(engine, gh, *task).await,
         Effect::Status { task } => {
-            let internal = |e: anyhow::Error| ApiError::Transport {
-                method: "DB",
-                path: String::new(),
-                message: format!("{e:#}"),
-            };
             let Some(t) = db::get_task(&engine.pool, *task).await.map_err(internal)? else {
                 return Ok(());
             };
@@ -245,11 +240,6 @@ async fn find_comment(
 }
 
 async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<(), ApiError> {
-    let internal = |e: anyhow::Error| ApiError::Transport {
-        method: "DB",
-        path: String::new(),
-        message: format!("{e:#}"),
-    };
     let Some(t) = db::get_task(&engine.pool, task).await.map_err(internal)? else {
         return Ok(());
     };
@@ -343,11 +333,6 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
 const MAX_REVIEWERS: usize = 15;
 
 async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<(), ApiError> {
-    let internal = |e: anyhow::Error| ApiError::Transport {
-        method: "DB",
-        path: String::new(),
-        message: format!("{e:#}"),
-    };
     let Some(t) = db::get_task(&engine.pool, task).await.map_err(internal)? else {
         return Ok(());
     };
@@ -543,4 +528,13 @@ async fn upsert(
 fn short_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(text.as_bytes())[..6])
+}
+
+/// A database failure inside an effect: retried like a network fault.
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError::Transport {
+        method: "DB",
+        path: String::new(),
+        message: format!("{e:#}"),
+    }
 }
