@@ -96,7 +96,7 @@ pub enum Command {
     Providers,
     /// Save a work-in-progress commit of every running task now (refs/autodev/checkpoints/<id>; pushed in App mode)
     Checkpoint,
-    /// Open pull requests for passed GitHub tasks that have none (a running server's workers send them)
+    /// Open pull requests now for passed tasks that have none: App tasks through the App, local ones by pushing to a GitHub `origin` with GITHUB_TOKEN
     Prize,
 }
 
@@ -346,6 +346,21 @@ async fn run(settings: Settings, path: &Path, rerun: bool) -> anyhow::Result<i32
     if let Some(e) = &row.last_error {
         println!("last error: {e}");
     }
+    if state == TaskState::Passed
+        && row.repo_name().is_local()
+        && engine.settings.github_token.is_some()
+        && engine.settings.file.hygiene.pr_on_pass
+    {
+        use crate::github::outbox::{self, PrOutcome};
+        match outbox::open_pr_now(&engine, key).await {
+            Ok(PrOutcome::Open(n)) => println!("pull request #{n} open for {}", row.branch),
+            Ok(PrOutcome::NotOpened(why)) => println!("no pull request: {why}"),
+            // Queued already when the task passed: a server or worker tries again.
+            Err(e) => println!(
+                "no pull request yet: {e} (a running `autodev serve` or `autodev worker` tries again)"
+            ),
+        }
+    }
     Ok(if state == TaskState::Passed { 0 } else { 1 })
 }
 
@@ -423,6 +438,10 @@ async fn status(settings: &Settings, id: &str, raw: bool) -> anyhow::Result<i32>
     println!("state:   {}", s("state"));
     println!("branch:  {} (from {})", s("branch"), s("base_branch"));
     println!("rounds:  {}  provider: {}", json["rounds"], s("provider"));
+    if let Some(n) = json["pr_number"].as_i64() {
+        let state = json["pr_state"].as_str().unwrap_or("open");
+        println!("pull request: #{n} ({state})");
+    }
     if let Some(e) = json["last_error"].as_str() {
         println!("error:   {e}");
     }
@@ -507,16 +526,45 @@ fn list_providers(settings: &Settings) -> anyhow::Result<i32> {
 }
 
 async fn prize(settings: Settings) -> anyhow::Result<i32> {
-    if settings.github.is_none() {
-        eprintln!(
-            "autodev: there is nowhere to open pull requests: this is local mode (no GitHub App configured), and opening them through GITHUB_TOKEN is not available yet"
-        );
+    use crate::github::outbox::{self, Effect, PrOutcome};
+    let engine = Engine::open(settings).await?;
+    if !engine.app_mode()
+        && let Err(why) = crate::github::origin::local_remote(&engine).await
+    {
+        eprintln!("autodev: {why}");
         return Ok(1);
     }
-    let engine = Engine::open(settings).await?;
-    let n = crate::hygiene::prize(&engine).await?;
-    println!(
-        "queued {n} pull request(s); a running `autodev serve` or `autodev worker` opens them"
-    );
-    Ok(0)
+    let keys = crate::hygiene::pr_candidates(&engine, true).await?;
+    if keys.is_empty() {
+        println!("no passed task is waiting for a pull request");
+        return Ok(0);
+    }
+    let mut missing = 0;
+    for key in keys {
+        let Some(t) = db::get_task(&engine.pool, key).await? else {
+            continue;
+        };
+        match outbox::open_pr_now(&engine, key).await {
+            Ok(PrOutcome::Open(n)) => println!("{}: pull request #{n} ({})", t.task_id, t.branch),
+            Ok(PrOutcome::NotOpened(why)) => {
+                missing += 1;
+                println!("{}: {why}", t.task_id);
+            }
+            Err(e) => {
+                missing += 1;
+                outbox::push(
+                    &engine.pool,
+                    Effect::OpenPr { task: key },
+                    1,
+                    std::time::Duration::from_secs(30),
+                )
+                .await?;
+                println!(
+                    "{}: {e} (queued: a running `autodev serve` or `autodev worker` tries again)",
+                    t.task_id
+                );
+            }
+        }
+    }
+    Ok(if missing == 0 { 0 } else { 1 })
 }

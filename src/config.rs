@@ -310,7 +310,6 @@ pub struct GithubApp {
     pub app_id: u64,
     pub private_key: SecretString,
     pub webhook_secret: SecretString,
-    pub api_url: String,
 }
 
 impl GithubApp {
@@ -353,11 +352,6 @@ impl GithubApp {
                 .with_context(|| format!("GITHUB_APP_ID `{app_id}` is not a number"))?,
             private_key,
             webhook_secret,
-            api_url: env
-                .get("GITHUB_API_URL")
-                .unwrap_or("https://api.github.com")
-                .trim_end_matches('/')
-                .to_owned(),
         }))
     }
 }
@@ -569,6 +563,11 @@ pub struct Settings {
     pub roles_dir: Option<PathBuf>,
     /// GitHub App mode, when configured.
     pub github: Option<GithubApp>,
+    /// GitHub's REST API (`GITHUB_API_URL`; GitHub Enterprise Server: `https://HOST/api/v3`).
+    pub github_api_url: String,
+    /// Local mode: the token that pushes task branches to a GitHub `origin` and opens their
+    /// pull requests (`GITHUB_TOKEN` or `GITHUB_TOKEN_FILE`).
+    pub github_token: Option<SecretString>,
     /// autodev's own environment, from which agents get their allow-listed variables.
     pub env: Env,
 }
@@ -643,6 +642,12 @@ impl Settings {
             worktrees_dir,
             roles_dir,
             github: GithubApp::from_env(&env)?,
+            github_api_url: env
+                .get("GITHUB_API_URL")
+                .unwrap_or("https://api.github.com")
+                .trim_end_matches('/')
+                .to_owned(),
+            github_token: env.secret("GITHUB_TOKEN")?,
             file,
             env,
         })

@@ -608,7 +608,8 @@ pub async fn requeue<'e, E: Executor<'e, Database = Sqlite>>(
     let now = Utc::now();
     Ok(sqlx::query_scalar(
         "UPDATE tasks SET state = 'queued', run_seq = run_seq + 1, cancel_requested = 0,
-           last_error = NULL, finished_at = NULL, started_at = NULL, updated_at = ?
+           last_error = NULL, finished_at = NULL, started_at = NULL, updated_at = ?,
+           pr_state = CASE WHEN pr_state = 'refused' THEN NULL ELSE pr_state END
          WHERE pk = ? AND (state NOT IN ('queued', 'running')
            OR (state = 'running' AND (lease_until IS NULL OR lease_until <= ?)))
          RETURNING run_seq",
@@ -857,12 +858,40 @@ pub async fn set_pr(pool: &SqlitePool, key: TaskKey, number: i64) -> anyhow::Res
     Ok(())
 }
 
-/// Passed GitHub tasks whose branch is pushed and has no pull request yet.
-pub async fn tasks_needing_pr(pool: &SqlitePool) -> anyhow::Result<Vec<TaskKey>> {
+/// Records where a local task's branch goes on GitHub, the first time only.
+pub async fn set_local_remote(pool: &SqlitePool, key: TaskKey, url: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET clone_url = ? WHERE pk = ? AND clone_url IS NULL")
+        .bind(url)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Passed GitHub tasks whose branch is pushed and has no pull request yet; those GitHub
+/// refused one (a 422) only with `refused`.
+pub async fn tasks_needing_pr(pool: &SqlitePool, refused: bool) -> anyhow::Result<Vec<TaskKey>> {
     Ok(sqlx::query_scalar(
         "SELECT pk FROM tasks WHERE state = 'passed' AND pushed_sha IS NOT NULL
-           AND pr_number IS NULL AND installation_id IS NOT NULL ORDER BY pk",
+           AND pr_number IS NULL AND installation_id IS NOT NULL
+           AND (? OR pr_state IS NOT 'refused') ORDER BY pk",
     )
+    .bind(refused)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Passed local tasks without a pull request (local mode pushes their branch when it opens
+/// one); those GitHub refused one only with `refused`.
+pub async fn local_tasks_needing_pr(
+    pool: &SqlitePool,
+    refused: bool,
+) -> anyhow::Result<Vec<TaskKey>> {
+    Ok(sqlx::query_scalar(
+        "SELECT pk FROM tasks WHERE state = 'passed' AND repo = 'local'
+           AND pr_number IS NULL AND (? OR pr_state IS NOT 'refused') ORDER BY pk",
+    )
+    .bind(refused)
     .fetch_all(pool)
     .await?)
 }
@@ -935,10 +964,10 @@ pub async fn fail_after_hygiene(
     Ok(())
 }
 
-/// GitHub tasks with a pull request not yet known to be closed.
+/// Tasks with a pull request not yet known to be closed.
 pub async fn tasks_with_pr_not_closed(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(
-        "SELECT * FROM tasks WHERE pr_number IS NOT NULL AND installation_id IS NOT NULL
+        "SELECT * FROM tasks WHERE pr_number IS NOT NULL
            AND state NOT IN ('queued', 'running') AND (pr_state IS NULL OR pr_state = 'open') ORDER BY pk",
     )
     .fetch_all(pool)

@@ -35,7 +35,7 @@ pub struct Engine {
     pub roles: Roles,
     pub metrics: Metrics,
     pub git: Git,
-    /// The GitHub client, in App mode.
+    /// The GitHub client: the App's in App mode, `GITHUB_TOKEN`'s in local mode.
     pub github: Option<Arc<crate::github::client::GithubClient>>,
     /// Identifies this process in task leases and as a queue worker: unique per start, so a
     /// quick restart never collides with the name of the process it replaces.
@@ -91,14 +91,14 @@ impl Engine {
             &settings.file.agent.git_user_email,
         );
         let (live, _) = broadcast::channel(1024);
-        let github = match &settings.github {
-            Some(app) => Some(Arc::new(crate::github::client::GithubClient::new(
-                app,
-                std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
-                &settings.data_dir.join("locks"),
-            )?)),
-            None => None,
-        };
+        let github = crate::github::client::GithubClient::new(
+            &settings.github_api_url,
+            settings.github.as_ref(),
+            settings.github_token.as_ref(),
+            std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
+            &settings.data_dir.join("locks"),
+        )?
+        .map(Arc::new);
         Ok(Arc::new(Self {
             github,
             owner: unique_owner_name(),
@@ -110,6 +110,11 @@ impl Engine {
             live,
             running: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// GitHub App mode is configured (webhooks, installations, check runs).
+    pub fn app_mode(&self) -> bool {
+        self.github.as_ref().is_some_and(|g| g.is_app())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
@@ -239,7 +244,7 @@ impl Engine {
         if let Err(e) = db::add_event(&self.pool, key, run_seq, kind, message).await {
             tracing::warn!(task = %key, "could not record event: {e:#}");
         }
-        if self.github.is_some() && STATUS_KINDS.contains(&kind) {
+        if self.app_mode() && STATUS_KINDS.contains(&kind) {
             self.update_github_status(key).await;
         }
         let _ = self.live.send(LiveEvent {
@@ -358,6 +363,9 @@ impl Engine {
             "updated_at": row.updated_at,
             "started_at": row.started_at,
             "finished_at": row.finished_at,
+            "pushed_sha": row.pushed_sha,
+            "pr_number": row.pr_number,
+            "pr_state": row.pr_state,
         });
         if detail {
             v["spec"] = spec;

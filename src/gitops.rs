@@ -68,7 +68,7 @@ impl Git {
         self.output_with(dir, args, stdin, None).await
     }
 
-    /// Runs git; with `token`, HTTP requests carry it as the installation's Basic credentials,
+    /// Runs git; with `token`, HTTP requests to `url` carry it as Basic credentials,
     /// handed to this git process through `GIT_CONFIG_*` variables: never on a command line,
     /// in a remote URL or in any `.git/config`.
     async fn output_with(
@@ -417,6 +417,54 @@ impl Git {
             );
         }
         Ok(())
+    }
+
+    /// Where `branch` is at `url` (read with `token`); `None` when it is not there.
+    pub async fn remote_branch(
+        &self,
+        dir: &Path,
+        url: &str,
+        branch: &str,
+        token: &SecretString,
+    ) -> anyhow::Result<Option<String>> {
+        self.ops.with_label_values(&["ls_remote"]).inc();
+        let refname = format!("refs/heads/{branch}");
+        let out = self
+            .output_with(dir, &["ls-remote", url, &refname], None, Some((url, token)))
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "reading {branch} at {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(_, r)| *r == refname)
+            .map(|(sha, _)| sha.to_owned()))
+    }
+
+    /// The URL of remote `name`, as the repository's config has it; `None` without one.
+    pub async fn remote_url(&self, repo: &Path, name: &str) -> anyhow::Result<Option<String>> {
+        self.ops.with_label_values(&["config"]).inc();
+        let out = self
+            .output(
+                repo,
+                &["config", "--get", &format!("remote.{name}.url")],
+                None,
+            )
+            .await?;
+        // `git config --get` exits 1 for a missing key.
+        match out.status.code() {
+            Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())),
+            Some(1) => Ok(None),
+            _ => bail!(
+                "reading remote.{name}.url in {}: {}",
+                repo.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
     }
 
     /// The text of `path` at `rev`, if it exists there.

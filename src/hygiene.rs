@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::github::client::Identity;
+use crate::github::event::InstallationId;
 use crate::github::outbox::{self, Effect};
 
 pub const HYGIENE_QUEUE: &str = "autodev.hygiene";
@@ -168,24 +170,31 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
 }
 
 /// In App mode: tasks whose pull request was merged or closed lose their worktree and their
-/// branch in the mirror (GitHub keeps the pushed branch, or deleted it on merge).
+/// branch in the mirror (GitHub keeps the pushed branch, or deleted it on merge). In local
+/// mode such a task is only marked, so its branch is no longer rebased.
 async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
     let Some(gh) = engine.github.clone() else {
         return Ok(0);
     };
     let mut pruned = 0;
     for task in crate::db::tasks_with_pr_not_closed(&engine.pool).await? {
-        let (Some(installation), Some(pr), Some((owner, repo))) = (
-            task.installation_id,
-            task.pr_number,
-            task.repo.split_once('/'),
-        ) else {
+        let Some(pr) = task.pr_number else {
             continue;
         };
-        let inst = crate::github::event::InstallationId(installation);
+        let (who, owner, repo): (Identity, String, String) =
+            match (task.installation_id, task.repo.split_once('/')) {
+                (Some(i), Some((o, r))) => (InstallationId(i).into(), o.into(), r.into()),
+                (None, None) if task.repo_name().is_local() => {
+                    match crate::github::origin::task_remote(engine, &task).await {
+                        Ok(remote) => (Identity::Token, remote.owner, remote.repo),
+                        Err(_) => continue,
+                    }
+                }
+                _ => continue,
+            };
         let state = match gh
             .call(
-                inst,
+                who,
                 "GET",
                 &format!("/repos/{owner}/{repo}/pulls/{pr}"),
                 None,
@@ -199,6 +208,22 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
             }
         };
         if state != "closed" {
+            continue;
+        }
+        if task.installation_id.is_none() {
+            // Local mode: the branch is in the user's repository, and stays there.
+            crate::db::set_pr_state(&engine.pool, task.pk, "closed").await?;
+            engine
+                .record(
+                    task.pk,
+                    task.run_seq,
+                    "cleanup",
+                    &format!(
+                        "pull request #{pr} is closed: {} is no longer kept up to date",
+                        task.branch
+                    ),
+                )
+                .await;
             continue;
         }
         let mirror = engine.mirror_path(&task.repo_name());
@@ -235,9 +260,11 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
     Ok(pruned)
 }
 
-/// Queues a pull request for every passed, pushed task that has none. Returns how many.
+/// Queues a pull request for every passed task that has none and has not been refused one:
+/// App tasks once pushed, local tasks when `GITHUB_TOKEN` and a GitHub `origin` allow. Returns
+/// how many.
 pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
-    let keys = crate::db::tasks_needing_pr(&engine.pool).await?;
+    let keys = pr_candidates(engine, false).await?;
     for key in &keys {
         outbox::push(
             &engine.pool,
@@ -248,6 +275,25 @@ pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
         .await?;
     }
     Ok(keys.len())
+}
+
+/// The passed tasks without a pull request that one can be opened for; with `refused`, also
+/// those GitHub refused one before.
+pub async fn pr_candidates(
+    engine: &Engine,
+    refused: bool,
+) -> anyhow::Result<Vec<crate::ids::TaskKey>> {
+    let mut keys = Vec::new();
+    if engine.app_mode() {
+        keys.extend(crate::db::tasks_needing_pr(&engine.pool, refused).await?);
+    }
+    if engine.settings.github_token.is_some() {
+        match crate::github::origin::local_remote(engine).await {
+            Ok(_) => keys.extend(crate::db::local_tasks_needing_pr(&engine.pool, refused).await?),
+            Err(why) => tracing::debug!("local pull requests: {why}"),
+        }
+    }
+    Ok(keys)
 }
 
 /// A work-in-progress commit for each running task whose worktree changed since its last
@@ -302,9 +348,7 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             task.installation_id,
             task.clone_url.as_deref(),
         ) {
-            let token = gh
-                .installation_token(crate::github::event::InstallationId(installation))
-                .await?;
+            let token = gh.installation_token(InstallationId(installation)).await?;
             let _lock =
                 crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
             // Under the lock, only if the run is still going and has not committed since: the
@@ -350,18 +394,30 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
 /// the repository. A conflict leaves the branch as it was. Returns how many branches moved.
 pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
     let mut moved = 0;
-    let tasks = match &engine.github {
-        Some(_) => crate::db::tasks_with_open_pr(&engine.pool).await?,
-        None => crate::db::list_tasks(&engine.pool, Some(crate::db::TaskState::Passed), 1000)
+    let mut tasks = match &engine.github {
+        Some(gh) if gh.is_app() => crate::db::tasks_with_open_pr(&engine.pool).await?,
+        _ => Vec::new(),
+    };
+    tasks.extend(
+        crate::db::list_tasks(&engine.pool, Some(crate::db::TaskState::Passed), 1000)
             .await?
             .into_iter()
-            .filter(|t| t.repo_name().is_local())
-            .collect(),
-    };
+            // A local branch whose pull request was merged or closed is left alone.
+            .filter(|t| t.repo_name().is_local() && t.pr_state.as_deref() != Some("closed")),
+    );
     for task in tasks {
-        let result = match &engine.github {
-            Some(gh) => rebase_pushed(engine, gh, &task).await,
-            None => rebase_local(engine, &task).await,
+        let result = match (&engine.github, task.installation_id) {
+            (Some(gh), Some(_)) => rebase_pushed(engine, gh, &task).await,
+            _ => rebase_local(engine, &task).await,
+        };
+        // A local branch with a pull request on `origin` is pushed there again.
+        let result = match result {
+            Ok(true) if task.installation_id.is_none() && task.pr_number.is_some() => {
+                outbox::republish_local(engine, task.pk)
+                    .await
+                    .map(|()| true)
+            }
+            other => other,
         };
         match result {
             Ok(true) => moved += 1,
@@ -399,9 +455,7 @@ async fn rebase_pushed(
         return Ok(false);
     };
     let git = &engine.git;
-    let token = gh
-        .installation_token(crate::github::event::InstallationId(installation))
-        .await?;
+    let token = gh.installation_token(InstallationId(installation)).await?;
     let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
     let mirror = engine.mirror_path(&task.repo_name());
     let base_sha = git.fetch_mirror(&mirror, url, &token, &base).await?;

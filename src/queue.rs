@@ -169,14 +169,18 @@ enum Kind {
     Hygiene,
 }
 
-/// Runs the workers until `shutdown` fires: tasks always, and in App mode the webhook
-/// deliveries and the GitHub side effects. A worker that dies (the database went away, a job
+/// Runs the workers until `shutdown` fires: tasks and hygiene always, in App mode the webhook
+/// deliveries, and the GitHub side effects whenever there is a GitHub client (App mode, or
+/// local mode with `GITHUB_TOKEN`). A worker that dies (the database went away, a job
 /// that cannot be decoded) is started again under a new name after a pause, so one bad moment
 /// does not leave a queue without a worker.
 pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut kinds = vec![Kind::Tasks, Kind::Hygiene];
+    if engine.app_mode() {
+        kinds.push(Kind::Github);
+    }
     if engine.github.is_some() {
-        kinds.extend([Kind::Github, Kind::Outbox]);
+        kinds.push(Kind::Outbox);
     }
     let runs = kinds
         .into_iter()

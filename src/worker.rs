@@ -129,13 +129,19 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     engine
         .record(key, run_seq, outcome.state.as_str(), &message)
         .await;
-    if engine.github.is_some()
+    if let Some(gh) = &engine.github
         && let Ok(Some(t)) = db::get_task(&engine.pool, key).await
-        && t.pushed_sha.is_some()
     {
         use crate::github::outbox::{self, Effect};
-        let mut effects = vec![Effect::CheckRun { task: key }];
-        if outcome.state == TaskState::Passed && engine.settings.file.hygiene.pr_on_pass {
+        let mut effects = Vec::new();
+        if t.pushed_sha.is_some() {
+            effects.push(Effect::CheckRun { task: key });
+        }
+        // App tasks once pushed; local ones push their branch when the PR is opened.
+        let can_open =
+            t.pushed_sha.is_some() || (t.repo_name().is_local() && gh.personal_token().is_some());
+        if outcome.state == TaskState::Passed && engine.settings.file.hygiene.pr_on_pass && can_open
+        {
             effects.push(Effect::OpenPr { task: key });
         }
         for effect in effects {
@@ -562,6 +568,12 @@ impl Source {
                 .as_deref()
                 .or(settings.dev_branch.as_deref());
             let (base, base_sha) = engine.git.resolve_base(&repo, wanted).await?;
+            // Where its pull request will go, taken before the agent can touch the config.
+            if engine.settings.github_token.is_some()
+                && let Ok(remote) = crate::github::origin::local_remote(engine).await
+            {
+                db::set_local_remote(&engine.pool, row.pk, &remote.push_url).await?;
+            }
             return Ok(Self {
                 repo,
                 base,

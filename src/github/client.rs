@@ -1,5 +1,6 @@
 //! The GitHub API as autodev uses it: one octocrab client for the App (JWT) and one per
-//! installation (its token cached and refreshed by octocrab), shared by `Arc`. Every call goes
+//! installation (its token cached and refreshed by octocrab), shared by `Arc`; in local mode
+//! one for `GITHUB_TOKEN`. Every call goes
 //! through [`GithubClient::call`], which turns GitHub's answers into one error type with one
 //! retry policy. octocrab's own retries are not compiled in: retrying is done here, by the
 //! caller's queue, so a POST is never repeated behind our back.
@@ -105,8 +106,35 @@ impl Method {
     }
 }
 
+/// Whom a call is made as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// An installation of the App (App mode).
+    Installation(InstallationId),
+    /// The person or bot whose `GITHUB_TOKEN` local mode was given.
+    Token,
+}
+
+impl From<InstallationId> for Identity {
+    fn from(id: InstallationId) -> Self {
+        Identity::Installation(id)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Installation(id) => write!(f, "installation-{id}"),
+            Identity::Token => f.write_str("token"),
+        }
+    }
+}
+
 pub struct GithubClient {
-    app: Octocrab,
+    /// The App (JWT), in App mode.
+    app: Option<Octocrab>,
+    /// `GITHUB_TOKEN`, in local mode.
+    personal: Option<(Arc<Octocrab>, SecretString)>,
     /// Where the per-installation write locks live (`$AUTODEV_DATA_DIR/locks`).
     lock_dir: std::path::PathBuf,
     installations: Mutex<HashMap<InstallationId, Arc<Octocrab>>>,
@@ -115,27 +143,67 @@ pub struct GithubClient {
 }
 
 impl GithubClient {
+    /// A client for the App, for a personal token, or both; `None` when neither is configured.
     pub fn new(
-        app: &GithubApp,
+        api_url: &str,
+        app: Option<&GithubApp>,
+        token: Option<&SecretString>,
         permission_ttl: Duration,
         lock_dir: &std::path::Path,
-    ) -> anyhow::Result<Self> {
-        let key =
-            jsonwebtoken::EncodingKey::from_rsa_pem(app.private_key.expose_secret().as_bytes())
+    ) -> anyhow::Result<Option<Self>> {
+        if app.is_none() && token.is_none() {
+            return Ok(None);
+        }
+        let builder = || {
+            Octocrab::builder()
+                .base_uri(api_url)
+                .with_context(|| format!("GITHUB_API_URL `{api_url}`"))
+        };
+        let app = match app {
+            Some(app) => {
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+                    app.private_key.expose_secret().as_bytes(),
+                )
                 .context("GITHUB_PRIVATE_KEY is not an RSA private key in PEM form")?;
-        let app_client = Octocrab::builder()
-            .base_uri(app.api_url.as_str())
-            .with_context(|| format!("GITHUB_API_URL `{}`", app.api_url))?
-            .app(AppId(app.app_id), key)
-            .build()
-            .context("building the GitHub client")?;
-        Ok(Self {
-            app: app_client,
+                Some(
+                    builder()?
+                        .app(AppId(app.app_id), key)
+                        .build()
+                        .context("building the GitHub App client")?,
+                )
+            }
+            None => None,
+        };
+        let personal = match token {
+            Some(token) => Some((
+                Arc::new(
+                    builder()?
+                        .personal_token(token.clone())
+                        .build()
+                        .context("building the GITHUB_TOKEN client")?,
+                ),
+                token.clone(),
+            )),
+            None => None,
+        };
+        Ok(Some(Self {
+            app,
+            personal,
             installations: Mutex::new(HashMap::new()),
             lock_dir: lock_dir.to_owned(),
             permissions: Mutex::new(HashMap::new()),
             permission_ttl,
-        })
+        }))
+    }
+
+    /// App mode: webhooks and installations.
+    pub fn is_app(&self) -> bool {
+        self.app.is_some()
+    }
+
+    /// Local mode's `GITHUB_TOKEN`, for pushing over HTTPS.
+    pub fn personal_token(&self) -> Option<&SecretString> {
+        self.personal.as_ref().map(|(_, t)| t)
     }
 
     /// The client of an installation: one per installation, so its token cache is shared.
@@ -144,9 +212,12 @@ impl GithubClient {
         if let Some(c) = map.get(&id) {
             return Ok(c.clone());
         }
+        let app = self
+            .app
+            .as_ref()
+            .context("GitHub App mode is not configured (GITHUB_APP_ID and its key)")?;
         let client = Arc::new(
-            self.app
-                .installation(OctoInstallationId(id.0 as u64))
+            app.installation(OctoInstallationId(id.0 as u64))
                 .context("creating the installation client")?,
         );
         map.insert(id, client.clone());
@@ -158,9 +229,9 @@ impl GithubClient {
     /// concurrent writes).
     pub async fn write_lock(
         &self,
-        id: InstallationId,
+        who: impl Into<Identity>,
     ) -> Result<crate::gitops::RepoLock, ApiError> {
-        let path = self.lock_dir.join(format!("github-installation-{id}.lock"));
+        let path = self.lock_dir.join(format!("github-{}.lock", who.into()));
         crate::gitops::RepoLock::acquire(path)
             .await
             .map_err(|e| ApiError::Transport {
@@ -180,20 +251,33 @@ impl GithubClient {
             .map_err(|e| anyhow::anyhow!("getting an installation token for {id}: {e}"))
     }
 
-    /// One API call as the installation. Non-2xx answers become [`ApiError::Status`] with the
-    /// retry advice their status and headers give.
+    fn client_for(&self, who: Identity) -> anyhow::Result<Arc<Octocrab>> {
+        match who {
+            Identity::Installation(id) => self.installation(id),
+            Identity::Token => self
+                .personal
+                .as_ref()
+                .map(|(c, _)| c.clone())
+                .context("GITHUB_TOKEN is not set"),
+        }
+    }
+
+    /// One API call as the installation, or with the token. Non-2xx answers become
+    /// [`ApiError::Status`] with the retry advice their status and headers give.
     pub async fn call(
         &self,
-        inst: InstallationId,
+        who: impl Into<Identity>,
         method: &'static str,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let client = self.installation(inst).map_err(|e| ApiError::Transport {
-            method,
-            path: path.to_owned(),
-            message: format!("{e:#}"),
-        })?;
+        let client = self
+            .client_for(who.into())
+            .map_err(|e| ApiError::Transport {
+                method,
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            })?;
         let m = match method {
             "GET" => Method::Get,
             "POST" => Method::Post,

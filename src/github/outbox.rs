@@ -10,7 +10,7 @@ use apalis::prelude::TaskBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::client::{ApiError, GithubClient, Retry};
+use super::client::{ApiError, GithubClient, Identity, Retry};
 use super::event::InstallationId;
 use super::messages;
 use crate::db;
@@ -93,7 +93,7 @@ pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
         }
         _ => {
             tracing::error!("GitHub side effect dropped: {e}");
-            if let Effect::Status { task } = job.effect
+            if let Effect::Status { task } | Effect::OpenPr { task } = job.effect
                 && let Ok(Some(t)) = db::get_task(&engine.pool, task).await
             {
                 let _ = db::add_event(
@@ -154,7 +154,7 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             Ok(())
         }
         Effect::CheckRun { task } => check_run(engine, gh, *task).await,
-        Effect::OpenPr { task } => open_pr(engine, gh, *task).await,
+        Effect::OpenPr { task } => open_pr(engine, gh, *task).await.map(|_| ()),
         Effect::Status { task } => {
             let Some(t) = db::get_task(&engine.pool, *task).await.map_err(internal)? else {
                 return Ok(());
@@ -332,24 +332,72 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
 /// Most reviewers GitHub takes in one request.
 const MAX_REVIEWERS: usize = 15;
 
-async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<(), ApiError> {
+/// What asking for a task's pull request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrOutcome {
+    /// Open (made now, or found), with this number.
+    Open(i64),
+    /// Not opened, and why (also on the task's timeline, and on its issue if it has one).
+    NotOpened(String),
+}
+
+/// Where a task's pull request goes, and where its CODEOWNERS and changes are read.
+struct PrTarget {
+    who: Identity,
+    owner: String,
+    repo: String,
+    /// The repository holding the base and head commits: the mirror, or local mode's own.
+    git_dir: std::path::PathBuf,
+    /// The base branch as a ref in `git_dir`.
+    base_ref: String,
+    /// The commit pushed, which the pull request shows.
+    head: String,
+}
+
+/// Opens the pull request of a passed task now (App tasks through the installation, local ones
+/// through `GITHUB_TOKEN` on `origin`, pushing the branch there first).
+pub async fn open_pr_now(engine: &Engine, task: TaskKey) -> Result<PrOutcome, ApiError> {
+    let Some(gh) = engine.github.as_deref() else {
+        return Ok(PrOutcome::NotOpened(
+            "there is nowhere to open pull requests: no GitHub App and no GITHUB_TOKEN".into(),
+        ));
+    };
+    open_pr(engine, gh, task).await
+}
+
+async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<PrOutcome, ApiError> {
     let Some(t) = db::get_task(&engine.pool, task).await.map_err(internal)? else {
-        return Ok(());
+        return Ok(PrOutcome::NotOpened(format!("no task {task}")));
     };
-    let (Some(installation), Some(sha), None) =
-        (t.installation_id, t.pushed_sha.clone(), t.pr_number)
-    else {
-        return Ok(());
+    if let Some(n) = t.pr_number {
+        return Ok(PrOutcome::Open(n));
+    }
+    if t.state != db::TaskState::Passed {
+        return Ok(PrOutcome::NotOpened(format!(
+            "the task is {}: only a passed task gets a pull request",
+            t.state
+        )));
+    }
+    let target = match pr_target(engine, gh, &t).await? {
+        Ok(target) => target,
+        Err(why) => return Ok(PrOutcome::NotOpened(why)),
     };
-    let Some((owner, repo)) = t.repo.split_once('/') else {
-        return Ok(());
-    };
-    let inst = InstallationId(installation);
+    let (owner, repo, who) = (&target.owner, &target.repo, target.who);
     let base = t.base_branch.clone().unwrap_or_default();
+    // Lock, then look: two jobs for one task (the on-pass trigger and the schedule, or a
+    // foreground `autodev run`) must not both find nothing and both create.
+    let _write = gh.write_lock(who).await?;
+    if let Some(n) = db::get_task(&engine.pool, task)
+        .await
+        .map_err(internal)?
+        .and_then(|t| t.pr_number)
+    {
+        return Ok(PrOutcome::Open(n));
+    }
     // Look before create: a pull request made before a crash, and not yet recorded, is reused.
     let open = gh
         .call(
-            inst,
+            who,
             "GET",
             &format!(
                 "/repos/{owner}/{repo}/pulls?state=open&head={owner}:{}&per_page=100",
@@ -378,10 +426,9 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<()
                 "body": messages::pr_body(&t, &gates),
                 "draft": engine.settings.file.hygiene.draft,
             });
-            let _write = gh.write_lock(inst).await?;
             match gh
                 .call(
-                    inst,
+                    who,
                     "POST",
                     &format!("/repos/{owner}/{repo}/pulls"),
                     Some(&body),
@@ -394,13 +441,14 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<()
                     message,
                     ..
                 }) => {
-                    report(
-                        engine,
-                        &t,
-                        &format!("could not open a pull request: {message}"),
-                    )
-                    .await;
-                    return Ok(());
+                    // Refused for a reason waiting will not change: the schedule stops asking;
+                    // `/autodev pr`, the button or `autodev prize` ask again.
+                    db::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
+                        .await
+                        .map_err(internal)?;
+                    let why = format!("could not open a pull request: {message}");
+                    report(engine, &t, &why).await;
+                    return Ok(PrOutcome::NotOpened(why));
                 }
                 Err(e) => return Err(e),
             }
@@ -408,14 +456,13 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<()
     };
     let number = pr["number"].as_i64().unwrap_or_default();
     let author = pr["user"]["login"].as_str().unwrap_or_default().to_owned();
-    let reviewers = reviewers_for(engine, &t, &base, &sha, &author)
+    let reviewers = reviewers_for(engine, &t, &target, &author)
         .await
         .map_err(internal)?;
     if !reviewers.users.is_empty() || !reviewers.teams.is_empty() {
         let body = json!({ "reviewers": reviewers.users, "team_reviewers": reviewers.teams });
-        let _write = gh.write_lock(inst).await?;
         let path = format!("/repos/{owner}/{repo}/pulls/{number}/requested_reviewers");
-        match gh.call(inst, "POST", &path, Some(&body)).await {
+        match gh.call(who, "POST", &path, Some(&body)).await {
             Ok(_) => {}
             // Not collaborators, or otherwise refused: say so once, do not retry forever.
             Err(ApiError::Status {
@@ -436,18 +483,199 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<()
         t.pk,
         t.run_seq,
         "pull_request",
-        &format!("pull request #{number} open for {}", t.branch),
+        &format!(
+            "pull request #{number} open for {} on {owner}/{repo}",
+            t.branch
+        ),
     )
     .await;
-    push(
-        &engine.pool,
-        Effect::Status { task: t.pk },
-        0,
-        Duration::ZERO,
-    )
-    .await
-    .map_err(internal)?;
+    if t.issue_number.is_some() {
+        push(
+            &engine.pool,
+            Effect::Status { task: t.pk },
+            0,
+            Duration::ZERO,
+        )
+        .await
+        .map_err(internal)?;
+    }
+    Ok(PrOutcome::Open(number))
+}
+
+/// The `pr_state` of a task whose pull request GitHub refused (422): the schedule leaves it.
+pub const PR_REFUSED: &str = "refused";
+
+/// App tasks: their repository, through the installation, once pushed. Local tasks: `origin`
+/// on GitHub, through the token, once their branch is pushed there (which this does first).
+/// `Err` says why there is no pull request to open.
+async fn pr_target(
+    engine: &Engine,
+    gh: &GithubClient,
+    t: &db::TaskRow,
+) -> Result<Result<PrTarget, String>, ApiError> {
+    let base = t.base_branch.clone().unwrap_or_default();
+    if let Some(installation) = t.installation_id {
+        let (Some(head), Some((owner, repo))) = (t.pushed_sha.clone(), t.repo.split_once('/'))
+        else {
+            return Ok(Err("the branch has not been pushed".into()));
+        };
+        return Ok(Ok(PrTarget {
+            who: InstallationId(installation).into(),
+            owner: owner.to_owned(),
+            repo: repo.to_owned(),
+            git_dir: engine.mirror_path(&t.repo_name()),
+            base_ref: format!("refs/remotes/origin/{base}"),
+            head,
+        }));
+    }
+    if !t.repo_name().is_local() {
+        return Ok(Err("the task has no GitHub installation".into()));
+    }
+    let remote = match super::origin::task_remote(engine, t).await {
+        Ok(remote) => remote,
+        Err(why) => {
+            report(engine, t, &why).await;
+            return Ok(Err(why));
+        }
+    };
+    let head = match publish_local(engine, gh, t, &remote, &base).await? {
+        Ok(head) => head,
+        Err(why) => {
+            report(engine, t, &why).await;
+            return Ok(Err(why));
+        }
+    };
+    Ok(Ok(PrTarget {
+        who: Identity::Token,
+        owner: remote.owner,
+        repo: remote.repo,
+        git_dir: engine.settings.repo_path.clone(),
+        base_ref: format!("refs/heads/{base}"),
+        head,
+    }))
+}
+
+/// Pushes a local task's branch to `origin` again after hygiene moved it (its pull request
+/// follows); a reason not to is put on the task's timeline.
+pub async fn republish_local(engine: &Engine, task: TaskKey) -> anyhow::Result<()> {
+    let (Some(gh), Some(t)) = (
+        engine.github.as_deref(),
+        db::get_task(&engine.pool, task).await?,
+    ) else {
+        return Ok(());
+    };
+    let remote = match super::origin::task_remote(engine, &t).await {
+        Ok(remote) => remote,
+        Err(why) => {
+            report(engine, &t, &why).await;
+            return Ok(());
+        }
+    };
+    let base = t.base_branch.clone().unwrap_or_default();
+    if let Err(why) = publish_local(engine, gh, &t, &remote, &base).await? {
+        report(engine, &t, &why).await;
+    }
     Ok(())
+}
+
+/// Pushes a local task's branch to `origin` with `GITHUB_TOKEN`, leasing over what autodev
+/// pushed there before, unless it is there already. The head now on `origin`, or why there is
+/// nothing to push.
+async fn publish_local(
+    engine: &Engine,
+    gh: &GithubClient,
+    t: &db::TaskRow,
+    remote: &super::origin::GithubRemote,
+    base: &str,
+) -> Result<Result<String, String>, ApiError> {
+    let git = &engine.git;
+    let repo = &engine.settings.repo_path;
+    let Some(token) = gh.personal_token() else {
+        return Ok(Err("GITHUB_TOKEN is not set".into()));
+    };
+    let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&t.repo_name()))
+        .await
+        .map_err(internal)?;
+    let Ok((_, head)) = git.resolve_base(repo, Some(&t.branch)).await else {
+        return Ok(Err(format!(
+            "branch {} is no longer in {}: no pull request",
+            t.branch,
+            repo.display()
+        )));
+    };
+    if t.pushed_sha.as_deref() == Some(head.as_str()) {
+        return Ok(Ok(head));
+    }
+    let Ok((_, base_sha)) = git.resolve_base(repo, Some(base)).await else {
+        return Ok(Err(format!(
+            "base branch {base} is not in {}: no pull request",
+            repo.display()
+        )));
+    };
+    if git
+        .is_ancestor(repo, &head, &base_sha)
+        .await
+        .map_err(internal)?
+    {
+        return Ok(Err(format!(
+            "{} has no commits that {base} lacks: no pull request",
+            t.branch
+        )));
+    }
+    let full_name = remote.full_name();
+    let changed = git
+        .changed_between(repo, &base_sha, &head)
+        .await
+        .map_err(internal)?;
+    let workflows: Vec<String> = changed
+        .iter()
+        .filter(|f| f.starts_with(".github/workflows/"))
+        .map(|f| format!("`{f}`"))
+        .collect();
+    if !workflows.is_empty()
+        && !engine
+            .settings
+            .file
+            .github
+            .allow_workflow_changes
+            .allowed_for(&full_name)
+    {
+        return Ok(Err(format!(
+            "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows {full_name} (workflow changes can reach CI secrets)",
+            workflows.join(", ")
+        )));
+    }
+    let url = &remote.push_url;
+    let pushed = git
+        .push(repo, url, &head, &t.branch, token, t.pushed_sha.as_deref())
+        .await;
+    if let Err(e) = pushed {
+        // Pushed before a crash, and not recorded: it is there already.
+        let there = git.remote_branch(repo, url, &t.branch, token).await.ok();
+        if there.flatten().as_deref() != Some(head.as_str()) {
+            return Err(ApiError::Transport {
+                method: "PUSH",
+                path: url.clone(),
+                message: format!("{e:#}"),
+            });
+        }
+    }
+    db::set_pushed(&engine.pool, t.pk, &head)
+        .await
+        .map_err(internal)?;
+    let _ = db::add_event(
+        &engine.pool,
+        t.pk,
+        t.run_seq,
+        "push",
+        &format!(
+            "pushed {} to {} on {full_name}",
+            &head[..10.min(head.len())],
+            t.branch
+        ),
+    )
+    .await;
+    Ok(Ok(head))
 }
 
 /// CODEOWNERS (read from the base branch) of the changed files, then the role's reviewers;
@@ -455,22 +683,23 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<()
 async fn reviewers_for(
     engine: &Engine,
     t: &db::TaskRow,
-    base: &str,
-    head: &str,
+    target: &PrTarget,
     author: &str,
 ) -> anyhow::Result<crate::codeowners::Reviewers> {
     use crate::codeowners::{self, Codeowners};
-    let mirror = engine.mirror_path(&t.repo_name());
-    let base_ref = format!("refs/remotes/origin/{base}");
+    let (dir, base_ref) = (&target.git_dir, &target.base_ref);
     let mut text = None;
     for location in codeowners::LOCATIONS {
-        if let Some(found) = engine.git.read_at(&mirror, &base_ref, location).await? {
+        if let Some(found) = engine.git.read_at(dir, base_ref, location).await? {
             text = Some(found);
             break;
         }
     }
     let owners = Codeowners::parse(text.as_deref().unwrap_or_default());
-    let changed = engine.git.changed_between(&mirror, &base_ref, head).await?;
+    let changed = engine
+        .git
+        .changed_between(dir, base_ref, &target.head)
+        .await?;
     let mut r = owners.reviewers_for(changed.iter().map(String::as_str));
     if let Some(role) = engine.roles.get(&t.role) {
         for reviewer in &role.reviewers {

@@ -62,6 +62,8 @@ pub struct Pull {
     pub reviewers: Vec<String>,
     pub team_reviewers: Vec<String>,
     pub closed: bool,
+    /// Who opened it: the App's bot, or the owner of the personal token used.
+    pub author: String,
 }
 
 #[derive(Default)]
@@ -72,6 +74,8 @@ pub struct St {
     public_key: String,
     pub token_ttl: Duration,
     tokens: HashMap<String, (u64, Instant)>,
+    /// Personal access tokens and the login each belongs to.
+    personal: HashMap<String, String>,
     pub tokens_issued: u32,
     pub permissions: HashMap<(String, String), String>,
     pub comments: Vec<Comment>,
@@ -80,6 +84,8 @@ pub struct St {
     pub installations: HashMap<u64, Vec<String>>,
     /// Answers to give before handling the next requests: (status, headers).
     pub failures: VecDeque<(u16, Vec<(String, String)>)>,
+    /// Answers to give to the next request that starts with the text: (text, status).
+    pub failures_on: Vec<(String, u16)>,
     /// `METHOD path` of every request, in order.
     pub requests: Vec<String>,
     next_id: u64,
@@ -175,6 +181,15 @@ impl FakeGithub {
         );
     }
 
+    /// A personal access token of `login`, accepted by the API and the git server.
+    pub fn add_personal_token(&self, token: &str, login: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .personal
+            .insert(token.into(), login.into());
+    }
+
     pub fn install(&self, installation: u64, repos: &[&str]) {
         self.state.lock().unwrap().installations.insert(
             installation,
@@ -221,6 +236,15 @@ impl FakeGithub {
         ));
     }
 
+    /// The next request starting with `request` (`METHOD /path`) gets `status`.
+    pub fn fail_on(&self, request: &str, status: u16) {
+        self.state
+            .lock()
+            .unwrap()
+            .failures_on
+            .push((request.into(), status));
+    }
+
     /// Every installation token stops working, as after an hour.
     pub fn expire_tokens(&self) {
         for (_, (_, exp)) in self.state.lock().unwrap().tokens.iter_mut() {
@@ -261,9 +285,18 @@ impl FakeGithub {
 
 impl St {
     pub fn token_valid(&self, token: &str) -> bool {
-        self.tokens
-            .get(token)
-            .is_some_and(|(_, exp)| *exp > Instant::now())
+        self.personal.contains_key(token)
+            || self
+                .tokens
+                .get(token)
+                .is_some_and(|(_, exp)| *exp > Instant::now())
+    }
+
+    /// Who a request acts as: a personal token's owner, else the App's bot.
+    fn login_of(&self, headers: &HeaderMap) -> String {
+        bearer(headers)
+            .and_then(|t| self.personal.get(&t).cloned())
+            .unwrap_or_else(|| "autodev[bot]".into())
     }
 
     /// Every installation token handed out (to look for them where they must not be).
@@ -284,6 +317,14 @@ fn err(status: StatusCode, message: &str) -> Response {
 
 /// Records the request and plays a scripted failure, if one is queued.
 fn intercept(st: &mut St, what: String) -> Option<Response> {
+    if let Some(i) = st.failures_on.iter().position(|(p, _)| what.starts_with(p)) {
+        let (_, status) = st.failures_on.remove(i);
+        st.requests.push(what);
+        return Some(err(
+            StatusCode::from_u16(status).unwrap(),
+            "Validation Failed: scripted failure",
+        ));
+    }
     st.requests.push(what);
     let (status, headers) = st.failures.pop_front()?;
     let mut resp = err(StatusCode::from_u16(status).unwrap(), "scripted failure");
@@ -344,10 +385,14 @@ fn check_jwt(st: &St, headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-/// An installation token, checked for existence and expiry.
+/// An installation token, checked for existence and expiry, or a personal token (which acts
+/// as installation 0: no installation).
 fn check_token(st: &St, headers: &HeaderMap) -> Result<u64, Response> {
     let token =
         bearer(headers).ok_or_else(|| err(StatusCode::UNAUTHORIZED, "Requires authentication"))?;
+    if st.personal.contains_key(&token) {
+        return Ok(0);
+    }
     match st.tokens.get(&token) {
         Some((inst, exp)) if *exp > Instant::now() => Ok(*inst),
         _ => Err(err(StatusCode::UNAUTHORIZED, "Bad credentials")),
@@ -743,7 +788,11 @@ fn pull_json(p: &Pull) -> Value {
     v["body"] = json!(p.body);
     v["draft"] = json!(p.draft);
     v["state"] = json!(if p.closed { "closed" } else { "open" });
-    v["user"]["login"] = json!("autodev[bot]");
+    v["user"]["login"] = json!(if p.author.is_empty() {
+        "autodev[bot]"
+    } else {
+        &p.author
+    });
     v
 }
 
@@ -796,6 +845,7 @@ async fn create_pull(
         title: title.into(),
         body: req["body"].as_str().unwrap_or_default().into(),
         draft: req["draft"].as_bool().unwrap_or(false),
+        author: st.login_of(&headers),
         ..Default::default()
     };
     let v = pull_json(&p);
@@ -840,6 +890,12 @@ async fn request_reviewers(
     let Some(p) = st.pulls.iter_mut().find(|p| p.number == n) else {
         return err(StatusCode::NOT_FOUND, "Not Found");
     };
+    if users.iter().any(|u| u.eq_ignore_ascii_case(&p.author)) {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Review cannot be requested from pull request author.",
+        );
+    }
     p.reviewers.extend(users);
     p.team_reviewers.extend(teams);
     let v = pull_json(p);

@@ -1402,14 +1402,20 @@ async fn a_closed_pull_requests_branch_is_pruned_from_the_mirror() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let t = task(&a.server).await;
-    assert!(t["worktree"].is_null(), "{t:#}");
-    assert!(
-        t["events"]
+    // The branch goes first, then the timeline says so.
+    let t = loop {
+        let t = task(&a.server).await;
+        if t["events"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["message"].as_str().unwrap().contains("is closed")),
-        "{t:#}"
-    );
+            .any(|e| e["message"].as_str().unwrap().contains("is closed"))
+        {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "{t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(t["worktree"].is_null(), "{t:#}");
+    assert_eq!(t["pr_state"], "closed", "{t:#}");
 }

@@ -1,10 +1,11 @@
 //! The real octocrab-based client against the fake GitHub: App JWT, installation tokens that
-//! expire and are refreshed, permissions with a cache, and GitHub's error answers classified.
+//! expire and are refreshed, permissions with a cache, GitHub's error answers
+//! classified, and local mode's token-only client.
 
 use std::time::Duration;
 
 use autodev::config::GithubApp;
-use autodev::github::client::{ApiError, GithubClient, Permission, Retry};
+use autodev::github::client::{ApiError, GithubClient, Identity, Permission, Retry};
 use autodev::github::event::InstallationId;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -27,9 +28,61 @@ fn client(fake: &FakeGithub, key: &std::path::Path, app_id: u64) -> GithubClient
         app_id,
         private_key: SecretString::from(std::fs::read_to_string(key).unwrap()),
         webhook_secret: SecretString::from("x".to_owned()),
-        api_url: fake.url.clone(),
     };
-    GithubClient::new(&app, Duration::from_secs(60), &std::env::temp_dir()).unwrap()
+    GithubClient::new(
+        &fake.url,
+        Some(&app),
+        None,
+        Duration::from_secs(60),
+        &std::env::temp_dir(),
+    )
+    .unwrap()
+    .expect("an App client")
+}
+
+#[tokio::test]
+async fn a_token_only_client_calls_as_the_token_and_has_no_installations() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keypair(dir.path());
+    let fake = FakeGithub::start(4242, &key).await;
+    fake.add_personal_token("ghp_right", "octo-me");
+    let token = SecretString::from("ghp_right".to_owned());
+    let gh = GithubClient::new(
+        &fake.url,
+        None,
+        Some(&token),
+        Duration::from_secs(60),
+        dir.path(),
+    )
+    .unwrap()
+    .expect("a token client");
+    assert!(!gh.is_app());
+    let pulls = gh
+        .call(Identity::Token, "GET", "/repos/acme/web/pulls", None)
+        .await
+        .unwrap();
+    assert!(pulls.as_array().is_some_and(|p| p.is_empty()), "{pulls}");
+    let e = gh
+        .call(InstallationId(1), "GET", "/repos/acme/web/pulls", None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("App mode is not configured"), "{e}");
+
+    let wrong = SecretString::from("ghp_wrong".to_owned());
+    let gh = GithubClient::new(&fake.url, None, Some(&wrong), Duration::ZERO, dir.path())
+        .unwrap()
+        .unwrap();
+    let e = gh
+        .call(Identity::Token, "GET", "/repos/acme/web/pulls", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    assert!(
+        GithubClient::new(&fake.url, None, None, Duration::ZERO, dir.path())
+            .unwrap()
+            .is_none(),
+        "neither App nor token: no client"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod fake_github;
 mod git_server;
 mod github_app;
 mod github_client;
+mod local_pr;
 mod pipeline;
 mod recovery;
 mod webhooks;
