@@ -532,9 +532,32 @@ impl FileConfig {
                 self.database.synchronous
             );
         }
+        if let Some(name) = self
+            .agent
+            .env
+            .iter()
+            .find(|n| OWN_CREDENTIALS.contains(&n.as_str()))
+        {
+            bail!(
+                "agent.env lists {name}, one of autodev's own credentials, which agents never see; give the agent a credential of its own under another name"
+            );
+        }
         Ok(())
     }
 }
+
+/// What autodev itself holds: never passed to an agent or a gate, even when asked.
+const OWN_CREDENTIALS: &[&str] = &[
+    "AUTODEV_API_TOKEN",
+    "AUTODEV_API_TOKEN_FILE",
+    "GITHUB_TOKEN",
+    "GITHUB_TOKEN_FILE",
+    "GITHUB_PRIVATE_KEY",
+    "GITHUB_PRIVATE_KEY_FILE",
+    "GITHUB_PRIVATE_KEY_PATH",
+    "GITHUB_WEBHOOK_SECRET",
+    "GITHUB_WEBHOOK_SECRET_FILE",
+];
 
 /// Command-line flags that override the environment.
 #[derive(Debug, Clone, Default)]
@@ -706,6 +729,19 @@ mod tests {
             Some(Duration::from_secs(300))
         );
         assert!(ok.providers.entry("claude_cli").is_some());
+    }
+
+    #[test]
+    fn agent_env_may_not_hand_over_autodevs_own_credentials() {
+        let e = FileConfig::from_yaml(
+            "agent: {env: [FAKE_AGENT_DIR, GITHUB_TOKEN]}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("agent.env lists GITHUB_TOKEN"), "{e}");
+        FileConfig::from_yaml("agent: {env: [GH_TOKEN_FOR_AGENT]}\n", Path::new("c.yaml"))
+            .expect("a credential of the agent's own is fine");
     }
 
     #[test]

@@ -868,30 +868,31 @@ pub async fn set_local_remote(pool: &SqlitePool, key: TaskKey, url: &str) -> any
     Ok(())
 }
 
-/// Passed GitHub tasks whose branch is pushed and has no pull request yet; those GitHub
-/// refused one (a 422) only with `refused`.
-pub async fn tasks_needing_pr(pool: &SqlitePool, refused: bool) -> anyhow::Result<Vec<TaskKey>> {
+/// Passed GitHub tasks whose branch is pushed and has no pull request yet. The schedule
+/// leaves those refused one; asked `by_hand`, they are tried again.
+pub async fn tasks_needing_pr(pool: &SqlitePool, by_hand: bool) -> anyhow::Result<Vec<TaskKey>> {
     Ok(sqlx::query_scalar(
         "SELECT pk FROM tasks WHERE state = 'passed' AND pushed_sha IS NOT NULL
            AND pr_number IS NULL AND installation_id IS NOT NULL
            AND (? OR pr_state IS NOT 'refused') ORDER BY pk",
     )
-    .bind(refused)
+    .bind(by_hand)
     .fetch_all(pool)
     .await?)
 }
 
 /// Passed local tasks without a pull request (local mode pushes their branch when it opens
-/// one); those GitHub refused one only with `refused`.
+/// one). The schedule takes only those that ran with local pull requests set up (their
+/// `origin` recorded) and were not refused one; asked `by_hand`, all of them.
 pub async fn local_tasks_needing_pr(
     pool: &SqlitePool,
-    refused: bool,
+    by_hand: bool,
 ) -> anyhow::Result<Vec<TaskKey>> {
     Ok(sqlx::query_scalar(
-        "SELECT pk FROM tasks WHERE state = 'passed' AND repo = 'local'
-           AND pr_number IS NULL AND (? OR pr_state IS NOT 'refused') ORDER BY pk",
+        "SELECT pk FROM tasks WHERE state = 'passed' AND repo = 'local' AND pr_number IS NULL
+           AND (? OR (pr_state IS NOT 'refused' AND clone_url IS NOT NULL)) ORDER BY pk",
     )
-    .bind(refused)
+    .bind(by_hand)
     .fetch_all(pool)
     .await?)
 }

@@ -261,8 +261,8 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
 }
 
 /// Queues a pull request for every passed task that has none and has not been refused one:
-/// App tasks once pushed, local tasks when `GITHUB_TOKEN` and a GitHub `origin` allow. Returns
-/// how many.
+/// App tasks once pushed, local tasks that ran with `GITHUB_TOKEN` and a GitHub `origin`.
+/// Returns how many.
 pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
     let keys = pr_candidates(engine, false).await?;
     for key in &keys {
@@ -277,19 +277,19 @@ pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
     Ok(keys.len())
 }
 
-/// The passed tasks without a pull request that one can be opened for; with `refused`, also
-/// those GitHub refused one before.
+/// The passed tasks without a pull request that one can be opened for. Asked `by_hand`, also
+/// those refused one before, and local tasks that ran before local pull requests were set up.
 pub async fn pr_candidates(
     engine: &Engine,
-    refused: bool,
+    by_hand: bool,
 ) -> anyhow::Result<Vec<crate::ids::TaskKey>> {
     let mut keys = Vec::new();
     if engine.app_mode() {
-        keys.extend(crate::db::tasks_needing_pr(&engine.pool, refused).await?);
+        keys.extend(crate::db::tasks_needing_pr(&engine.pool, by_hand).await?);
     }
     if engine.settings.github_token.is_some() {
         match crate::github::origin::local_remote(engine).await {
-            Ok(_) => keys.extend(crate::db::local_tasks_needing_pr(&engine.pool, refused).await?),
+            Ok(_) => keys.extend(crate::db::local_tasks_needing_pr(&engine.pool, by_hand).await?),
             Err(why) => tracing::debug!("local pull requests: {why}"),
         }
     }

@@ -502,7 +502,8 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
     Ok(PrOutcome::Open(number))
 }
 
-/// The `pr_state` of a task whose pull request GitHub refused (422): the schedule leaves it.
+/// The `pr_state` of a task whose pull request GitHub refused (422), or whose branch had
+/// nothing to open one for: the schedule leaves it.
 pub const PR_REFUSED: &str = "refused";
 
 /// App tasks: their repository, through the installation, once pushed. Local tasks: `origin`
@@ -541,6 +542,11 @@ async fn pr_target(
     let head = match publish_local(engine, gh, t, &remote, &base).await? {
         Ok(head) => head,
         Err(why) => {
+            // Nothing to push (the branch is gone, or holds nothing new) or not allowed to:
+            // the schedule stops asking.
+            db::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
+                .await
+                .map_err(internal)?;
             report(engine, t, &why).await;
             return Ok(Err(why));
         }

@@ -430,3 +430,42 @@ async fn an_agent_that_rewrites_origin_does_not_redirect_its_push_or_pull_reques
         l.fake.requests()
     );
 }
+
+#[tokio::test]
+async fn tasks_from_before_the_token_are_left_to_prize_by_hand_not_to_the_schedule() {
+    let mut l = local("{pr_on_pass: false, pr_minutes: \"1s\"}").await;
+    let with_token = l.world.extra_env.clone();
+    l.world.extra_env.retain(|(k, _)| k != "GITHUB_TOKEN");
+    let spec_path = l.world.write_spec("task.yaml", &spec("LPR-6", ""));
+    let (code, out, err) = l.cli(&["run", spec_path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    l.world.extra_env = with_token;
+
+    let server = l.world.serve();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        l.world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    let ticks = "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.hygiene'
+                   AND idempotency_key LIKE 'prize:%' AND status = 'Done'";
+    let deadline = std::time::Instant::now() + WAIT;
+    while sqlx::query_scalar::<_, i64>(ticks)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "the prizer never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(l.pr_posts(), 0, "the schedule leaves it");
+    assert_eq!(l.on_origin("auto/backend/LPR-6"), None);
+    drop(server);
+
+    let (code, out, err) = l.cli(&["prize"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("LPR-6: pull request #"), "{out}");
+    assert_eq!(l.pr_posts(), 1);
+}
