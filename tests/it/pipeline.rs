@@ -711,3 +711,48 @@ async fn in_local_mode_a_passed_branch_behind_its_base_is_rebased_in_place() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn autodev_checkpoint_by_hand_saves_a_running_tasks_work() {
+    let world = World::new();
+    // The agent writes its work, says so, and waits to be let go.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\necho half > half.txt\ntouch \"$FAKE_AGENT_DIR/written\"\nwhile [ ! -f \"$FAKE_AGENT_DIR/go\" ]; do sleep 0.1; done\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("CPH-1", ""))
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !world.agent_dir.join("written").exists() {
+        assert!(std::time::Instant::now() < deadline, "the agent never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = tokio::process::Command::from(world.command(&["checkpoint"]))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("1 checkpoint(s) saved"), "{stdout}");
+    let side = git(
+        &world.repo,
+        &["rev-parse", "refs/autodev/checkpoints/CPH-1"],
+    );
+    assert_eq!(
+        git(&world.repo, &["show", &format!("{side}:half.txt")]),
+        "half"
+    );
+    assert!(
+        git(&world.repo, &["log", "-1", "--format=%s", &side])
+            .starts_with("chore(backend): checkpoint"),
+    );
+    std::fs::write(world.agent_dir.join("go"), "").unwrap();
+    let task = server
+        .wait_for("CPH-1", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+}
