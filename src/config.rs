@@ -369,7 +369,12 @@ pub enum ProviderMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CliKind {
+    /// The `claude` CLI; in API mode, the Anthropic Messages API (`kind: anthropic`).
+    #[serde(alias = "anthropic")]
     Claude,
+    /// The `codex` CLI; in API mode, an OpenAI-compatible Chat Completions API
+    /// (`kind: openai`).
+    #[serde(alias = "openai")]
     Codex,
     Gemini,
     Cursor,
@@ -398,6 +403,16 @@ pub struct ProviderEntry {
     /// Extra environment variables this provider may see.
     #[serde(default)]
     pub env: Vec<String>,
+    /// API mode: the API's base URL (default: `ANTHROPIC_BASE_URL` / `OPENAI_BASE_URL`, else
+    /// the vendor's).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// API mode: model calls one invocation may take.
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    /// API mode: tokens one answer may use.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
 }
 
 /// `providers:` — `order` plus one entry per provider.
@@ -438,6 +453,9 @@ impl ProvidersConfig {
                 model: None,
                 timeout: None,
                 env: Vec::new(),
+                base_url: None,
+                max_turns: None,
+                max_tokens: None,
             })
         })
     }
@@ -477,7 +495,7 @@ impl<'de> Deserialize<'de> for ProvidersConfig {
             if config.entry(name).is_none() {
                 return Err(D::Error::custom(format!(
                     "providers.order names `{name}`, but there is no `providers.{name}` entry \
-                     (well-known names: claude_cli, codex_cli, gemini_cli, cursor_cli)"
+                     (well-known names: claude_cli, codex_cli, gemini_cli, cursor_cli, anthropic_api, openai_api)"
                 )));
             }
         }

@@ -1,6 +1,7 @@
 //! autodev: turns task specs (from GitHub issues, `POST /tasks` or `autodev run`) into branches
 //! produced by AI coding agents, checked by acceptance gates that run outside the agent.
 
+pub mod agent_api;
 pub mod cli;
 pub mod codeowners;
 pub mod config;

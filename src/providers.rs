@@ -1,5 +1,6 @@
 //! Agent providers: the `claude`, `codex`, `gemini` and `cursor-agent` CLIs (or any program),
-//! run without a shell in an allow-listed environment with a HOME of their own, tried in the
+//! run without a shell in an allow-listed environment with a HOME of their own, and the
+//! Anthropic / OpenAI APIs through the built-in tool loop (`agent_api`), tried in the
 //! configured order until one succeeds.
 
 use std::path::{Path, PathBuf};
@@ -59,13 +60,10 @@ impl Provider {
         })
     }
 
-    /// Whether it can run here: `Ok(path)` or why not.
+    /// Whether it can run here: `Ok(path)` (API mode: the URL it calls) or why not.
     pub fn locate(&self, env: &Env) -> Result<PathBuf, String> {
         if self.entry.mode == ProviderMode::Api {
-            return Err(
-                "API mode (the built-in tool loop) is not available in this version; use a CLI provider"
-                    .into(),
-            );
+            return crate::agent_api::endpoint(self, env, None).map(|ep| PathBuf::from(ep.url));
         }
         let binary = self.binary();
         exec::which(&binary, env.get("PATH")).ok_or_else(|| format!("`{binary}` not found on PATH"))
@@ -277,7 +275,12 @@ pub async fn run_chain(
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let timeout = provider.entry.timeout.map_or(left, |t| t.min(left));
-        let result = run_one(provider, &binary, env, req, timeout, cancel, record).await;
+        let result = match provider.entry.mode {
+            ProviderMode::Cli => {
+                run_one(provider, &binary, env, req, timeout, cancel, record).await
+            }
+            ProviderMode::Api => run_api(provider, env, req, timeout, cancel, record).await,
+        };
         match result {
             Ok(report) => {
                 attempts.push(Attempt {
@@ -367,6 +370,25 @@ async fn run_one(
         .map_err(failure)
 }
 
+/// An API provider: the tool loop, its commands in the gates' environment (no provider
+/// credentials) plus a git identity and the run marker.
+async fn run_api(
+    provider: &Provider,
+    env: &Env,
+    req: &AgentRequest<'_>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    record: ProcessRecorder<'_>,
+) -> Result<AgentReport, (AttemptStatus, String)> {
+    let failure = |d: String| (AttemptStatus::Failure, d);
+    let ep = crate::agent_api::endpoint(provider, env, req.model).map_err(failure)?;
+    let home = req.homes_dir.join(&provider.name);
+    std::fs::create_dir_all(&home).map_err(|e| failure(format!("preparing its HOME: {e}")))?;
+    let mut tool_env = base_env(env, &home, req.extra_env);
+    tool_env.extend(identity_and_marker(req));
+    crate::agent_api::run(provider, &ep, tool_env, req, timeout, cancel, record).await
+}
+
 /// Fills the argument template. Without `{prompt}` the prompt goes to standard input.
 fn build_args(
     template: &[String],
@@ -420,14 +442,21 @@ fn agent_env(
             .filter(|(k, _)| provider.allowed(k))
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
-    for (k, v) in [
+    out.extend(identity_and_marker(req));
+    out
+}
+
+/// A git identity for commits the agent makes itself, and the run marker.
+fn identity_and_marker(req: &AgentRequest<'_>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [
         ("GIT_AUTHOR_NAME", req.git_name),
         ("GIT_AUTHOR_EMAIL", req.git_email),
         ("GIT_COMMITTER_NAME", req.git_name),
         ("GIT_COMMITTER_EMAIL", req.git_email),
-    ] {
-        out.push((k.into(), v.into()));
-    }
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.into(), v.into()))
+    .collect();
     if let Some((k, v)) = req.marker.split_once('=') {
         out.push((k.into(), v.into()));
     }

@@ -4,9 +4,11 @@
 mod support;
 
 mod api;
+mod api_providers;
 mod cli;
 mod examples;
 mod fake_github;
+mod fake_models;
 mod git_server;
 mod github_app;
 mod github_client;
