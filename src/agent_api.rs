@@ -554,3 +554,98 @@ async fn call(
     }
     Err((AttemptStatus::Failure, last))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools<'a>(root: &Path, cancel: &'a CancellationToken) -> Tools<'a> {
+        Tools {
+            root: root.to_owned(),
+            env: Vec::new(),
+            output_limit: 1024,
+            deadline: Instant::now() + Duration::from_secs(10),
+            cancel,
+            record: &|_| Box::pin(async {}),
+        }
+    }
+
+    #[test]
+    fn paths_stay_inside_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("work");
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink("src", root.join("inner")).unwrap();
+        let cancel = CancellationToken::new();
+        let t = tools(&root, &cancel);
+        assert_eq!(t.resolve("src/a.rs").unwrap(), root.join("src/a.rs"));
+        assert_eq!(t.resolve("./src/../b.rs").unwrap(), root.join("b.rs"));
+        assert_eq!(
+            t.resolve("new/dir/c.rs").unwrap(),
+            root.join("new/dir/c.rs")
+        );
+        assert!(t.resolve("inner/a.rs").is_ok(), "a link that stays inside");
+        for bad in [
+            "../x",
+            "src/../../x",
+            "/etc/passwd",
+            "link/x",
+            "link",
+            ".git/config",
+            "src/.git",
+        ] {
+            assert!(t.resolve(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn edits_need_exactly_one_match_and_commands_report_their_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.txt"), "a b a").unwrap();
+        let cancel = CancellationToken::new();
+        let t = tools(dir.path(), &cancel);
+        let call = |name: &str, input: Value| Call {
+            id: "1".into(),
+            name: name.into(),
+            input: Ok(input),
+        };
+        let twice = t
+            .run(&call(
+                "edit_file",
+                json!({"path": "f.txt", "old_text": "a", "new_text": "c"}),
+            ))
+            .await
+            .unwrap_err();
+        assert!(twice.contains("2 times"), "{twice}");
+        t.run(&call(
+            "edit_file",
+            json!({"path": "f.txt", "old_text": "b", "new_text": "c"}),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("f.txt")).unwrap(),
+            "a c a"
+        );
+        let out = t
+            .run(&call(
+                "run_command",
+                json!({"command": "cat f.txt; exit 3"}),
+            ))
+            .await
+            .unwrap();
+        assert!(
+            out.contains("exit code 3") && out.contains("a c a"),
+            "{out}"
+        );
+        let missing = t
+            .run(&call("write_file", json!({"path": "g.txt"})))
+            .await
+            .unwrap_err();
+        assert!(missing.contains("`content` is missing"), "{missing}");
+        let unknown = t.run(&call("rm_rf", json!({}))).await.unwrap_err();
+        assert!(unknown.contains("no tool `rm_rf`"), "{unknown}");
+    }
+}
