@@ -442,6 +442,9 @@ async fn status(settings: &Settings, id: &str, raw: bool) -> anyhow::Result<i32>
         let state = json["pr_state"].as_str().unwrap_or("open");
         println!("pull request: #{n} ({state})");
     }
+    if let Some(page) = json["page"].as_str() {
+        println!("page:    {page}");
+    }
     if let Some(e) = json["last_error"].as_str() {
         println!("error:   {e}");
     }

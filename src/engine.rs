@@ -366,6 +366,7 @@ impl Engine {
             "pushed_sha": row.pushed_sha,
             "pr_number": row.pr_number,
             "pr_state": row.pr_state,
+            "page": crate::view::link(&self.settings, row),
         });
         if detail {
             v["spec"] = spec;

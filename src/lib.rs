@@ -20,4 +20,5 @@ pub mod queue;
 pub mod roles;
 pub mod server;
 pub mod spec;
+pub mod view;
 pub mod worker;

@@ -70,6 +70,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
         ));
     Router::new()
         .merge(tasks)
+        .route("/view/tasks/{id}", get(crate::view::local_page))
+        .route(
+            "/view/repos/{owner}/{repo}/tasks/{id}",
+            get(crate::view::repo_page),
+        )
         .route("/webhooks/github", post(github_webhook))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -102,7 +107,7 @@ async fn require_token(
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -25,7 +25,7 @@ fn state_line(task: &TaskRow) -> String {
 }
 
 /// The status comment of a task, edited in place as the task moves.
-pub fn status_comment(task: &TaskRow, gates: &[GateRow], public_url: Option<&str>) -> String {
+pub fn status_comment(task: &TaskRow, gates: &[GateRow], page: Option<&str>) -> String {
     let mut s = format!(
         "{}\n### autodev: {}\n\n",
         status_marker(&task.task_id),
@@ -77,11 +77,8 @@ pub fn status_comment(task: &TaskRow, gates: &[GateRow], public_url: Option<&str
             crate::exec::tail_chars(e, 3000)
         ));
     }
-    if let Some(url) = public_url {
-        s.push_str(&format!(
-            "\n[Details]({url}/repos/{}/tasks/{})\n",
-            task.repo, task.task_id
-        ));
+    if let Some(url) = page {
+        s.push_str(&format!("\n[Details]({url})\n"));
     }
     s.push_str("\nComment `/autodev help` for commands.");
     s

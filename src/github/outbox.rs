@@ -169,7 +169,8 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             let gates = db::gate_results(&engine.pool, t.pk)
                 .await
                 .map_err(internal)?;
-            let body = messages::status_comment(&t, &gates, engine.settings.public_url.as_deref());
+            let link = crate::view::link(&engine.settings, &t);
+            let body = messages::status_comment(&t, &gates, link.as_deref());
             // Lock first, then look: two status jobs of one new task must not both find
             // nothing and both post.
             let _write = gh.write_lock(inst).await?;
@@ -277,8 +278,8 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
             "identifier": messages::OPEN_PR_ACTION,
         }]);
     }
-    if let Some(url) = &engine.settings.public_url {
-        body["details_url"] = json!(format!("{url}/repos/{}/tasks/{}", t.repo, t.task_id));
+    if let Some(url) = crate::view::link(&engine.settings, &t) {
+        body["details_url"] = json!(url);
     }
     // Look before create: this task's run on this commit, by external id.
     let list = gh

@@ -249,3 +249,75 @@ async fn serve_refuses_a_public_bind_without_a_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AUTODEV_API_TOKEN"));
 }
+
+/// The human page of a task: HTML, escaped, with gates and timeline.
+async fn page(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_task_page_shows_the_run_to_people_and_needs_its_signed_link_when_guarded() {
+    let mut world = World::new();
+    world.simple_claude("f.txt", "x");
+    world.extra_env.extend([
+        ("AUTODEV_API_TOKEN".to_owned(), "tok-123".to_owned()),
+        (
+            "AUTODEV_PUBLIC_URL".to_owned(),
+            "https://autodev.example.com".to_owned(),
+        ),
+    ]);
+    let server = world.serve();
+    let text = "id: PG-1\ntitle: \"Fix <script>alert(1)</script> & more\"\ndescription: Write it.\nrole: backend\nacceptance:\n  tests: [\"test -f f.txt\"]\n";
+    let (status, _) = server.post_spec("application/yaml", text).await;
+    assert_eq!(status, 201);
+    let task = server
+        .wait_for(
+            "PG-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let link = task["page"].as_str().expect("a page link").to_owned();
+    let path = link
+        .strip_prefix("https://autodev.example.com")
+        .expect("on the public URL");
+    assert!(path.starts_with("/view/tasks/PG-1?sig="), "{path}");
+
+    let (status, html) = page(&format!("{}{path}", server.url)).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("Fix &#60;script&#62;alert(1)&#60;/script&#62; &#38; more"),
+        "escaped: {html}"
+    );
+    assert!(!html.contains("<script>alert"));
+    assert!(
+        html.contains("passed") && html.contains("auto/backend/PG-1"),
+        "{html}"
+    );
+    assert!(html.contains("test -f f.txt"), "the gate: {html}");
+    assert!(
+        !html.contains("http-equiv=\"refresh\""),
+        "an ended task's page stays still"
+    );
+
+    let bare = format!("{}/view/tasks/PG-1", server.url);
+    assert_eq!(page(&bare).await.0, 401, "no signature");
+    assert_eq!(
+        page(&format!("{bare}?sig=00112233445566778899aabbccddeeff"))
+            .await
+            .0,
+        401
+    );
+    let other = path.replace("PG-1", "PG-2");
+    assert_eq!(page(&format!("{}{other}", server.url)).await.0, 404);
+
+    let out = world.command(&["status", "PG-1"]);
+    let mut cmd = tokio::process::Command::from(out);
+    cmd.env("AUTODEV_URL", &server.url);
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("page:    {link}")), "{stdout}");
+}

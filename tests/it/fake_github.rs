@@ -47,6 +47,7 @@ pub struct CheckRun {
     pub updates: u32,
     /// Identifiers of the buttons offered.
     pub actions: Vec<String>,
+    pub details_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -640,6 +641,12 @@ fn apply_check(c: &mut CheckRun, req: &Value) -> Result<(), Response> {
     if let Some(s) = req["output"]["summary"].as_str() {
         c.summary = s.into();
     }
+    if let Some(url) = req["details_url"].as_str() {
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            return Err(err(StatusCode::UNPROCESSABLE_ENTITY, "Invalid details_url"));
+        }
+        c.details_url = Some(url.into());
+    }
     if let Some(actions) = req["actions"].as_array() {
         if actions.len() > 3
             || actions.iter().any(|a| {
@@ -683,6 +690,7 @@ async fn create_check_run(
         summary: String::new(),
         updates: 0,
         actions: Vec::new(),
+        details_url: None,
     };
     if let Err(r) = apply_check(&mut c, &req) {
         return r;

@@ -377,9 +377,15 @@ async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_
     let dump = "out=\"$FAKE_AGENT_DIR\"\nenv > \"$out/env.txt\"\ngit config --list --show-origin > \"$out/git-config.txt\" 2>&1\n\
                 cat \"$(git rev-parse --git-common-dir)/config\" > \"$out/mirror-config.txt\"\n\
                 for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p 2>/dev/null; echo; done > \"$out/cmdlines.txt\"\n";
-    let a = app_with(&format!(
-        "cat >/dev/null\n{dump}echo x > feature.txt\necho '{CLAUDE_OK}'"
-    ))
+    let a = app_with_setup(
+        &format!("cat >/dev/null\n{dump}echo x > feature.txt\necho '{CLAUDE_OK}'"),
+        |world, _| {
+            world.extra_env.push((
+                "AUTODEV_PUBLIC_URL".into(),
+                "https://autodev.example.com".into(),
+            ))
+        },
+    )
     .await;
     deliver(
         &a.server,
@@ -424,11 +430,30 @@ async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_
         "{}",
         runs[0].summary
     );
+    // Details lead to the task's page, which people can open.
+    let page = "/view/repos/codertocat/hello-world/tasks/issue-1";
+    assert_eq!(
+        runs[0].details_url.as_deref(),
+        Some(format!("https://autodev.example.com{page}").as_str())
+    );
+    let html = reqwest::get(format!("{}{page}", a.server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("Spelling error in the README file") && html.contains("passed"),
+        "{html}"
+    );
     a.fake
         .wait_until("the final status comment", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("autodev:status") && c.body.contains("passed"))
+            st.comments.iter().any(|c| {
+                c.body.contains("autodev:status")
+                    && c.body.contains("passed")
+                    && c.body
+                        .contains(&format!("[Details](https://autodev.example.com{page})"))
+            })
         })
         .await;
 
