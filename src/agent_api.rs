@@ -150,6 +150,8 @@ struct Call {
 struct Answer {
     text: String,
     calls: Vec<Call>,
+    /// Cut off at the token limit: its tool calls may be incomplete.
+    truncated: bool,
 }
 
 /// The conversation in the provider's own format.
@@ -196,6 +198,7 @@ impl Conversation {
                 let mut answer = Answer {
                     text: String::new(),
                     calls: Vec::new(),
+                    truncated: body["stop_reason"] == "max_tokens",
                 };
                 for block in content {
                     match block["type"].as_str() {
@@ -222,15 +225,22 @@ impl Conversation {
                     .into_iter()
                     .flatten()
                     .map(|c| {
-                        let args = c["function"]["arguments"].as_str().unwrap_or("{}");
+                        let args = &c["function"]["arguments"];
+                        // A JSON string, as OpenAI sends it; some compatible servers send the
+                        // object itself.
+                        let input = match args.as_str() {
+                            Some(text) => serde_json::from_str(text)
+                                .map_err(|e| format!("the arguments are not JSON: {e}")),
+                            None if args.is_object() => Ok(args.clone()),
+                            None => Ok(json!({})),
+                        };
                         Call {
                             id: c["id"].as_str().unwrap_or_default().to_owned(),
                             name: c["function"]["name"]
                                 .as_str()
                                 .unwrap_or_default()
                                 .to_owned(),
-                            input: serde_json::from_str(args)
-                                .map_err(|e| format!("the arguments are not JSON: {e}")),
+                            input,
                         }
                     })
                     .collect();
@@ -242,6 +252,7 @@ impl Conversation {
                 Ok(Answer {
                     text: message["content"].as_str().unwrap_or_default().to_owned(),
                     calls,
+                    truncated: body["choices"][0]["finish_reason"] == "length",
                 })
             }
         }
@@ -311,20 +322,24 @@ impl Tools<'_> {
                 }
             }
         }
-        // A symbolic link may not lead out either: the deepest existing ancestor decides.
-        let mut probe = out.clone();
-        while !probe.exists() {
-            if !probe.pop() {
-                break;
-            }
-        }
-        let real = probe.canonicalize().map_err(|e| e.to_string())?;
+        // A symbolic link on the way may not lead out, nor nowhere (writing through a
+        // dangling link would create its target, wherever that is).
         let root = self.root.canonicalize().map_err(|e| e.to_string())?;
-        if !real.starts_with(&root) {
-            return Err(format!(
-                "`{}` leads outside the working directory",
-                rel.display()
-            ));
+        let mut at = self.root.clone();
+        for part in out.strip_prefix(&self.root).unwrap_or(Path::new("")) {
+            at.push(part);
+            let Ok(meta) = std::fs::symlink_metadata(&at) else {
+                break;
+            };
+            if meta.file_type().is_symlink() {
+                let inside = at.canonicalize().is_ok_and(|real| real.starts_with(&root));
+                if !inside {
+                    return Err(format!(
+                        "`{}` goes through a symbolic link that leads outside the working directory or nowhere",
+                        rel.display()
+                    ));
+                }
+            }
         }
         Ok(out)
     }
@@ -358,17 +373,18 @@ impl Tools<'_> {
             }
             "read_file" => {
                 let path = self.resolve(&text("path")?)?;
-                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                if bytes.len() > RESULT_LIMIT {
+                let size = regular_file(&path)?.ok_or("no such file")?;
+                if size > RESULT_LIMIT as u64 {
                     return Err(format!(
-                        "{} bytes is too large to read whole; use run_command with head, tail or grep",
-                        bytes.len()
+                        "{size} bytes is too large to read whole; use run_command with head, tail or grep"
                     ));
                 }
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 String::from_utf8(bytes).map_err(|_| "not a text file".to_owned())
             }
             "write_file" => {
                 let path = self.resolve(&text("path")?)?;
+                regular_file(&path)?;
                 let content = text("content")?;
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -378,6 +394,7 @@ impl Tools<'_> {
             }
             "edit_file" => {
                 let path = self.resolve(&text("path")?)?;
+                regular_file(&path)?.ok_or("no such file")?;
                 let (old, new) = (text("old_text")?, text("new_text")?);
                 let current = std::fs::read_to_string(&path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -418,6 +435,17 @@ impl Tools<'_> {
             }
             other => Err(format!("there is no tool `{other}`")),
         }
+    }
+}
+
+/// The size of the regular file at `path`, `None` when nothing is there; an error for a
+/// directory, a pipe or a device (reading a pipe would wait forever).
+fn regular_file(path: &Path) -> Result<Option<u64>, String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        Ok(_) => Err(format!("{} is not a regular file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
@@ -470,9 +498,16 @@ pub async fn run(
             if cancel.is_cancelled() {
                 return Err((AttemptStatus::Cancelled, "cancelled".into()));
             }
-            let (text, is_error) = match tools.run(c).await {
-                Ok(t) => (t, false),
-                Err(e) => (e, true),
+            let (text, is_error) = if answer.truncated {
+                (
+                    "not run: your answer was cut off at the token limit, so this call may be incomplete; send it again in smaller pieces".to_owned(),
+                    true,
+                )
+            } else {
+                match tools.run(c).await {
+                    Ok(t) => (t, false),
+                    Err(e) => (e, true),
+                }
             };
             results.push((c.id.clone(), text, is_error));
         }
@@ -548,7 +583,10 @@ async fn call(
         };
         let pause = wait.unwrap_or_else(|| Duration::from_secs(1 << attempt));
         if Instant::now() + pause >= deadline {
-            break;
+            return Err((
+                AttemptStatus::Timeout,
+                format!("the time ran out while waiting to try again: {last}"),
+            ));
         }
         tokio::time::sleep(pause).await;
     }
@@ -578,6 +616,8 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("link")).unwrap();
         std::os::unix::fs::symlink("src", root.join("inner")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere/nope"), root.join("dangling"))
+            .unwrap();
         let cancel = CancellationToken::new();
         let t = tools(&root, &cancel);
         assert_eq!(t.resolve("src/a.rs").unwrap(), root.join("src/a.rs"));
@@ -588,6 +628,8 @@ mod tests {
         );
         assert!(t.resolve("inner/a.rs").is_ok(), "a link that stays inside");
         for bad in [
+            "dangling",
+            "dangling/x",
             "../x",
             "src/../../x",
             "/etc/passwd",
@@ -598,6 +640,26 @@ mod tests {
         ] {
             assert!(t.resolve(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn answers_cut_off_at_the_token_limit_are_marked() {
+        let mut c = Conversation::new(Dialect::Anthropic, "task");
+        let cut = json!({"content": [{"type": "tool_use", "id": "t1", "name": "write_file",
+                         "input": {"path": "a"}}], "stop_reason": "max_tokens"});
+        let a = c.take_answer(&cut).unwrap();
+        assert!(a.truncated && a.calls.len() == 1);
+        let mut o = Conversation::new(Dialect::OpenAi, "task");
+        let whole = json!({"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant",
+            "tool_calls": [{"id": "c1", "type": "function",
+                            "function": {"name": "list_files", "arguments": {"path": "."}}}]}}]});
+        let a = o.take_answer(&whole).unwrap();
+        assert!(!a.truncated);
+        assert_eq!(
+            a.calls[0].input.as_ref().unwrap()["path"],
+            ".",
+            "object arguments too"
+        );
     }
 
     #[tokio::test]

@@ -349,7 +349,7 @@ async fn run(settings: Settings, path: &Path, rerun: bool) -> anyhow::Result<i32
     if state == TaskState::Passed
         && row.repo_name().is_local()
         && engine.settings.github_token.is_some()
-        && engine.settings.file.hygiene.pr_on_pass
+        && (engine.settings.file.hygiene.pr_on_pass || row.pr_number.is_some())
     {
         use crate::github::outbox::{self, PrOutcome};
         match outbox::open_pr_now(&engine, key).await {

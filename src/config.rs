@@ -410,7 +410,7 @@ pub struct ProviderEntry {
     /// API mode: model calls one invocation may take.
     #[serde(default)]
     pub max_turns: Option<u32>,
-    /// API mode: tokens one answer may use.
+    /// API mode: tokens one answer may use (sent to the Anthropic API, which requires it).
     #[serde(default)]
     pub max_tokens: Option<u32>,
 }
@@ -550,15 +550,18 @@ impl FileConfig {
                 self.database.synchronous
             );
         }
-        if let Some(name) = self
-            .agent
-            .env
-            .iter()
-            .find(|n| OWN_CREDENTIALS.contains(&n.as_str()))
-        {
-            bail!(
-                "agent.env lists {name}, one of autodev's own credentials, which agents never see; give the agent a credential of its own under another name"
-            );
+        let lists = std::iter::once(("agent.env".to_owned(), &self.agent.env)).chain(
+            self.providers
+                .entries
+                .iter()
+                .map(|(name, e)| (format!("providers.{name}.env"), &e.env)),
+        );
+        for (key, names) in lists {
+            if let Some(name) = names.iter().find(|n| OWN_CREDENTIALS.contains(&n.as_str())) {
+                bail!(
+                    "{key} lists {name}, one of autodev's own credentials, which agents never see; give the agent a credential of its own under another name"
+                );
+            }
         }
         Ok(())
     }
@@ -760,6 +763,16 @@ mod tests {
         assert!(e.contains("agent.env lists GITHUB_TOKEN"), "{e}");
         FileConfig::from_yaml("agent: {env: [GH_TOKEN_FOR_AGENT]}\n", Path::new("c.yaml"))
             .expect("a credential of the agent's own is fine");
+        let e = FileConfig::from_yaml(
+            "providers:\n  claude_cli: {mode: cli, env: [AUTODEV_API_TOKEN]}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("providers.claude_cli.env lists AUTODEV_API_TOKEN"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -850,7 +850,7 @@ pub async fn set_delivery_outcome(
 }
 
 pub async fn set_pr(pool: &SqlitePool, key: TaskKey, number: i64) -> anyhow::Result<()> {
-    sqlx::query("UPDATE tasks SET pr_number = ? WHERE pk = ?")
+    sqlx::query("UPDATE tasks SET pr_number = ?, pr_state = 'open' WHERE pk = ?")
         .bind(number)
         .bind(key)
         .execute(pool)
@@ -866,6 +866,20 @@ pub async fn set_local_remote(pool: &SqlitePool, key: TaskKey, url: &str) -> any
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Where the latest other local task's pull request went.
+pub async fn last_local_remote(
+    pool: &SqlitePool,
+    except: TaskKey,
+) -> anyhow::Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT clone_url FROM tasks WHERE repo = 'local' AND clone_url IS NOT NULL AND pk != ?
+         ORDER BY pk DESC LIMIT 1",
+    )
+    .bind(except)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Passed GitHub tasks whose branch is pushed and has no pull request yet. The schedule

@@ -29,6 +29,25 @@ pub struct Worktree {
     pub head: String,
 }
 
+/// Whether a failed push looks like the network (worth trying again), not a refusal.
+pub fn push_may_pass_later(message: &str) -> bool {
+    const PASSING: &[&str] = &[
+        "Could not resolve host",
+        "Failed to connect",
+        "Connection refused",
+        "Connection reset",
+        "Connection timed out",
+        "Operation timed out",
+        "timed out",
+        "The requested URL returned error: 5",
+        "RPC failed",
+        "early EOF",
+        "unexpected disconnect",
+        "remote end hung up",
+    ];
+    PASSING.iter().any(|p| message.contains(p))
+}
+
 impl Git {
     pub fn new(ops: IntCounterVec, user_name: &str, user_email: &str) -> Self {
         Self {
@@ -540,9 +559,22 @@ impl Git {
             anyhow::Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         };
         self.ops.with_label_values(&["checkpoint"]).inc();
-        in_index(&["read-tree", "HEAD"]).await?;
-        in_index(&["add", "--all"]).await?;
-        let tree = in_index(&["write-tree"]).await?;
+        // Seeded from the worktree's own index, whose stat data spares hashing every unchanged
+        // file again; from HEAD when that is not possible or fails.
+        let seeded = self.seed_index(worktree, index).await;
+        let mut tree = None;
+        if seeded && in_index(&["add", "--all"]).await.is_ok() {
+            tree = in_index(&["write-tree"]).await.ok();
+        }
+        let tree = match tree {
+            Some(t) => t,
+            None => {
+                let _ = std::fs::remove_file(index);
+                in_index(&["read-tree", "HEAD"]).await?;
+                in_index(&["add", "--all"]).await?;
+                in_index(&["write-tree"]).await?
+            }
+        };
         let _ = std::fs::remove_file(index);
         let head = self.head(worktree).await?;
         let head_tree = self
@@ -583,6 +615,33 @@ impl Git {
         )
         .await?;
         Ok(Some(commit))
+    }
+
+    /// Copies the worktree's index to `to`, keeping its modification time: git trusts an
+    /// entry's stat data only when the entry is older than the index file, so a copy that
+    /// looked newer would hide changes made in the same second as the original was written.
+    /// Git replaces an index by renaming a finished one over it, so the copy is whole.
+    async fn seed_index(&self, worktree: &Path, to: &Path) -> bool {
+        let Ok(out) = self
+            .output(worktree, &["rev-parse", "--git-path", "index"], None)
+            .await
+        else {
+            return false;
+        };
+        let rel = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || rel.is_empty() {
+            return false;
+        }
+        let from = worktree.join(rel);
+        let copied = (|| {
+            let modified = std::fs::metadata(&from)?.modified()?;
+            std::fs::copy(&from, to)?;
+            std::fs::File::options()
+                .write(true)
+                .open(to)?
+                .set_modified(modified)
+        })();
+        copied.is_ok()
     }
 
     /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
@@ -896,6 +955,22 @@ mod tests {
         let long = commit_message("data", &"x".repeat(200), "T", false);
         assert!(long.lines().next().unwrap().chars().count() <= 72);
         assert!(long.starts_with("chore(data): "));
+    }
+
+    #[test]
+    fn push_failures_are_told_apart() {
+        assert!(push_may_pass_later(
+            "fatal: unable to access 'https://github.com/a/b.git/': Could not resolve host: github.com"
+        ));
+        assert!(push_may_pass_later(
+            "error: RPC failed; HTTP 502 curl 22 The requested URL returned error: 502"
+        ));
+        assert!(!push_may_pass_later(
+            "remote: Permission to a/b.git denied to someone. fatal: unable to access: The requested URL returned error: 403"
+        ));
+        assert!(!push_may_pass_later(
+            "pushing auto/backend/T-1 failed: ! refs/heads/auto/backend/T-1 [rejected] (stale info)"
+        ));
     }
 
     #[test]

@@ -137,11 +137,11 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         if t.pushed_sha.is_some() {
             effects.push(Effect::CheckRun { task: key });
         }
-        // App tasks once pushed; local ones push their branch when the PR is opened.
-        let can_open =
-            t.pushed_sha.is_some() || (t.repo_name().is_local() && gh.personal_token().is_some());
-        if outcome.state == TaskState::Passed && engine.settings.file.hygiene.pr_on_pass && can_open
-        {
+        // App tasks once pushed; local ones push their branch when the PR is opened, and
+        // again when a task with an open PR passes anew.
+        let local = t.repo_name().is_local() && gh.personal_token().is_some();
+        let wanted = engine.settings.file.hygiene.pr_on_pass || (local && t.pr_number.is_some());
+        if outcome.state == TaskState::Passed && wanted && (t.pushed_sha.is_some() || local) {
             effects.push(Effect::OpenPr { task: key });
         }
         for effect in effects {
@@ -572,6 +572,24 @@ impl Source {
             if engine.settings.github_token.is_some()
                 && let Ok(remote) = crate::github::origin::local_remote(engine).await
             {
+                // An `origin` that moved since the last task (an agent can edit the
+                // repository's config) is pointed out on the timeline.
+                if row.clone_url.is_none()
+                    && let Some(before) = db::last_local_remote(&engine.pool, row.pk).await?
+                    && before != remote.push_url
+                {
+                    engine
+                        .record(
+                            row.pk,
+                            row.run_seq,
+                            "github",
+                            &format!(
+                                "`origin` now leads to {}; the task before pushed to {before}",
+                                remote.push_url
+                            ),
+                        )
+                        .await;
+                }
                 db::set_local_remote(&engine.pool, row.pk, &remote.push_url).await?;
             }
             return Ok(Self {

@@ -37,13 +37,16 @@ fn git_host(api_url: &str) -> Option<String> {
 
 /// Reads `origin`'s URL as a GitHub repository; the error says why it is not one.
 pub fn parse(url: &str, api_url: &str) -> Result<GithubRemote, String> {
-    let url = url.trim();
+    let raw = url.trim();
+    // Messages show the URL without any credentials written into it.
+    let shown = redacted(raw);
+    let url = shown.as_str();
     let local = || format!("`origin` ({url}) is a path on this machine, not a GitHub repository");
     if url.to_ascii_lowercase().starts_with("file:") {
         return Err(local());
     }
-    let (scheme, host, port, path) = if let Some((scheme, _)) = url.split_once("://") {
-        let uri: Uri = url
+    let (scheme, host, port, path) = if let Some((scheme, _)) = raw.split_once("://") {
+        let uri: Uri = raw
             .parse()
             .map_err(|_| format!("`origin` ({url}) is not a URL autodev can read"))?;
         let host = uri
@@ -55,7 +58,7 @@ pub fn parse(url: &str, api_url: &str) -> Result<GithubRemote, String> {
             uri.port_u16(),
             uri.path().to_owned(),
         )
-    } else if let Some((authority, path)) = url.split_once(':')
+    } else if let Some((authority, path)) = raw.split_once(':')
         && !authority.contains('/')
         && !path.starts_with("//")
     {
@@ -86,17 +89,34 @@ pub fn parse(url: &str, api_url: &str) -> Result<GithubRemote, String> {
             ));
         }
     };
-    let push_url = match (scheme.as_str(), port) {
-        ("http", Some(p)) => format!("http://{host}:{p}/{owner}/{repo}.git"),
-        ("http", None) => format!("http://{host}/{owner}/{repo}.git"),
-        ("https", Some(p)) => format!("https://{host}:{p}/{owner}/{repo}.git"),
-        _ => format!("https://{host}/{owner}/{repo}.git"),
+    // The token goes over HTTPS; plain HTTP only where the API itself is (a test server).
+    let push_scheme = if scheme == "http" && api_url.starts_with("http://") {
+        "http"
+    } else {
+        "https"
+    };
+    // A port belongs to the scheme it came with (an SSH port is no HTTPS port).
+    let push_url = match port.filter(|_| scheme == push_scheme) {
+        Some(p) => format!("{push_scheme}://{host}:{p}/{owner}/{repo}.git"),
+        None => format!("{push_scheme}://{host}/{owner}/{repo}.git"),
     };
     Ok(GithubRemote {
         owner: owner.to_owned(),
         repo: repo.to_owned(),
         push_url,
     })
+}
+
+/// `url` without a `user:password@` part.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Where local mode's pull requests go, or why there is nowhere to open them.
@@ -158,6 +178,7 @@ mod tests {
             "https://github.com/octo-org/hello.world/",
             "https://someone:ghp_secret@github.com/octo-org/hello.world.git",
             "HTTPS://GitHub.com/octo-org/hello.world.git",
+            "http://github.com/octo-org/hello.world.git",
             "git@github.com:octo-org/hello.world.git",
             "github.com:octo-org/hello.world",
             "ssh://git@github.com/octo-org/hello.world.git",
@@ -215,5 +236,10 @@ mod tests {
             let e = parse(url, api).expect_err(url);
             assert!(e.contains(why), "{url}: {e}");
         }
+        let e = parse("https://me:ghp_secret@gitlab.com/team/app.git", API).unwrap_err();
+        assert!(
+            !e.contains("ghp_secret") && e.contains("https://gitlab.com/team/app.git"),
+            "{e}"
+        );
     }
 }

@@ -371,6 +371,10 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
         return Ok(PrOutcome::NotOpened(format!("no task {task}")));
     };
     if let Some(n) = t.pr_number {
+        // A local task run again after its pull request opened: the new work goes there too.
+        if t.installation_id.is_none() && t.state == db::TaskState::Passed {
+            republish_local(engine, task).await.map_err(internal)?;
+        }
         return Ok(PrOutcome::Open(n));
     }
     if t.state != db::TaskState::Passed {
@@ -456,29 +460,41 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
         }
     };
     let number = pr["number"].as_i64().unwrap_or_default();
-    let author = pr["user"]["login"].as_str().unwrap_or_default().to_owned();
-    let reviewers = reviewers_for(engine, &t, &target, &author)
-        .await
-        .map_err(internal)?;
-    if !reviewers.users.is_empty() || !reviewers.teams.is_empty() {
-        let body = json!({ "reviewers": reviewers.users, "team_reviewers": reviewers.teams });
-        let path = format!("/repos/{owner}/{repo}/pulls/{number}/requested_reviewers");
-        match gh.call(who, "POST", &path, Some(&body)).await {
-            Ok(_) => {}
-            // Not collaborators, or otherwise refused: say so once, do not retry forever.
-            Err(ApiError::Status {
-                status: 422,
-                message,
-                ..
-            }) => {
-                report(engine, &t, &format!("pull request #{number} is open, but GitHub refused its reviewers: {message}")).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // Recorded before anything else can fail: an open pull request is never asked for again.
     db::set_pr(&engine.pool, t.pk, number)
         .await
         .map_err(internal)?;
+    let author = pr["user"]["login"].as_str().unwrap_or_default().to_owned();
+    // Reviewers are asked once; what stops that is said, not retried.
+    match reviewers_for(engine, &t, &target, &author).await {
+        Ok(r) if r.users.is_empty() && r.teams.is_empty() => {}
+        Ok(r) => {
+            let body = json!({ "reviewers": r.users, "team_reviewers": r.teams });
+            let path = format!("/repos/{owner}/{repo}/pulls/{number}/requested_reviewers");
+            if let Err(e) = gh.call(who, "POST", &path, Some(&body)).await {
+                let why = match e {
+                    ApiError::Status { message, .. } => message,
+                    other => other.to_string(),
+                };
+                report(
+                    engine,
+                    &t,
+                    &format!(
+                        "pull request #{number} is open, but GitHub refused its reviewers: {why}"
+                    ),
+                )
+                .await;
+            }
+        }
+        Err(e) => {
+            report(
+                engine,
+                &t,
+                &format!("pull request #{number} is open, but its reviewers could not be worked out: {e:#}"),
+            )
+            .await;
+        }
+    }
     let _ = db::add_event(
         &engine.pool,
         t.pk,
@@ -540,8 +556,8 @@ async fn pr_target(
             return Ok(Err(why));
         }
     };
-    let head = match publish_local(engine, gh, t, &remote, &base).await? {
-        Ok(head) => head,
+    let (head, base_sha) = match publish_local(engine, gh, t, &remote, &base).await? {
+        Ok(found) => found,
         Err(why) => {
             // Nothing to push (the branch is gone, or holds nothing new) or not allowed to:
             // the schedule stops asking.
@@ -557,7 +573,7 @@ async fn pr_target(
         owner: remote.owner,
         repo: remote.repo,
         git_dir: engine.settings.repo_path.clone(),
-        base_ref: format!("refs/heads/{base}"),
+        base_ref: base_sha,
         head,
     }))
 }
@@ -586,15 +602,15 @@ pub async fn republish_local(engine: &Engine, task: TaskKey) -> anyhow::Result<(
 }
 
 /// Pushes a local task's branch to `origin` with `GITHUB_TOKEN`, leasing over what autodev
-/// pushed there before, unless it is there already. The head now on `origin`, or why there is
-/// nothing to push.
+/// pushed there before, unless it is there already. The head now on `origin` and the base
+/// commit, or why there is nothing to push.
 async fn publish_local(
     engine: &Engine,
     gh: &GithubClient,
     t: &db::TaskRow,
     remote: &super::origin::GithubRemote,
     base: &str,
-) -> Result<Result<String, String>, ApiError> {
+) -> Result<Result<(String, String), String>, ApiError> {
     let git = &engine.git;
     let repo = &engine.settings.repo_path;
     let Some(token) = gh.personal_token() else {
@@ -610,15 +626,15 @@ async fn publish_local(
             repo.display()
         )));
     };
-    if t.pushed_sha.as_deref() == Some(head.as_str()) {
-        return Ok(Ok(head));
-    }
     let Ok((_, base_sha)) = git.resolve_base(repo, Some(base)).await else {
         return Ok(Err(format!(
             "base branch {base} is not in {}: no pull request",
             repo.display()
         )));
     };
+    if t.pushed_sha.as_deref() == Some(head.as_str()) {
+        return Ok(Ok((head, base_sha)));
+    }
     if git
         .is_ancestor(repo, &head, &base_sha)
         .await
@@ -653,6 +669,9 @@ async fn publish_local(
         )));
     }
     let url = &remote.push_url;
+    db::set_local_remote(&engine.pool, t.pk, url)
+        .await
+        .map_err(internal)?;
     let pushed = git
         .push(repo, url, &head, &t.branch, token, t.pushed_sha.as_deref())
         .await;
@@ -660,11 +679,20 @@ async fn publish_local(
         // Pushed before a crash, and not recorded: it is there already.
         let there = git.remote_branch(repo, url, &t.branch, token).await.ok();
         if there.flatten().as_deref() != Some(head.as_str()) {
-            return Err(ApiError::Transport {
-                method: "PUSH",
-                path: url.clone(),
-                message: format!("{e:#}"),
-            });
+            let message = format!("{e:#}");
+            if crate::gitops::push_may_pass_later(&message) {
+                return Err(ApiError::Transport {
+                    method: "PUSH",
+                    path: url.clone(),
+                    message,
+                });
+            }
+            // Refused (no permission, a protected branch, someone else's commits there):
+            // trying again will not change that.
+            return Ok(Err(format!(
+                "GitHub refused the push of {} to {full_name}: {message}",
+                t.branch
+            )));
         }
     }
     db::set_pushed(&engine.pool, t.pk, &head)
@@ -682,7 +710,7 @@ async fn publish_local(
         ),
     )
     .await;
-    Ok(Ok(head))
+    Ok(Ok((head, base_sha)))
 }
 
 /// CODEOWNERS (read from the base branch) of the changed files, then the role's reviewers;

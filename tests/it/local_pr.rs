@@ -242,6 +242,18 @@ async fn prize_by_hand_pushes_and_opens_it_once_and_a_refusal_is_reported_then_a
     assert!(out.contains("no passed task is waiting"), "{out}");
     assert_eq!(l.fake.state.lock().unwrap().pulls.len(), 1);
     assert_eq!(l.pr_posts(), 2, "one refused, one made");
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        l.world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT pr_state FROM tasks WHERE task_id = 'LPR-2'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state.as_deref(), Some("open"), "no longer refused");
 }
 
 #[tokio::test]
@@ -284,6 +296,23 @@ async fn autodev_run_opens_the_pull_request_and_the_queued_trigger_finds_it_open
     assert_eq!(t["pushed_sha"], head.as_str());
     assert_eq!(l.pr_posts(), 1);
     assert_eq!(l.fake.state.lock().unwrap().pulls.len(), 1);
+    drop(server);
+
+    // Run again: the new work goes to the same pull request.
+    l.world.agent(
+        "claude",
+        &format!("cat >/dev/null\necho more > more.txt\necho '{CLAUDE_OK}'"),
+    );
+    let (code, out, err) = l
+        .cli(&["run", "--rerun", spec_path.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("pull request #"), "{out}");
+    let again = git(&l.world.repo, &["rev-parse", branch]);
+    assert_ne!(again, head);
+    assert_eq!(l.on_origin(branch).as_deref(), Some(again.as_str()));
+    assert_eq!(l.fake.state.lock().unwrap().pulls.len(), 1);
+    assert_eq!(l.pr_posts(), 1);
 }
 
 #[tokio::test]
