@@ -297,6 +297,7 @@ struct Tools<'a> {
     deadline: Instant,
     cancel: &'a CancellationToken,
     record: ProcessRecorder<'a>,
+    jail: Option<crate::sandbox::Jail<'a>>,
 }
 
 impl Tools<'_> {
@@ -423,6 +424,7 @@ impl Tools<'_> {
                     timeout,
                     output_limit: self.output_limit,
                 };
+                let job = crate::sandbox::confine(self.jail, job, &[]);
                 let started = exec::start(job).map_err(|e| format!("could not start sh: {e}"))?;
                 (self.record)(Some(started.pgid)).await;
                 let out = started.wait(self.cancel).await;
@@ -473,6 +475,7 @@ pub async fn run(
         deadline,
         cancel,
         record,
+        jail: req.jail,
     };
     let mut convo = Conversation::new(ep.dialect, req.prompt);
     for turn in 1..=ep.max_turns {
@@ -605,6 +608,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(10),
             cancel,
             record: &|_| Box::pin(async {}),
+            jail: None,
         }
     }
 

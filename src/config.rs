@@ -231,6 +231,10 @@ pub struct AgentConfig {
     pub max_output_bytes: usize,
     pub git_user_name: String,
     pub git_user_email: String,
+    /// `off`, or `bwrap`: agents, gates and tool-loop commands run under bubblewrap.
+    pub sandbox: SandboxMode,
+    /// More paths agents may write to inside the sandbox (caches, for example).
+    pub sandbox_writable: Vec<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -241,8 +245,20 @@ impl Default for AgentConfig {
             max_output_bytes: 1024 * 1024,
             git_user_name: "autodev".into(),
             git_user_email: "autodev@users.noreply.github.com".into(),
+            sandbox: SandboxMode::Off,
+            sandbox_writable: Vec::new(),
         }
     }
+}
+
+/// How agents are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    /// As autodev's own OS user, with the allow-listed environment only.
+    Off,
+    /// Under bubblewrap (see `sandbox`).
+    Bwrap,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -37,6 +37,8 @@ pub struct Engine {
     pub git: Git,
     /// The GitHub client: the App's in App mode, `GITHUB_TOKEN`'s in local mode.
     pub github: Option<Arc<crate::github::client::GithubClient>>,
+    /// The agents' sandbox, when `agent.sandbox` asks for one.
+    pub sandbox: Option<crate::sandbox::Sandbox>,
     /// Identifies this process in task leases and as a queue worker: unique per start, so a
     /// quick restart never collides with the name of the process it replaces.
     pub owner: String,
@@ -99,7 +101,9 @@ impl Engine {
             &settings.data_dir.join("locks"),
         )?
         .map(Arc::new);
+        let sandbox = crate::sandbox::Sandbox::from_settings(&settings)?;
         Ok(Arc::new(Self {
+            sandbox,
             github,
             owner: unique_owner_name(),
             settings,
@@ -110,6 +114,32 @@ impl Engine {
             live,
             running: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// What a sandboxed agent or gate working in `worktree` may write to: the worktree, the
+    /// git directory it shares, and the agents' HOMEs. Empty without a sandbox.
+    pub async fn sandbox_writable(
+        &self,
+        worktree: &std::path::Path,
+    ) -> anyhow::Result<Vec<std::path::PathBuf>> {
+        if self.sandbox.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![
+            worktree.to_owned(),
+            self.git.common_dir(worktree).await?,
+            self.settings.data_dir.join("homes"),
+        ])
+    }
+
+    /// The sandbox of a task whose writable paths are `writable`, if there is a sandbox.
+    pub fn jail<'a>(
+        &'a self,
+        writable: &'a [std::path::PathBuf],
+    ) -> Option<crate::sandbox::Jail<'a>> {
+        self.sandbox
+            .as_ref()
+            .map(|sandbox| crate::sandbox::Jail { sandbox, writable })
     }
 
     /// GitHub App mode is configured (webhooks, installations, check runs).

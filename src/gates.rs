@@ -202,6 +202,7 @@ pub async fn run(
     config: &GatesConfig,
     cancel: &CancellationToken,
     record: ProcessRecorder<'_>,
+    jail: Option<crate::sandbox::Jail<'_>>,
 ) -> Vec<GateResult> {
     let mut results = Vec::new();
     for gate in planned {
@@ -231,6 +232,7 @@ pub async fn run(
             timeout: config.timeout,
             output_limit: config.max_output_bytes,
         };
+        let job = crate::sandbox::confine(jail, job, &[]);
         let started = exec::start(job);
         let result = match started {
             Ok(started) => {

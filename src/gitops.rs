@@ -464,6 +464,19 @@ impl Git {
             .map(|(sha, _)| sha.to_owned()))
     }
 
+    /// The git directory a worktree shares with its repository (objects, refs, config).
+    pub async fn common_dir(&self, worktree: &Path) -> anyhow::Result<PathBuf> {
+        let out = self
+            .run(
+                "rev-parse",
+                worktree,
+                &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+                None,
+            )
+            .await?;
+        Ok(PathBuf::from(out.trim()))
+    }
+
     /// The URL of remote `name`, as the repository's config has it; `None` without one.
     pub async fn remote_url(&self, repo: &Path, name: &str) -> anyhow::Result<Option<String>> {
         self.ops.with_label_values(&["config"]).inc();

@@ -602,6 +602,7 @@ async fn catch_up(
         let cancel = tokio_util::sync::CancellationToken::new();
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
+        let writable = engine.sandbox_writable(&tmp).await?;
         let results = crate::gates::run(
             &planned,
             &workdir,
@@ -609,6 +610,7 @@ async fn catch_up(
             &engine.settings.file.gates,
             &cancel,
             &no_record,
+            engine.jail(&writable),
         )
         .await;
         let round = task.rounds + 1;

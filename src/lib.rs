@@ -18,6 +18,7 @@ pub mod prompt;
 pub mod providers;
 pub mod queue;
 pub mod roles;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod view;

@@ -187,6 +187,8 @@ pub struct AgentRequest<'a> {
     /// Extra variable names every agent may see (`agent.env`).
     pub extra_env: &'a [String],
     pub output_limit: usize,
+    /// The sandbox to run in, if any.
+    pub jail: Option<crate::sandbox::Jail<'a>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -343,6 +345,19 @@ async fn run_one(
         timeout,
         output_limit: req.output_limit,
     };
+    // In a sandbox, the CLI's own configuration in the real HOME stays writable (logins,
+    // sessions).
+    let own: Vec<PathBuf> = env
+        .get("HOME")
+        .map(|h| {
+            provider
+                .home_entries()
+                .iter()
+                .map(|e| Path::new(h).join(e))
+                .collect()
+        })
+        .unwrap_or_default();
+    let job = crate::sandbox::confine(req.jail, job, &own);
     let started = exec::start(job)
         .map_err(|e| failure(format!("could not start {}: {e}", binary.display())))?;
     record(Some(started.pgid)).await;

@@ -316,6 +316,7 @@ async fn pipeline(
     let workdir = worktree.path.join(&spec.target_dir);
     std::fs::create_dir_all(&workdir)
         .with_context(|| format!("creating target_dir {}", workdir.display()))?;
+    let writable = engine.sandbox_writable(&worktree.path).await?;
 
     // 2. Rounds: agent, then gates; failures go back to the agent.
     let providers =
@@ -385,6 +386,7 @@ async fn pipeline(
         )
         .await;
         let request = AgentRequest {
+            jail: engine.jail(&writable),
             prompt: &text,
             cwd: &workdir,
             model: spec.model.as_deref(),
@@ -457,8 +459,16 @@ async fn pipeline(
         gate_config.timeout = gate_config
             .timeout
             .min(run.time_left().max(Duration::from_secs(1)));
-        let results =
-            gates::run(&planned, &workdir, &gate_env, &gate_config, cancel, &record).await;
+        let results = gates::run(
+            &planned,
+            &workdir,
+            &gate_env,
+            &gate_config,
+            cancel,
+            &record,
+            engine.jail(&writable),
+        )
+        .await;
         for r in &results {
             db::add_gate_result(
                 &engine.pool,

@@ -15,4 +15,5 @@ mod github_client;
 mod local_pr;
 mod pipeline;
 mod recovery;
+mod sandbox;
 mod webhooks;

@@ -1,0 +1,136 @@
+//! `agent.sandbox: bwrap`: the same probing agent runs with and without the sandbox. Without
+//! it, it can read autodev's environment through `/proc`, credential files and the database;
+//! inside, none of these, while its own work, git and the gates still run.
+
+use std::time::Duration;
+
+use crate::support::{CLAUDE_OK, World, spec};
+
+const TOKEN: &str = "ghp_sandboxProbeSecret42";
+const API_TOKEN: &str = "sk-ant-key-from-a-file-7";
+
+fn bwrap_works() -> bool {
+    std::process::Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-pid", "--", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Probe {
+    environ_hits: usize,
+    ssh: String,
+    token_file: String,
+    data_dir: String,
+}
+
+async fn probe(sandbox: bool) -> Probe {
+    let mut world = World::new();
+    let ssh = world.home.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("id_ed25519"), "PRIVATE KEY DATA\n").unwrap();
+    let token_file = world.root.path().join("api-token.txt");
+    std::fs::write(&token_file, API_TOKEN).unwrap();
+    let out = world.agent_dir.display().to_string();
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c {TOKEN} > {out}/environ.txt\n\
+             cat {ssh}/id_ed25519 > {out}/ssh.txt 2>&1\n\
+             cat {token} > {out}/token.txt 2>&1\n\
+             ls {data} > {out}/data.txt 2>&1\n\
+             echo x > feature.txt\n\
+             git add feature.txt\n\
+             echo '{CLAUDE_OK}'",
+            ssh = ssh.display(),
+            token = token_file.display(),
+            data = world.data.display(),
+        ),
+    );
+    let mode = if sandbox { "bwrap" } else { "off" };
+    std::fs::write(
+        &world.config,
+        format!(
+            "providers:\n  order: [claude_cli]\nworkers: {{concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{sandbox: {mode}, env: [FAKE_AGENT_DIR]}}\n"
+        ),
+    )
+    .unwrap();
+    world.extra_env.extend([
+        ("GITHUB_TOKEN".to_owned(), TOKEN.to_owned()),
+        (
+            "ANTHROPIC_API_KEY_FILE".to_owned(),
+            token_file.display().to_string(),
+        ),
+    ]);
+    let server = world.serve();
+    server
+        .post_spec(
+            "application/yaml",
+            &spec("SBX-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n"),
+        )
+        .await;
+    let task = server
+        .wait_for(
+            "SBX-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "sandbox {sandbox}: {task:#}");
+    let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
+    Probe {
+        environ_hits: read("environ.txt").trim().parse().unwrap_or(0),
+        ssh: read("ssh.txt"),
+        token_file: read("token.txt"),
+        data_dir: read("data.txt"),
+    }
+}
+
+#[tokio::test]
+async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_database() {
+    if !bwrap_works() {
+        // CI installs bubblewrap (.ci/run); a machine without user namespaces cannot run it.
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let open = probe(false).await;
+    assert!(
+        open.environ_hits > 0,
+        "without a sandbox the token is readable in /proc (the reason for one)"
+    );
+    assert!(open.ssh.contains("PRIVATE KEY DATA"));
+    assert!(open.token_file.contains(API_TOKEN));
+    assert!(open.data_dir.contains("autodev.db"), "{}", open.data_dir);
+
+    let boxed = probe(true).await;
+    assert_eq!(
+        boxed.environ_hits, 0,
+        "autodev's processes are out of sight"
+    );
+    assert!(!boxed.ssh.contains("PRIVATE KEY DATA"), "{}", boxed.ssh);
+    assert!(
+        !boxed.token_file.contains(API_TOKEN),
+        "{}",
+        boxed.token_file
+    );
+    assert!(!boxed.data_dir.contains("autodev.db"), "{}", boxed.data_dir);
+}
+
+#[tokio::test]
+async fn asking_for_a_sandbox_that_cannot_run_stops_serve_with_the_reason() {
+    let world = World::new();
+    std::fs::write(
+        &world.config,
+        "providers:\n  order: [claude_cli]\nagent: {sandbox: bwrap}\n",
+    )
+    .unwrap();
+    // A PATH without bwrap on it.
+    let out = world
+        .command(&["serve", "--bind", "127.0.0.1:0"])
+        .env("PATH", world.bin.display().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`bwrap` is not on PATH"), "{err}");
+}
