@@ -426,7 +426,15 @@ fn build_args(
         } else if arg.contains("{prompt}") {
             prompt_in_args = true;
             let text = if prompt.len() > MAX_PROMPT_ARG {
-                std::fs::write(prompt_file, prompt)?;
+                // The agent can write in its HOME: a link planted where the file goes must
+                // not make autodev write elsewhere.
+                let _ = std::fs::remove_file(prompt_file);
+                use std::io::Write as _;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(prompt_file)?
+                    .write_all(prompt.as_bytes())?;
                 format!(
                     "Your task is in the file {}. Read it and carry it out.",
                     prompt_file.display()

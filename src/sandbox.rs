@@ -1,12 +1,12 @@
 //! The agent's sandbox (`agent.sandbox: bwrap`): agents, gates and the tool loop's commands run
-//! under bubblewrap, in a PID namespace of their own and with the file system read-only except
-//! for the task's worktree, its git directory, the agents' HOMEs, `/tmp` and what
-//! `agent.sandbox_writable` adds. Hidden from them: autodev's processes (so its environment,
+//! under bubblewrap, in PID and IPC namespaces of their own and with the file system read-only
+//! except for the task's worktree, its git directory (but not the parts git executes from),
+//! the agents' HOMEs, a private `/tmp` and what `agent.sandbox_writable` adds. Hidden from them: autodev's processes (so its environment,
 //! which holds the tokens, cannot be read from `/proc`), the data directory (the database,
 //! other tasks' worktrees, mirrors), the usual credential stores in HOME, and the files
 //! autodev's own secrets are read from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
@@ -45,6 +45,11 @@ pub struct Sandbox {
     writable: Vec<PathBuf>,
 }
 
+/// `path` with links resolved when it exists (bwrap mounts onto real paths), else as given.
+fn real(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_owned())
+}
+
 impl Sandbox {
     /// The sandbox the configuration asks for; an error when it asks for one that cannot run
     /// here (better to refuse to start than to run agents unconfined).
@@ -56,78 +61,164 @@ impl Sandbox {
         let bwrap = crate::exec::which("bwrap", env.get("PATH")).context(
             "agent.sandbox is bwrap, but `bwrap` is not on PATH (install bubblewrap, e.g. `apt-get install bubblewrap`)",
         )?;
-        let probe = std::process::Command::new(&bwrap)
-            .args(["--ro-bind", "/", "/", "--unshare-pid", "--", "true"])
-            .output()
-            .context("running bwrap")?;
-        if !probe.status.success() {
-            bail!(
-                "agent.sandbox is bwrap, but bwrap cannot make a sandbox here (user namespaces may be disabled): {}",
-                String::from_utf8_lossy(&probe.stderr).trim()
-            );
-        }
-        let mut hidden_dirs = vec![settings.data_dir.clone()];
+        let mut hidden_dirs = vec![real(&settings.data_dir), real(&settings.worktrees_dir)];
         let mut hidden_files = Vec::new();
         if let Some(home) = env.get("HOME").map(PathBuf::from) {
-            hidden_dirs.extend(HIDDEN_HOME_DIRS.iter().map(|d| home.join(d)));
-            hidden_files.extend(HIDDEN_HOME_FILES.iter().map(|f| home.join(f)));
+            hidden_dirs.extend(HIDDEN_HOME_DIRS.iter().map(|d| real(&home.join(d))));
+            hidden_files.extend(HIDDEN_HOME_FILES.iter().map(|f| real(&home.join(f))));
         }
         hidden_files.extend(
             SECRET_FILE_VARS
                 .iter()
                 .filter_map(|v| env.get(v))
-                .map(PathBuf::from),
+                .map(|f| real(Path::new(f))),
         );
-        Ok(Some(Self {
+        // A database kept outside the data directory is hidden too.
+        if let Some(path) = settings
+            .database_url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p))
+        {
+            let db = real(Path::new(path));
+            for suffix in ["", "-wal", "-shm"] {
+                hidden_files.push(PathBuf::from(format!("{}{suffix}", db.display())));
+            }
+        }
+        let writable: Vec<PathBuf> = settings
+            .file
+            .agent
+            .sandbox_writable
+            .iter()
+            .map(|p| real(p))
+            .collect();
+        for w in &writable {
+            if let Some(h) = hidden_dirs
+                .iter()
+                .chain(&hidden_files)
+                .find(|h| h.starts_with(w))
+            {
+                bail!(
+                    "agent.sandbox_writable lists {}, which holds {}, hidden from agents",
+                    w.display(),
+                    h.display()
+                );
+            }
+        }
+        let sandbox = Self {
             bwrap,
             hidden_dirs,
             hidden_files,
-            writable: settings.file.agent.sandbox_writable.clone(),
-        }))
+            writable,
+        };
+        // Tried once with the very arguments jobs get: refused mounts show here, not later.
+        let probe = sandbox.wrap(
+            Job {
+                program: PathBuf::from("/bin/true"),
+                args: Vec::new(),
+                cwd: PathBuf::from("/"),
+                env: Vec::new(),
+                stdin: None,
+                timeout: std::time::Duration::from_secs(30),
+                output_limit: 0,
+            },
+            &[],
+        );
+        let out = std::process::Command::new(&probe.program)
+            .args(&probe.args)
+            .env_clear()
+            .output()
+            .context("running bwrap")?;
+        if !out.status.success() {
+            bail!(
+                "agent.sandbox is bwrap, but bwrap cannot make the sandbox here (user namespaces or mounts may be refused): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(Some(sandbox))
     }
 
     /// `job`, run inside the sandbox, where `writable` (and the configured extras) may be
     /// written to.
     pub fn wrap(&self, job: Job, writable: &[PathBuf]) -> Job {
-        // `/tmp` stays shared and writable, as outside.
-        let mut args: Vec<String> = [
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--bind",
-            "/tmp",
-            "/tmp",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut args: Vec<String> = Vec::new();
+        let mut add = |parts: &[&str]| args.extend(parts.iter().map(|p| (*p).to_owned()));
+        // A private /tmp and IPC namespace: no other process's sockets (ssh-agent, say).
+        add(&["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+        add(&["--tmpfs", "/tmp", "--unshare-ipc"]);
+        // Session buses and container sockets would run commands outside.
+        if Path::new("/run/user").is_dir() {
+            add(&["--tmpfs", "/run/user"]);
+        }
+        for sock in ["/run/docker.sock", "/var/run/docker.sock"] {
+            if Path::new(sock).exists() {
+                add(&["--ro-bind", "/dev/null", sock]);
+            }
+        }
+        let s = |p: &Path| p.display().to_string();
         for dir in self.hidden_dirs.iter().filter(|d| d.is_dir()) {
-            args.extend(["--tmpfs".to_owned(), dir.display().to_string()]);
+            add(&["--tmpfs", &s(dir)]);
         }
-        for path in writable.iter().chain(&self.writable).filter(|p| p.exists()) {
-            let p = path.display().to_string();
-            args.extend(["--bind".to_owned(), p.clone(), p]);
+        // The program itself, wherever it lives (a private /tmp would hide it).
+        if let Some(dir) = real(&job.program).parent() {
+            add(&["--ro-bind", &s(dir), &s(dir)]);
         }
-        for file in self.hidden_files.iter().filter(|f| f.is_file()) {
-            args.extend([
-                "--ro-bind".to_owned(),
-                "/dev/null".to_owned(),
-                file.display().to_string(),
-            ]);
+        let writable: Vec<PathBuf> = writable
+            .iter()
+            .chain(&self.writable)
+            .filter(|p| p.exists())
+            .map(|p| real(p))
+            .collect();
+        for path in &writable {
+            add(&["--bind", &s(path), &s(path)]);
         }
-        // No new session: the whole sandbox stays in the job's process group, so a timeout
-        // or a cancel that kills the group kills everything inside.
-        args.extend([
-            "--unshare-pid".to_owned(),
-            "--die-with-parent".to_owned(),
-            "--chdir".to_owned(),
-            job.cwd.display().to_string(),
-            "--".to_owned(),
-            job.program.display().to_string(),
+        // What git would execute or follow stays read-only: a git directory's config, hooks
+        // and info (filters and hooks run later in autodev's own git, outside), and a
+        // worktree's `.git` file (which says where its git directory is).
+        for path in &writable {
+            let is_git_dir = path.join("HEAD").is_file() && path.join("objects").is_dir();
+            if is_git_dir {
+                let mut fixed: Vec<PathBuf> = ["config", "hooks", "info"]
+                    .iter()
+                    .map(|p| path.join(p))
+                    .collect();
+                // Each worktree's pointers back to this directory, and its own config.
+                for wt in std::fs::read_dir(path.join("worktrees"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    for part in ["commondir", "gitdir", "config.worktree"] {
+                        fixed.push(wt.path().join(part));
+                    }
+                }
+                for p in fixed.iter().filter(|p| p.exists()) {
+                    add(&["--ro-bind", &s(p), &s(p)]);
+                }
+            }
+            let dot_git = path.join(".git");
+            if dot_git.is_file() {
+                add(&["--ro-bind", &s(&dot_git), &s(&dot_git)]);
+            }
+        }
+        let under_hidden_dir = |f: &PathBuf| self.hidden_dirs.iter().any(|d| f.starts_with(d));
+        for file in self
+            .hidden_files
+            .iter()
+            .filter(|f| f.is_file() && !under_hidden_dir(f))
+        {
+            add(&["--ro-bind", "/dev/null", &s(file)]);
+        }
+        // A session of its own (no typing into autodev's terminal). The outer bwrap stays in
+        // the job's process group, and `--die-with-parent` takes the sandbox down with it, so
+        // a timeout or a cancel that kills the group still ends everything inside.
+        add(&[
+            "--unshare-pid",
+            "--die-with-parent",
+            "--new-session",
+            "--chdir",
+            &s(&job.cwd),
+            "--",
+            &s(&job.program),
         ]);
         args.extend(job.args);
         Job {

@@ -84,25 +84,13 @@ fn stamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// `/view/tasks/{id}`: a local task (or a GitHub one, while its id is unambiguous).
+/// `/view/tasks/{id}`: a local task.
 pub async fn local_page(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(q): Query<Signed>,
 ) -> Response {
-    let rows = match db::find_tasks(&engine.pool, &id).await {
-        Ok(rows) => rows,
-        Err(e) => return failure(e),
-    };
-    match <[TaskRow; 1]>::try_from(rows) {
-        Ok([row]) => page(&engine, row, q).await,
-        Err(rows) if rows.is_empty() => not_found(&id),
-        Err(_) => (
-            StatusCode::CONFLICT,
-            format!("task id `{id}` exists in several repositories; use /view/repos/OWNER/REPO/tasks/{id}"),
-        )
-            .into_response(),
-    }
+    show(&engine, &RepoName::local(), &id, q).await
 }
 
 /// `/view/repos/{owner}/{repo}/tasks/{id}`.
@@ -111,17 +99,15 @@ pub async fn repo_page(
     Path((owner, repo, id)): Path<(String, String, String)>,
     Query(q): Query<Signed>,
 ) -> Response {
-    match db::find_task(&engine.pool, &RepoName::github(&owner, &repo), &id).await {
-        Ok(Some(row)) => page(&engine, row, q).await,
-        Ok(None) => not_found(&id),
-        Err(e) => failure(e),
-    }
+    show(&engine, &RepoName::github(&owner, &repo), &id, q).await
 }
 
-async fn page(engine: &Engine, t: TaskRow, q: Signed) -> Response {
+/// The signature is checked before the task is looked up, so unsigned requests learn
+/// nothing, not even whether a task exists.
+async fn show(engine: &Engine, repo: &RepoName, id: &str, q: Signed) -> Response {
     let settings = &engine.settings;
     if settings.api_token.is_some() {
-        let want = signature(settings, &t.repo, &t.task_id);
+        let want = signature(settings, repo.as_str(), id);
         let given = q.sig.unwrap_or_default();
         if !crate::server::constant_time_eq(given.as_bytes(), want.as_bytes()) {
             return (
@@ -131,6 +117,15 @@ async fn page(engine: &Engine, t: TaskRow, q: Signed) -> Response {
                 .into_response();
         }
     }
+    match db::find_task(&engine.pool, repo, id).await {
+        Ok(Some(row)) => page(engine, row).await,
+        Ok(None) => not_found(id),
+        Err(e) => failure(e),
+    }
+}
+
+async fn page(engine: &Engine, t: TaskRow) -> Response {
+    let settings = &engine.settings;
     let (events, gates) = match (
         db::events(&engine.pool, t.pk).await,
         db::gate_results(&engine.pool, t.pk).await,

@@ -312,7 +312,11 @@ async fn a_task_page_shows_the_run_to_people_and_needs_its_signed_link_when_guar
         401
     );
     let other = path.replace("PG-1", "PG-2");
-    assert_eq!(page(&format!("{}{other}", server.url)).await.0, 404);
+    assert_eq!(
+        page(&format!("{}{other}", server.url)).await.0,
+        401,
+        "a signature opens its own task only"
+    );
 
     let out = world.command(&["status", "PG-1"]);
     let mut cmd = tokio::process::Command::from(out);

@@ -21,6 +21,9 @@ struct Probe {
     ssh: String,
     token_file: String,
     data_dir: String,
+    /// Exit codes of opening the repository's git config and the worktree's `.git` file for
+    /// writing (appending nothing).
+    git_writes: (String, String),
 }
 
 async fn probe(sandbox: bool) -> Probe {
@@ -39,6 +42,8 @@ async fn probe(sandbox: bool) -> Probe {
              cat {ssh}/id_ed25519 > {out}/ssh.txt 2>&1\n\
              cat {token} > {out}/token.txt 2>&1\n\
              ls {data} > {out}/data.txt 2>&1\n\
+             (: >> \"$(git rev-parse --git-common-dir)/config\") 2>/dev/null; echo $? > {out}/gitconfig.txt\n\
+             (: >> .git) 2>/dev/null; echo $? > {out}/dotgit.txt\n\
              echo x > feature.txt\n\
              git add feature.txt\n\
              echo '{CLAUDE_OK}'",
@@ -51,7 +56,7 @@ async fn probe(sandbox: bool) -> Probe {
     std::fs::write(
         &world.config,
         format!(
-            "providers:\n  order: [claude_cli]\nworkers: {{concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{sandbox: {mode}, env: [FAKE_AGENT_DIR]}}\n"
+            "providers:\n  order: [claude_cli]\nworkers: {{concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{sandbox: {mode}, sandbox_writable: [{out}], env: [FAKE_AGENT_DIR]}}\n"
         ),
     )
     .unwrap();
@@ -83,6 +88,10 @@ async fn probe(sandbox: bool) -> Probe {
         ssh: read("ssh.txt"),
         token_file: read("token.txt"),
         data_dir: read("data.txt"),
+        git_writes: (
+            read("gitconfig.txt").trim().to_owned(),
+            read("dotgit.txt").trim().to_owned(),
+        ),
     }
 }
 
@@ -101,6 +110,11 @@ async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_datab
     assert!(open.ssh.contains("PRIVATE KEY DATA"));
     assert!(open.token_file.contains(API_TOKEN));
     assert!(open.data_dir.contains("autodev.db"), "{}", open.data_dir);
+    assert_eq!(
+        open.git_writes,
+        ("0".to_owned(), "0".to_owned()),
+        "outside, the git config and the .git file are writable"
+    );
 
     let boxed = probe(true).await;
     assert_eq!(
@@ -114,6 +128,14 @@ async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_datab
         boxed.token_file
     );
     assert!(!boxed.data_dir.contains("autodev.db"), "{}", boxed.data_dir);
+    assert_ne!(
+        boxed.git_writes.0, "0",
+        "inside, git config (filters run in autodev's own git) is read-only"
+    );
+    assert_ne!(
+        boxed.git_writes.1, "0",
+        "and so is the worktree's .git file"
+    );
 }
 
 #[tokio::test]
