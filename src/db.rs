@@ -624,7 +624,7 @@ pub async fn requeue<'e, E: Executor<'e, Database = Sqlite>>(
 /// Running tasks whose lease ran out: their worker died.
 pub async fn expired_leases(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(
-        "SELECT * FROM tasks WHERE state = 'running' AND agent_pgid IS NOT NULL
+        "SELECT * FROM tasks WHERE state = 'running'
            AND (lease_until IS NULL OR lease_until <= ?)",
     )
     .bind(now_ms())

@@ -314,15 +314,27 @@ impl Engine {
     pub async fn sweep_leftovers(&self) -> anyhow::Result<usize> {
         let mut killed = 0;
         for task in db::expired_leases(&self.pool).await? {
-            if let (Some(pgid), Some(marker)) = (task.agent_pgid, task.agent_marker.as_deref())
-                && exec::kill_leftover_group(pgid as i32, marker).await
-            {
+            let found = match (
+                task.agent_pgid,
+                task.agent_marker.as_deref(),
+                &task.lease_owner,
+            ) {
+                (Some(pgid), Some(marker), _) => {
+                    exec::kill_leftover_group(pgid as i32, marker).await
+                }
+                // Started, but its group not yet recorded when the worker died.
+                (None, _, Some(owner)) => {
+                    exec::kill_marked(&exec::run_marker(owner, task.pk, task.run_seq)).await
+                }
+                _ => false,
+            };
+            if found {
                 killed += 1;
                 self.record(
                     task.pk,
                     task.run_seq,
                     "recovered",
-                    &format!("stopped agent process group {pgid} left by a worker that died"),
+                    "stopped agent processes left by a worker that died",
                 )
                 .await;
             }

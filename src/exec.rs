@@ -257,6 +257,44 @@ async fn kill_marked_members(pgid: i32, marker: &str) -> bool {
     false
 }
 
+/// The `NAME=value` put in the environment of everything a run starts (agents, gates), by
+/// which a later worker finds what a dead one left running.
+pub fn run_marker(owner: &str, key: crate::ids::TaskKey, run_seq: i64) -> String {
+    format!("AUTODEV_RUN={owner}-{key}-{run_seq}")
+}
+
+/// Stops the process group of every process carrying `marker` in its environment: an agent
+/// whose worker died after starting it but before recording its group. Returns whether any
+/// was found.
+pub async fn kill_marked(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut groups = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ"))
+            && environ_has(&environ, marker)
+        {
+            // SAFETY: getpgid only reads process state.
+            let pgid = unsafe { libc::getpgid(pid) };
+            if pgid > 1 && !groups.contains(&pgid) {
+                groups.push(pgid);
+            }
+        }
+    }
+    for pgid in &groups {
+        terminate_group(*pgid).await;
+    }
+    !groups.is_empty()
+}
+
 fn environ_has(environ: &[u8], marker: &str) -> bool {
     environ
         .split(|b| *b == 0)
@@ -365,6 +403,22 @@ mod tests {
                 .all(|n| ["PATH", "PWD", "SHLVL", "_"].contains(n)),
             "{names:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn marked_processes_are_found_without_their_group_on_record() {
+        let marker = format!("AUTODEV_RUN=test-{}-unrecorded", std::process::id());
+        let mut job = sh("sleep 300 & sleep 300; wait", Duration::from_secs(60));
+        let (k, v) = marker.split_once('=').unwrap();
+        job.env.push((k.into(), v.into()));
+        let started = start(job).unwrap();
+        let pgid = started.pgid;
+        let waiting = tokio::spawn(async move { started.wait(&CancellationToken::new()).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(kill_marked(&marker).await, "found by its marker");
+        let _ = waiting.await;
+        assert!(!group_alive(pgid), "group {pgid} still alive");
+        assert!(!kill_marked(&marker).await, "nothing left to find");
     }
 
     #[test]

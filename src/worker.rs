@@ -63,15 +63,26 @@ pub async fn run_leased(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<Ta
 async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<TaskState> {
     let key = row.pk;
     let run_seq = row.run_seq;
-    if let (Some(pgid), Some(marker)) = (row.agent_pgid, row.agent_marker.as_deref())
-        && exec::kill_leftover_group(pgid as i32, marker).await
-    {
+    let leftover = match (
+        row.agent_pgid,
+        row.agent_marker.as_deref(),
+        &row.lease_owner,
+    ) {
+        (Some(pgid), Some(marker), _) => exec::kill_leftover_group(pgid as i32, marker).await,
+        // A worker that died right after starting an agent, before recording its group: the
+        // agent still carries that run's marker.
+        (None, _, Some(previous)) if *previous != engine.owner => {
+            exec::kill_marked(&exec::run_marker(previous, key, run_seq)).await
+        }
+        _ => false,
+    };
+    if leftover {
         engine
             .record(
                 key,
                 run_seq,
                 "recovered",
-                &format!("stopped agent process group {pgid} left by an earlier run"),
+                "stopped agent processes left by an earlier run",
             )
             .await;
     }
@@ -342,7 +353,7 @@ async fn pipeline(
         &worktree.path,
         path_env,
     );
-    let marker = format!("AUTODEV_RUN={}-{}-{}", engine.owner, row.pk, row.run_seq);
+    let marker = exec::run_marker(&engine.owner, row.pk, row.run_seq);
     if let Some((k, v)) = marker.split_once('=') {
         // Gates run code the agent wrote: they are marked like the agent for crash recovery.
         gate_env.push((k.to_owned(), v.to_owned()));

@@ -140,3 +140,71 @@ async fn two_processes_on_one_database_run_each_task_once() {
         "each task's agent ran once"
     );
 }
+
+#[tokio::test]
+async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopped() {
+    let world = World::new();
+    // The first run hangs; later runs finish.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\nif [ ! -f \"$FAKE_AGENT_DIR/first.pid\" ]; then\n  echo $$ > \"$FAKE_AGENT_DIR/first.pid\"\n  sleep 600 &\n  echo $! > \"$FAKE_AGENT_DIR/first-child.pid\"\n  wait\nfi\n\
+             echo done > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("UNREC-1", ""))
+        .await;
+    let agent: i32 = wait_for_file(&world.agent_dir.join("first.pid"), Duration::from_secs(30))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let child: i32 = wait_for_file(
+        &world.agent_dir.join("first-child.pid"),
+        Duration::from_secs(30),
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    server.kill_hard();
+    // As if the server had died between starting the agent and recording its process group.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    let cleared = sqlx::query(
+        "UPDATE tasks SET agent_pgid = NULL, agent_marker = NULL WHERE task_id = 'UNREC-1'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(cleared, 1);
+    pool.close().await;
+    assert!(alive(agent) && alive(child), "the orphaned agent runs on");
+
+    let server = world.serve();
+    let task = server
+        .wait_for(
+            "UNREC-1",
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert!(!alive(agent), "old agent {agent} still running");
+    assert!(!alive(child), "old agent's child {child} still running");
+    assert!(
+        task["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "recovered"),
+        "{task:#}"
+    );
+}
