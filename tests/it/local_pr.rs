@@ -119,11 +119,15 @@ impl Local {
     }
 }
 
+/// Waits until the pull request is open and done with (recorded, reviewers asked).
 async fn wait_for_pr_number(server: &Server, id: &str) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (_, t) = server.get(&format!("/tasks/{id}")).await;
-        if t["pr_number"].is_i64() {
+        let done = t["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "pull_request"));
+        if t["pr_number"].is_i64() && done {
             return t;
         }
         assert!(
