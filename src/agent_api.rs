@@ -46,6 +46,8 @@ pub struct Endpoint {
     pub model: String,
     max_turns: u32,
     max_tokens: u32,
+    /// USD per million input and output tokens, when configured.
+    prices: Option<(f64, f64)>,
 }
 
 /// The endpoint of an API provider, or why it cannot run here.
@@ -96,6 +98,7 @@ pub fn endpoint(provider: &Provider, env: &Env, model: Option<&str>) -> Result<E
             .to_owned(),
         max_turns: provider.entry.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
         max_tokens: provider.entry.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        prices: provider.entry.input_price.zip(provider.entry.output_price),
     })
 }
 
@@ -440,6 +443,19 @@ impl Tools<'_> {
     }
 }
 
+/// Input and output tokens an answer reports (Anthropic counts cached input separately).
+fn usage(dialect: Dialect, body: &Value) -> (u64, u64) {
+    let u = &body["usage"];
+    let n = |k: &str| u[k].as_u64().unwrap_or(0);
+    match dialect {
+        Dialect::Anthropic => (
+            n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens"),
+            n("output_tokens"),
+        ),
+        Dialect::OpenAi => (n("prompt_tokens"), n("completion_tokens")),
+    }
+}
+
 /// The size of the regular file at `path`, `None` when nothing is there; an error for a
 /// directory, a pipe or a device (reading a pipe would wait forever).
 fn regular_file(path: &Path) -> Result<Option<u64>, String> {
@@ -478,12 +494,16 @@ pub async fn run(
         jail: req.jail,
     };
     let mut convo = Conversation::new(ep.dialect, req.prompt);
+    let (mut tokens_in, mut tokens_out) = (0u64, 0u64);
     for turn in 1..=ep.max_turns {
         let request = convo.request(ep);
         let body = tokio::select! {
             r = call(&client, ep, &request, deadline) => r?,
             _ = cancel.cancelled() => return Err((AttemptStatus::Cancelled, "cancelled".into())),
         };
+        let (i, o) = usage(ep.dialect, &body);
+        tokens_in += i;
+        tokens_out += o;
         let answer = convo
             .take_answer(&body)
             .map_err(|e| (AttemptStatus::Failure, e))?;
@@ -491,9 +511,12 @@ pub async fn run(
             return Ok(AgentReport {
                 provider: provider.name.clone(),
                 summary: exec::tail_chars(answer.text.trim(), 2000),
-                cost_usd: None,
+                cost_usd: ep
+                    .prices
+                    .map(|(pi, po)| (tokens_in as f64 * pi + tokens_out as f64 * po) / 1_000_000.0),
                 turns: Some(u64::from(turn)),
                 duration: started.elapsed(),
+                tokens: Some((tokens_in, tokens_out)),
             });
         }
         let mut results = Vec::with_capacity(answer.calls.len());

@@ -429,6 +429,12 @@ pub struct ProviderEntry {
     /// API mode: tokens one answer may use (sent to the Anthropic API, which requires it).
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// API mode: USD per million input tokens, to report what a task cost.
+    #[serde(default)]
+    pub input_price: Option<f64>,
+    /// API mode: USD per million output tokens.
+    #[serde(default)]
+    pub output_price: Option<f64>,
 }
 
 /// `providers:` — `order` plus one entry per provider.
@@ -472,6 +478,8 @@ impl ProvidersConfig {
                 base_url: None,
                 max_turns: None,
                 max_tokens: None,
+                input_price: None,
+                output_price: None,
             })
         })
     }

@@ -470,6 +470,8 @@ pub async fn mark_running(
     Ok(())
 }
 
+/// The round reached, the provider that ran it, and what it cost (added to what the task
+/// has cost so far, over all rounds and runs).
 pub async fn set_progress(
     pool: &SqlitePool,
     key: TaskKey,
@@ -478,8 +480,9 @@ pub async fn set_progress(
     cost_usd: Option<f64>,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE tasks SET rounds = ?, provider = COALESCE(?, provider),
-           cost_usd = COALESCE(?, cost_usd), updated_at = ? WHERE pk = ?",
+        "UPDATE tasks SET rounds = ?1, provider = COALESCE(?2, provider),
+           cost_usd = CASE WHEN ?3 IS NULL THEN cost_usd ELSE COALESCE(cost_usd, 0) + ?3 END,
+           updated_at = ?4 WHERE pk = ?5",
     )
     .bind(rounds)
     .bind(provider)

@@ -198,6 +198,8 @@ pub struct AgentReport {
     pub cost_usd: Option<f64>,
     pub turns: Option<u64>,
     pub duration: Duration,
+    /// Input and output tokens, where the provider reports them (the APIs).
+    pub tokens: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -288,7 +290,13 @@ pub async fn run_chain(
                 attempts.push(Attempt {
                     provider: provider.name.clone(),
                     status: AttemptStatus::Success,
-                    detail: format!("finished in {}s", report.duration.as_secs()),
+                    detail: match report.tokens {
+                        Some((i, o)) => format!(
+                            "finished in {}s ({i} tokens in, {o} out)",
+                            report.duration.as_secs()
+                        ),
+                        None => format!("finished in {}s", report.duration.as_secs()),
+                    },
                 });
                 return ChainOutcome {
                     report: Some(report),
@@ -381,6 +389,7 @@ async fn run_one(
             cost_usd,
             turns,
             duration: out.duration,
+            tokens: None,
         })
         .map_err(failure)
 }

@@ -58,7 +58,9 @@ async fn the_anthropic_api_writes_the_change_through_tools_confined_to_the_workt
     )
     .await;
     let mut world = World::new();
-    world.write_config("providers:\n  order: [anthropic_api]\n");
+    world.write_config(
+        "providers:\n  order: [anthropic_api]\n  anthropic_api: {mode: api, input_price: 3, output_price: 15}\n",
+    );
     world.extra_env.extend([
         ("ANTHROPIC_API_KEY".to_owned(), KEY.to_owned()),
         ("ANTHROPIC_BASE_URL".to_owned(), fake.url.clone()),
@@ -79,6 +81,13 @@ async fn the_anthropic_api_writes_the_change_through_tools_confined_to_the_workt
         .await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["provider"], "anthropic_api");
+    // Four answers of 100 tokens in and 20 out, at $3 and $15 per million.
+    let cost = task["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.0024).abs() < 1e-9, "{cost}");
+    assert!(
+        task["events"].to_string().contains("400 tokens in, 80 out"),
+        "{task:#}"
+    );
     assert_eq!(
         git(&world.repo, &["show", "auto/backend/API-1:src/feature.txt"]),
         "x"
@@ -148,7 +157,9 @@ async fn a_refused_key_falls_back_to_the_openai_api_and_gate_failures_go_back_to
     )
     .await;
     let mut world = World::new();
-    world.write_config("providers:\n  order: [anthropic_api, openai_api]\n");
+    world.write_config(
+        "providers:\n  order: [anthropic_api, openai_api]\n  openai_api: {mode: api, input_price: 1, output_price: 2}\n",
+    );
     world.extra_env.extend([
         ("ANTHROPIC_API_KEY".to_owned(), "sk-not-this-one".to_owned()),
         ("ANTHROPIC_BASE_URL".to_owned(), fake.url.clone()),
@@ -171,6 +182,10 @@ async fn a_refused_key_falls_back_to_the_openai_api_and_gate_failures_go_back_to
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["provider"], "openai_api");
     assert_eq!(task["rounds"], 2, "{task:#}");
+    // Two rounds of two answers (100 in, 20 out each) at $1 and $2 per million: both rounds
+    // count.
+    let cost = task["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.00056).abs() < 1e-9, "{cost}");
     let events = task["events"].to_string();
     assert!(
         events.contains("anthropic_api") && events.contains("401"),
