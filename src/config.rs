@@ -580,6 +580,13 @@ impl FileConfig {
                 .iter()
                 .map(|(name, e)| (format!("providers.{name}.env"), &e.env)),
         );
+        for (name, e) in &self.providers.entries {
+            if e.input_price.is_some() != e.output_price.is_some() {
+                bail!(
+                    "providers.{name}: set both input_price and output_price (USD per million tokens), or neither"
+                );
+            }
+        }
         for (key, names) in lists {
             if let Some(name) = names.iter().find(|n| OWN_CREDENTIALS.contains(&n.as_str())) {
                 bail!(

@@ -625,12 +625,12 @@ pub async fn requeue<'e, E: Executor<'e, Database = Sqlite>>(
 }
 
 /// Running tasks whose lease ran out: their worker died.
-pub async fn expired_leases(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+pub async fn expired_leases(pool: &SqlitePool, grace: Duration) -> anyhow::Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(
         "SELECT * FROM tasks WHERE state = 'running'
            AND (lease_until IS NULL OR lease_until <= ?)",
     )
-    .bind(now_ms())
+    .bind(now_ms() - grace.as_millis() as i64)
     .fetch_all(pool)
     .await?)
 }

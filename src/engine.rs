@@ -313,7 +313,15 @@ impl Engine {
     /// Stops agent process groups left by workers that died (their lease ran out).
     pub async fn sweep_leftovers(&self) -> anyhow::Result<usize> {
         let mut killed = 0;
-        for task in db::expired_leases(&self.pool).await? {
+        // Only leases that ran out a while ago, of other processes: a worker whose renewal is
+        // merely late keeps its agent.
+        let grace = self.settings.file.workers.orphan_after();
+        for task in db::expired_leases(&self.pool, grace).await? {
+            let ours = task.lease_owner.as_deref() == Some(self.owner.as_str())
+                || self.running.lock().expect("lock").contains_key(&task.pk);
+            if ours {
+                continue;
+            }
             let found = match (
                 task.agent_pgid,
                 task.agent_marker.as_deref(),
@@ -323,7 +331,8 @@ impl Engine {
                     exec::kill_leftover_group(pgid as i32, marker).await
                 }
                 // Started, but its group not yet recorded when the worker died.
-                (None, _, Some(owner)) => {
+                (None, Some(marker), _) => exec::kill_marked(marker).await,
+                (None, None, Some(owner)) => {
                     exec::kill_marked(&exec::run_marker(owner, task.pk, task.run_seq)).await
                 }
                 _ => false,

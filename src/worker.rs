@@ -71,7 +71,8 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         (Some(pgid), Some(marker), _) => exec::kill_leftover_group(pgid as i32, marker).await,
         // A worker that died right after starting an agent, before recording its group: the
         // agent still carries that run's marker.
-        (None, _, Some(previous)) if *previous != engine.owner => {
+        (None, Some(marker), _) => exec::kill_marked(marker).await,
+        (None, None, Some(previous)) if *previous != engine.owner => {
             exec::kill_marked(&exec::run_marker(previous, key, run_seq)).await
         }
         _ => false,
@@ -358,6 +359,9 @@ async fn pipeline(
         // Gates run code the agent wrote: they are marked like the agent for crash recovery.
         gate_env.push((k.to_owned(), v.to_owned()));
     }
+    // Recorded before anything is started: a crash between starting an agent and recording
+    // its group still leaves the marker to find it by, in this run or after a retry.
+    db::set_agent_process(&engine.pool, row.pk, None, Some(&marker)).await?;
     let pool = engine.pool.clone();
     let key = row.pk;
     let marker_for_record = marker.clone();
@@ -365,9 +369,8 @@ async fn pipeline(
         let pool = pool.clone();
         let marker = marker_for_record.clone();
         Box::pin(async move {
-            let marker = pgid.map(|_| marker);
             if let Err(e) =
-                db::set_agent_process(&pool, key, pgid.map(i64::from), marker.as_deref()).await
+                db::set_agent_process(&pool, key, pgid.map(i64::from), Some(&marker)).await
             {
                 tracing::warn!("recording the agent process: {e:#}");
             }

@@ -170,7 +170,8 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
     .parse()
     .unwrap();
     server.kill_hard();
-    // As if the server had died between starting the agent and recording its process group.
+    // As if the server had died between starting the agent and recording its process group
+    // (the run's marker is recorded before anything starts).
     let pool = sqlx::SqlitePool::connect(&format!(
         "sqlite://{}",
         world.data.join("autodev.db").display()
@@ -178,7 +179,7 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
     .await
     .unwrap();
     let cleared = sqlx::query(
-        "UPDATE tasks SET agent_pgid = NULL, agent_marker = NULL WHERE task_id = 'UNREC-1'",
+        "UPDATE tasks SET agent_pgid = NULL WHERE task_id = 'UNREC-1' AND agent_marker IS NOT NULL",
     )
     .execute(&pool)
     .await
@@ -207,4 +208,70 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
             .any(|e| e["kind"] == "recovered"),
         "{task:#}"
     );
+}
+
+#[tokio::test]
+async fn a_rerun_after_a_crashed_foreground_run_stops_its_unrecorded_agent() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\nif [ ! -f \"$FAKE_AGENT_DIR/first.pid\" ]; then\n  echo $$ > \"$FAKE_AGENT_DIR/first.pid\"\n  sleep 600 &\n  wait\nfi\n\
+             echo done > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let spec_path = world.write_spec("task.yaml", &spec("RERUN-1", ""));
+    let mut first = world
+        .command(&["run", spec_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent: i32 = wait_for_file(&world.agent_dir.join("first.pid"), Duration::from_secs(30))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    first.kill().unwrap();
+    let _ = first.wait();
+    // As if `autodev run` had died before recording the agent's process group.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE tasks SET agent_pgid = NULL WHERE task_id = 'RERUN-1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(alive(agent));
+    // The dead run's lease runs out; then the task is run again, under a new run number.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = tokio::process::Command::from(world.command(&[
+            "run",
+            "--rerun",
+            spec_path.to_str().unwrap(),
+        ]))
+        .output()
+        .await
+        .unwrap();
+        if !String::from_utf8_lossy(&out.stderr).contains("wait for it to end") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("stopped agent processes left by an earlier run"),
+        "{stdout}"
+    );
+    assert!(!alive(agent), "old agent {agent} still running");
 }
