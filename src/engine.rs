@@ -221,6 +221,22 @@ impl Engine {
     }
 
     pub async fn cancel(&self, key: TaskKey) -> anyhow::Result<CancelOutcome> {
+        // A running task whose worker is gone is ended at once below: what that worker left
+        // running is stopped first.
+        if let Some(t) = db::get_task(&self.pool, key).await?
+            && t.state == TaskState::Running
+            && t.lease_until.is_none_or(|until| until <= db::now_ms())
+            && !self.running.lock().expect("lock").contains_key(&key)
+            && stop_leftovers(&t).await
+        {
+            self.record(
+                key,
+                t.run_seq,
+                "recovered",
+                "stopped agent processes left by a worker that died",
+            )
+            .await;
+        }
         let before = db::request_cancel(&self.pool, key).await?;
         Ok(match before {
             None => CancelOutcome::Missing,
@@ -322,21 +338,7 @@ impl Engine {
             if ours {
                 continue;
             }
-            let found = match (
-                task.agent_pgid,
-                task.agent_marker.as_deref(),
-                &task.lease_owner,
-            ) {
-                (Some(pgid), Some(marker), _) => {
-                    exec::kill_leftover_group(pgid as i32, marker).await
-                }
-                // Started, but its group not yet recorded when the worker died.
-                (None, Some(marker), _) => exec::kill_marked(marker).await,
-                (None, None, Some(owner)) => {
-                    exec::kill_marked(&exec::run_marker(owner, task.pk, task.run_seq)).await
-                }
-                _ => false,
-            };
+            let found = stop_leftovers(&task).await;
             if found {
                 killed += 1;
                 self.record(
@@ -472,4 +474,22 @@ fn unique_owner_name() -> String {
         std::process::id(),
         nanos & 0xffff_ffff
     )
+}
+
+/// Stops what a dead worker's run of `task` left running: its recorded process group, or the
+/// processes carrying its run's marker. Whether anything was found.
+async fn stop_leftovers(task: &TaskRow) -> bool {
+    match (
+        task.agent_pgid,
+        task.agent_marker.as_deref(),
+        &task.lease_owner,
+    ) {
+        (Some(pgid), Some(marker), _) => exec::kill_leftover_group(pgid as i32, marker).await,
+        // Started, but its group not yet recorded when the worker died.
+        (None, Some(marker), _) => exec::kill_marked(marker).await,
+        (None, None, Some(owner)) => {
+            exec::kill_marked(&exec::run_marker(owner, task.pk, task.run_seq)).await
+        }
+        _ => false,
+    }
 }

@@ -275,3 +275,59 @@ async fn a_rerun_after_a_crashed_foreground_run_stops_its_unrecorded_agent() {
     );
     assert!(!alive(agent), "old agent {agent} still running");
 }
+
+#[tokio::test]
+async fn cancelling_a_task_whose_worker_died_stops_the_agent_it_left() {
+    let world = World::new();
+    world.agent(
+        "claude",
+        "cat >/dev/null\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nsleep 600 &\nwait",
+    );
+    // Slow heartbeats: the periodic sweep would wait a minute, so only the cancel can stop it.
+    std::fs::write(
+        &world.config,
+        "providers:\n  order: [claude_cli]\nworkers: {concurrency: 1, heartbeat_seconds: 30, missed_heartbeats: 2}\nagent: {env: [FAKE_AGENT_DIR]}\n",
+    )
+    .unwrap();
+    let spec_path = world.write_spec("task.yaml", &spec("CXL-1", ""));
+    let mut run = world
+        .command(&["run", spec_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent: i32 = wait_for_file(&world.agent_dir.join("agent.pid"), Duration::from_secs(30))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    run.kill().unwrap();
+    let _ = run.wait();
+    // Its lease ran out a moment ago (as it would after a minute): too recently for the
+    // sweep, which waits a heartbeat period more.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        world.data.join("autodev.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE tasks SET lease_until = CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 1000
+         WHERE task_id = 'CXL-1'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(alive(agent));
+
+    let server = world.serve_with(&["--workers", "0"]);
+    let (status, body) = server.post("/tasks/CXL-1/cancel").await;
+    assert!(status < 300, "{status} {body}");
+    let (_, task) = server.get("/tasks/CXL-1").await;
+    assert_eq!(task["state"], "cancelled", "{task:#}");
+    assert!(
+        !alive(agent),
+        "the agent {agent} left by the dead run still runs"
+    );
+}
