@@ -50,6 +50,14 @@ pub struct Endpoint {
     prices: Option<(f64, f64)>,
 }
 
+impl Endpoint {
+    /// What `tokens_in` and `tokens_out` cost, when prices are configured.
+    fn cost(&self, tokens_in: u64, tokens_out: u64) -> Option<f64> {
+        self.prices
+            .map(|(pi, po)| (tokens_in as f64 * pi + tokens_out as f64 * po) / 1_000_000.0)
+    }
+}
+
 /// The endpoint of an API provider, or why it cannot run here.
 pub fn endpoint(provider: &Provider, env: &Env, model: Option<&str>) -> Result<Endpoint, String> {
     let (dialect, key_var, base_var, default_base, default_model) = match provider.kind {
@@ -477,6 +485,34 @@ pub async fn run(
     timeout: Duration,
     cancel: &CancellationToken,
     record: ProcessRecorder<'_>,
+) -> Result<AgentReport, crate::providers::Failed> {
+    let mut spent = (0u64, 0u64);
+    let result = run_loop(provider, ep, env, req, timeout, cancel, record, &mut spent).await;
+    // A run that failed still used tokens: they are said, and priced.
+    result.map_err(|(status, detail)| {
+        let (i, o) = spent;
+        crate::providers::Failed {
+            status,
+            detail: if i + o > 0 {
+                format!("{detail} ({i} tokens in, {o} out)")
+            } else {
+                detail
+            },
+            cost_usd: ep.cost(i, o).filter(|_| i + o > 0),
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop(
+    provider: &Provider,
+    ep: &Endpoint,
+    env: Vec<(String, String)>,
+    req: &AgentRequest<'_>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    record: ProcessRecorder<'_>,
+    spent: &mut (u64, u64),
 ) -> Result<AgentReport, (AttemptStatus, String)> {
     let started = Instant::now();
     let deadline = started + timeout;
@@ -494,7 +530,6 @@ pub async fn run(
         jail: req.jail,
     };
     let mut convo = Conversation::new(ep.dialect, req.prompt);
-    let (mut tokens_in, mut tokens_out) = (0u64, 0u64);
     for turn in 1..=ep.max_turns {
         let request = convo.request(ep);
         let body = tokio::select! {
@@ -502,8 +537,8 @@ pub async fn run(
             _ = cancel.cancelled() => return Err((AttemptStatus::Cancelled, "cancelled".into())),
         };
         let (i, o) = usage(ep.dialect, &body);
-        tokens_in += i;
-        tokens_out += o;
+        spent.0 += i;
+        spent.1 += o;
         let answer = convo
             .take_answer(&body)
             .map_err(|e| (AttemptStatus::Failure, e))?;
@@ -511,12 +546,10 @@ pub async fn run(
             return Ok(AgentReport {
                 provider: provider.name.clone(),
                 summary: exec::tail_chars(answer.text.trim(), 2000),
-                cost_usd: ep
-                    .prices
-                    .map(|(pi, po)| (tokens_in as f64 * pi + tokens_out as f64 * po) / 1_000_000.0),
+                cost_usd: ep.cost(spent.0, spent.1),
                 turns: Some(u64::from(turn)),
                 duration: started.elapsed(),
-                tokens: Some((tokens_in, tokens_out)),
+                tokens: Some(*spent),
             });
         }
         let mut results = Vec::with_capacity(answer.calls.len());

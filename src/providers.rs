@@ -229,6 +229,26 @@ pub struct Attempt {
     pub provider: String,
     pub status: AttemptStatus,
     pub detail: String,
+    /// What a failed attempt still cost, where known (the APIs, with prices).
+    pub cost_usd: Option<f64>,
+}
+
+/// A provider run that did not succeed: why, and what it cost anyway.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub status: AttemptStatus,
+    pub detail: String,
+    pub cost_usd: Option<f64>,
+}
+
+impl From<(AttemptStatus, String)> for Failed {
+    fn from((status, detail): (AttemptStatus, String)) -> Self {
+        Self {
+            status,
+            detail,
+            cost_usd: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +293,7 @@ pub async fn run_chain(
                     provider: provider.name.clone(),
                     status: AttemptStatus::Skipped,
                     detail: why,
+                    cost_usd: None,
                 });
                 continue;
             }
@@ -280,9 +301,9 @@ pub async fn run_chain(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let timeout = provider.entry.timeout.map_or(left, |t| t.min(left));
         let result = match provider.entry.mode {
-            ProviderMode::Cli => {
-                run_one(provider, &binary, env, req, timeout, cancel, record).await
-            }
+            ProviderMode::Cli => run_one(provider, &binary, env, req, timeout, cancel, record)
+                .await
+                .map_err(Failed::from),
             ProviderMode::Api => run_api(provider, env, req, timeout, cancel, record).await,
         };
         match result {
@@ -290,6 +311,7 @@ pub async fn run_chain(
                 attempts.push(Attempt {
                     provider: provider.name.clone(),
                     status: AttemptStatus::Success,
+                    cost_usd: None,
                     detail: match report.tokens {
                         Some((i, o)) => format!(
                             "finished in {}s ({i} tokens in, {o} out)",
@@ -303,11 +325,16 @@ pub async fn run_chain(
                     attempts,
                 };
             }
-            Err((status, detail)) => {
+            Err(Failed {
+                status,
+                detail,
+                cost_usd,
+            }) => {
                 attempts.push(Attempt {
                     provider: provider.name.clone(),
                     status,
                     detail,
+                    cost_usd,
                 });
                 let budget_gone = status == AttemptStatus::Timeout && timeout >= left;
                 if status == AttemptStatus::Cancelled || budget_gone {
@@ -403,8 +430,8 @@ async fn run_api(
     timeout: Duration,
     cancel: &CancellationToken,
     record: ProcessRecorder<'_>,
-) -> Result<AgentReport, (AttemptStatus, String)> {
-    let failure = |d: String| (AttemptStatus::Failure, d);
+) -> Result<AgentReport, Failed> {
+    let failure = |d: String| Failed::from((AttemptStatus::Failure, d));
     let ep = crate::agent_api::endpoint(provider, env, req.model).map_err(failure)?;
     let home = req.homes_dir.join(&provider.name);
     std::fs::create_dir_all(&home).map_err(|e| failure(format!("preparing its HOME: {e}")))?;

@@ -426,7 +426,16 @@ async fn pipeline(
             )
             .await;
         }
+        // Failed attempts that still cost something (API runs with prices) count too.
+        let failed_cost = chain
+            .attempts
+            .iter()
+            .filter_map(|a| a.cost_usd)
+            .reduce(|a, b| a + b);
         let Some(report) = chain.report else {
+            if failed_cost.is_some() {
+                db::set_progress(&engine.pool, row.pk, i64::from(round), None, failed_cost).await?;
+            }
             verdict = Some(if let Some(o) = interrupted(&run, stop) {
                 o
             } else if chain.stopped_by(AttemptStatus::Timeout) {
@@ -451,7 +460,10 @@ async fn pipeline(
             row.pk,
             i64::from(round),
             Some(&report.provider),
-            report.cost_usd,
+            match (report.cost_usd, failed_cost) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
         )
         .await?;
         if !git.changed_since(&worktree.path, &round_start).await? {

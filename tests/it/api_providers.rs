@@ -230,3 +230,41 @@ async fn providers_lists_api_providers_with_their_url_or_what_is_missing() {
     assert!(stdout.contains("OPENAI_API_KEY is not set"), "{stdout}");
     assert!(!stdout.contains(KEY), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_model_that_never_finishes_is_stopped_at_max_turns_and_its_tokens_still_count() {
+    let fake = FakeModels::start(
+        KEY,
+        vec![
+            Turn::Tools(vec![("list_files", json!({}))]),
+            Turn::Tools(vec![("list_files", json!({}))]),
+            Turn::Tools(vec![("list_files", json!({}))]),
+        ],
+    )
+    .await;
+    let mut world = World::new();
+    world.write_config(
+        "providers:\n  order: [anthropic_api]\n  anthropic_api: {mode: api, max_turns: 2, input_price: 3, output_price: 15}\n",
+    );
+    world.extra_env.extend([
+        ("ANTHROPIC_API_KEY".to_owned(), KEY.to_owned()),
+        ("ANTHROPIC_BASE_URL".to_owned(), fake.url.clone()),
+    ]);
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("API-4", "max_rounds: 1\n"))
+        .await;
+    let task = server
+        .wait_for("API-4", &["passed", "failed", "error"], WAIT)
+        .await;
+    assert_ne!(task["state"], "passed", "{task:#}");
+    assert_eq!(fake.requests().len(), 2, "stopped at max_turns");
+    let events = task["events"].to_string();
+    assert!(
+        events.contains("after 2 turns") && events.contains("200 tokens in, 40 out"),
+        "{events}"
+    );
+    // Two answers of 100 in and 20 out at $3 and $15 per million: paid for, though it failed.
+    let cost = task["cost_usd"].as_f64().unwrap_or_default();
+    assert!((cost - 0.0012).abs() < 1e-9, "{task:#}");
+}
