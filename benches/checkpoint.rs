@@ -4,63 +4,17 @@
 //! Run: `cargo bench --bench checkpoint -- [files] [rounds]` (defaults: 20000 files, 5 rounds).
 //! Both methods must give the same tree; BENCHMARKS.md keeps the numbers.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
-fn git(dir: &Path, args: &[&str], index: Option<&Path>) -> String {
-    let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(dir).args(args);
-    if let Some(index) = index {
-        cmd.env("GIT_INDEX_FILE", index);
-    }
-    let out = cmd.output().expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use common::{args, git, median, synthetic_repo};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let files: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let (files, rounds) = args(5);
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"], None);
-    for i in 0..files {
-        let sub = repo.join(format!("src/m{:03}", i % 500));
-        std::fs::create_dir_all(&sub).unwrap();
-        let body = format!("// file {i}\n{}\n", "fn f() -> u32 { 42 }\n".repeat(40));
-        std::fs::write(sub.join(format!("f{i}.rs")), body).unwrap();
-    }
-    git(&repo, &["add", "-A"], None);
-    git(
-        &repo,
-        &[
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "commit",
-            "-q",
-            "-m",
-            "tree",
-        ],
-        None,
-    );
+    let repo = synthetic_repo(dir.path(), files);
     let wt = dir.path().join("task");
     git(
         &repo,

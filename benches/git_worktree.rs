@@ -2,60 +2,20 @@
 //! Run: `cargo bench --bench git_worktree -- [files] [rounds]` (defaults: 20000 files, 5 rounds).
 //! Records the median of each method; BENCHMARKS.md keeps the numbers.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use std::time::Instant;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+use common::{args, median, synthetic_repo};
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    common::git(dir, args, None);
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let files: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let (files, rounds) = args(5);
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    for i in 0..files {
-        let sub = repo.join(format!("src/m{:03}", i % 500));
-        std::fs::create_dir_all(&sub).unwrap();
-        let body = format!("// file {i}\n{}\n", "fn f() -> u32 { 42 }\n".repeat(40));
-        std::fs::write(sub.join(format!("f{i}.rs")), body).unwrap();
-    }
-    git(&repo, &["add", "-A"]);
-    git(
-        &repo,
-        &[
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "commit",
-            "-q",
-            "-m",
-            "tree",
-        ],
-    );
+    let repo = synthetic_repo(dir.path(), files);
 
     let mut cli = Vec::new();
     let mut lib = Vec::new();

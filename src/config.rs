@@ -318,6 +318,22 @@ impl WorkflowChanges {
             WorkflowChanges::Repos(list) => list.iter().any(|r| r.eq_ignore_ascii_case(repo)),
         }
     }
+
+    /// Why a change to `repo` touching `changed` files is not pushed, if it is not: it
+    /// touches `.github/workflows/` and `repo` is not allowed that.
+    pub fn held_back(&self, repo: &str, changed: &[String]) -> Option<String> {
+        let workflows: Vec<String> = changed
+            .iter()
+            .filter(|f| f.starts_with(".github/workflows/"))
+            .map(|f| format!("`{f}`"))
+            .collect();
+        (!workflows.is_empty() && !self.allowed_for(repo)).then(|| {
+            format!(
+                "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows {repo} (workflow changes can reach CI secrets)",
+                workflows.join(", ")
+            )
+        })
+    }
 }
 
 /// GitHub App credentials; present only in App mode.

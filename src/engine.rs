@@ -227,7 +227,7 @@ impl Engine {
             && t.state == TaskState::Running
             && t.lease_until.is_none_or(|until| until <= db::now_ms())
             && !self.running.lock().expect("lock").contains_key(&key)
-            && stop_leftovers(&t).await
+            && self.stop_leftovers(&t).await
         {
             self.record(
                 key,
@@ -338,7 +338,7 @@ impl Engine {
             if ours {
                 continue;
             }
-            let found = stop_leftovers(&task).await;
+            let found = self.stop_leftovers(&task).await;
             if found {
                 killed += 1;
                 self.record(
@@ -354,6 +354,24 @@ impl Engine {
             }
         }
         Ok(killed)
+    }
+
+    /// Stops what a dead worker's run of `task` left running: its recorded process group, or
+    /// the processes carrying its run's marker. Whether anything was found.
+    pub async fn stop_leftovers(&self, task: &TaskRow) -> bool {
+        match (
+            task.agent_pgid,
+            task.agent_marker.as_deref(),
+            &task.lease_owner,
+        ) {
+            (Some(pgid), Some(marker), _) => exec::kill_leftover_group(pgid as i32, marker).await,
+            // Started, but its group not yet recorded when the worker died.
+            (None, Some(marker), _) => exec::kill_marked(marker).await,
+            (None, None, Some(owner)) if *owner != self.owner => {
+                exec::kill_marked(&exec::run_marker(owner, task.pk, task.run_seq)).await
+            }
+            _ => false,
+        }
     }
 
     /// Sets the gauges that reflect state rather than events.
@@ -474,22 +492,4 @@ fn unique_owner_name() -> String {
         std::process::id(),
         nanos & 0xffff_ffff
     )
-}
-
-/// Stops what a dead worker's run of `task` left running: its recorded process group, or the
-/// processes carrying its run's marker. Whether anything was found.
-async fn stop_leftovers(task: &TaskRow) -> bool {
-    match (
-        task.agent_pgid,
-        task.agent_marker.as_deref(),
-        &task.lease_owner,
-    ) {
-        (Some(pgid), Some(marker), _) => exec::kill_leftover_group(pgid as i32, marker).await,
-        // Started, but its group not yet recorded when the worker died.
-        (None, Some(marker), _) => exec::kill_marked(marker).await,
-        (None, None, Some(owner)) => {
-            exec::kill_marked(&exec::run_marker(owner, task.pk, task.run_seq)).await
-        }
-        _ => false,
-    }
 }

@@ -163,11 +163,7 @@ async fn page(engine: &Engine, t: TaskRow) -> Response {
 
 /// The pull request on GitHub's web host (github.com, or the Enterprise Server's).
 fn pr_url(settings: &Settings, t: &TaskRow, number: i64) -> Option<String> {
-    let api = settings.github_api_url.parse::<http::Uri>().ok()?;
-    let host = match api.host()? {
-        "api.github.com" => "github.com".to_owned(),
-        other => other.to_owned(),
-    };
+    let host = crate::github::origin::git_host(&settings.github_api_url)?;
     let full_name = match t.clone_url.as_deref() {
         Some(url) if t.repo == "local" => {
             crate::github::origin::parse(url, &settings.github_api_url)

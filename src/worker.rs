@@ -63,20 +63,7 @@ pub async fn run_leased(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<Ta
 async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<TaskState> {
     let key = row.pk;
     let run_seq = row.run_seq;
-    let leftover = match (
-        row.agent_pgid,
-        row.agent_marker.as_deref(),
-        &row.lease_owner,
-    ) {
-        (Some(pgid), Some(marker), _) => exec::kill_leftover_group(pgid as i32, marker).await,
-        // A worker that died right after starting an agent, before recording its group: the
-        // agent still carries that run's marker.
-        (None, Some(marker), _) => exec::kill_marked(marker).await,
-        (None, None, Some(previous)) if *previous != engine.owner => {
-            exec::kill_marked(&exec::run_marker(previous, key, run_seq)).await
-        }
-        _ => false,
-    };
+    let leftover = engine.stop_leftovers(&row).await;
     if leftover {
         engine
             .record(
@@ -676,29 +663,14 @@ async fn push(
 ) -> anyhow::Result<Option<Outcome>> {
     let engine = run.engine;
     let changed = engine.git.changed_files(worktree, &source.base_sha).await?;
-    let workflows: Vec<&String> = changed
-        .iter()
-        .filter(|f| f.starts_with(".github/workflows/"))
-        .collect();
-    if !workflows.is_empty()
-        && !engine
-            .settings
-            .file
-            .github
-            .allow_workflow_changes
-            .allowed_for(&run.row.repo)
+    if let Some(why) = engine
+        .settings
+        .file
+        .github
+        .allow_workflow_changes
+        .held_back(&run.row.repo, &changed)
     {
-        return Ok(Some(Outcome::ended(
-            TaskState::Failed,
-            format!(
-                "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows this repository (workflow changes can reach CI secrets)",
-                workflows
-                    .iter()
-                    .map(|f| format!("`{f}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )));
+        return Ok(Some(Outcome::ended(TaskState::Failed, why)));
     }
     let _lock = RepoLock::acquire(engine.repo_lock(&run.row.repo_name())).await?;
     // The last commit autodev pushed there (a checkpoint, an earlier run): the one the push may

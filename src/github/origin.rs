@@ -24,9 +24,9 @@ impl GithubRemote {
     }
 }
 
-/// The git host that goes with a REST API: `github.com` for `api.github.com`, else the API's
-/// own host (GitHub Enterprise Server serves both from one host).
-fn git_host(api_url: &str) -> Option<String> {
+/// The git (and web) host that goes with a REST API: `github.com` for `api.github.com`, else
+/// the API's own host (GitHub Enterprise Server serves all from one host).
+pub fn git_host(api_url: &str) -> Option<String> {
     let host = api_url.parse::<Uri>().ok()?.host()?.to_ascii_lowercase();
     Some(if host == "api.github.com" {
         "github.com".to_owned()

@@ -650,23 +650,14 @@ async fn publish_local(
         .changed_between(repo, &base_sha, &head)
         .await
         .map_err(internal)?;
-    let workflows: Vec<String> = changed
-        .iter()
-        .filter(|f| f.starts_with(".github/workflows/"))
-        .map(|f| format!("`{f}`"))
-        .collect();
-    if !workflows.is_empty()
-        && !engine
-            .settings
-            .file
-            .github
-            .allow_workflow_changes
-            .allowed_for(&full_name)
+    if let Some(why) = engine
+        .settings
+        .file
+        .github
+        .allow_workflow_changes
+        .held_back(&full_name, &changed)
     {
-        return Ok(Err(format!(
-            "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows {full_name} (workflow changes can reach CI secrets)",
-            workflows.join(", ")
-        )));
+        return Ok(Err(why));
     }
     let url = &remote.push_url;
     db::set_local_remote(&engine.pool, t.pk, url)

@@ -749,12 +749,7 @@ async fn an_event_for_a_repository_the_installation_does_not_cover_is_refused() 
     other["repository"]["full_name"] = json!("Codertocat/Secret-Repo");
     let (status, _) = deliver(&a.server, "issues", "N-1", &other).await;
     assert_eq!(status, 202);
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        a.world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
+    let pool = a.world.db().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let outcome: String = sqlx::query_scalar("SELECT outcome FROM deliveries WHERE id = 'N-1'")
@@ -1008,12 +1003,7 @@ async fn the_scheduled_prizer_opens_it_once_with_two_processes_on_one_database()
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(a.fake.state.lock().unwrap().pulls.len(), 1);
     assert_eq!(pr_posts(&a), 1);
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        a.world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
+    let pool = a.world.db().await;
     let dupes: i64 = sqlx::query_scalar("SELECT COUNT(*) - COUNT(DISTINCT idempotency_key) FROM Jobs WHERE job_type = 'autodev.hygiene'")
         .fetch_one(&pool)
         .await

@@ -80,9 +80,14 @@ impl Local {
 
     /// Where `branch` is on `origin`, if it is there.
     fn on_origin(&self, branch: &str) -> Option<String> {
+        self.branch_in(REPO, branch)
+    }
+
+    /// Where `branch` is in the git server's repository `full_name`, if it is there.
+    fn branch_in(&self, full_name: &str, branch: &str) -> Option<String> {
         let out = std::process::Command::new("git")
             .arg("-C")
-            .arg(self.bare())
+            .arg(self.git.root.join(format!("{full_name}.git")))
             .args([
                 "rev-parse",
                 "--verify",
@@ -246,12 +251,7 @@ async fn prize_by_hand_pushes_and_opens_it_once_and_a_refusal_is_reported_then_a
     assert!(out.contains("no passed task is waiting"), "{out}");
     assert_eq!(l.fake.state.lock().unwrap().pulls.len(), 1);
     assert_eq!(l.pr_posts(), 2, "one refused, one made");
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        l.world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
+    let pool = l.world.db().await;
     let state: Option<String> =
         sqlx::query_scalar("SELECT pr_state FROM tasks WHERE task_id = 'LPR-2'")
             .fetch_one(&pool)
@@ -272,12 +272,7 @@ async fn autodev_run_opens_the_pull_request_and_the_queued_trigger_finds_it_open
     assert_eq!(l.on_origin(branch).as_deref(), Some(head.as_str()));
     assert_eq!(l.fake.state.lock().unwrap().pulls.len(), 1);
     // The on-pass job the run queued is done by the next server, and finds it recorded.
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        l.world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
+    let pool = l.world.db().await;
     let outbox = "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.outbox' AND status = 'Done'";
     let done: i64 = sqlx::query_scalar(outbox).fetch_one(&pool).await.unwrap();
     assert_eq!(done, 0, "queued, not yet done");
@@ -445,18 +440,7 @@ async fn an_agent_that_rewrites_origin_does_not_redirect_its_push_or_pull_reques
     );
     let branch = "auto/backend/LPR-5";
     assert!(l.on_origin(branch).is_some(), "pushed where origin was");
-    let elsewhere = std::process::Command::new("git")
-        .arg("-C")
-        .arg(l.git.root.join(format!("{evil}.git")))
-        .args([
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("refs/heads/{branch}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(!elsewhere.status.success(), "nothing pushed to {evil}");
+    assert_eq!(l.branch_in(evil, branch), None, "nothing pushed to {evil}");
     assert!(
         l.fake.requests().iter().all(|r| !r.contains(evil)),
         "{:#?}",
@@ -475,12 +459,7 @@ async fn tasks_from_before_the_token_are_left_to_prize_by_hand_not_to_the_schedu
     l.world.extra_env = with_token;
 
     let server = l.world.serve();
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        l.world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
+    let pool = l.world.db().await;
     let ticks = "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.hygiene'
                    AND idempotency_key LIKE 'prize:%' AND status = 'Done'";
     let deadline = std::time::Instant::now() + WAIT;

@@ -172,21 +172,12 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
     server.kill_hard();
     // As if the server had died between starting the agent and recording its process group
     // (the run's marker is recorded before anything starts).
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
-    let cleared = sqlx::query(
-        "UPDATE tasks SET agent_pgid = NULL WHERE task_id = 'UNREC-1' AND agent_marker IS NOT NULL",
-    )
-    .execute(&pool)
-    .await
-    .unwrap()
-    .rows_affected();
+    let cleared = world
+        .execute(
+            "UPDATE tasks SET agent_pgid = NULL WHERE task_id = 'UNREC-1' AND agent_marker IS NOT NULL",
+        )
+        .await;
     assert_eq!(cleared, 1);
-    pool.close().await;
     assert!(alive(agent) && alive(child), "the orphaned agent runs on");
 
     let server = world.serve();
@@ -221,31 +212,11 @@ async fn a_rerun_after_a_crashed_foreground_run_stops_its_unrecorded_agent() {
         ),
     );
     let spec_path = world.write_spec("task.yaml", &spec("RERUN-1", ""));
-    let mut first = world
-        .command(&["run", spec_path.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent: i32 = wait_for_file(&world.agent_dir.join("first.pid"), Duration::from_secs(30))
-        .await
-        .trim()
-        .parse()
-        .unwrap();
-    first.kill().unwrap();
-    let _ = first.wait();
+    let agent = crash_in_the_foreground(&world, &spec_path, "first.pid").await;
     // As if `autodev run` had died before recording the agent's process group.
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("UPDATE tasks SET agent_pgid = NULL WHERE task_id = 'RERUN-1'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    world
+        .execute("UPDATE tasks SET agent_pgid = NULL WHERE task_id = 'RERUN-1'")
+        .await;
     assert!(alive(agent));
     // The dead run's lease runs out; then the task is run again, under a new run number.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -290,35 +261,15 @@ async fn cancelling_a_task_whose_worker_died_stops_the_agent_it_left() {
     )
     .unwrap();
     let spec_path = world.write_spec("task.yaml", &spec("CXL-1", ""));
-    let mut run = world
-        .command(&["run", spec_path.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent: i32 = wait_for_file(&world.agent_dir.join("agent.pid"), Duration::from_secs(30))
-        .await
-        .trim()
-        .parse()
-        .unwrap();
-    run.kill().unwrap();
-    let _ = run.wait();
+    let agent = crash_in_the_foreground(&world, &spec_path, "agent.pid").await;
     // Its lease ran out a moment ago (as it would after a minute): too recently for the
     // sweep, which waits a heartbeat period more.
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE tasks SET lease_until = CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 1000
-         WHERE task_id = 'CXL-1'",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+    world
+        .execute(
+            "UPDATE tasks SET lease_until = CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 1000
+             WHERE task_id = 'CXL-1'",
+        )
+        .await;
     assert!(alive(agent));
 
     let server = world.serve_with(&["--workers", "0"]);
@@ -330,4 +281,23 @@ async fn cancelling_a_task_whose_worker_died_stops_the_agent_it_left() {
         !alive(agent),
         "the agent {agent} left by the dead run still runs"
     );
+}
+
+/// Starts `autodev run` on `spec`, waits until its agent has written its pid to `pid_file`,
+/// and kills the run (not the agent, which has a process group of its own). The agent's pid.
+async fn crash_in_the_foreground(world: &World, spec: &std::path::Path, pid_file: &str) -> i32 {
+    let mut run = world
+        .command(&["run", spec.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = wait_for_file(&world.agent_dir.join(pid_file), Duration::from_secs(30))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    run.kill().unwrap();
+    let _ = run.wait();
+    agent
 }

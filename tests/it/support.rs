@@ -160,6 +160,29 @@ impl World {
         Proc(child)
     }
 
+    /// The world's database, opened beside the running processes.
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            self.data.join("autodev.db").display()
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// Runs one statement on the world's database (to set up a state a crash leaves);
+    /// how many rows it changed.
+    pub async fn execute(&self, sql: &'static str) -> u64 {
+        let pool = self.db().await;
+        let changed = sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        pool.close().await;
+        changed
+    }
+
     pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
         let path = self.root.path().join(name);
         std::fs::write(&path, text).unwrap();

@@ -76,15 +76,6 @@ async fn send(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn db(world: &World) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        world.data.join("autodev.db").display()
-    ))
-    .await
-    .unwrap()
-}
-
 async fn count(pool: &sqlx::SqlitePool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -100,7 +91,7 @@ fn labeled(label: &str) -> Value {
 async fn signatures_are_checked_before_anything_is_written() {
     let world = app_world();
     let server = world.serve();
-    let pool = db(&world).await;
+    let pool = world.db().await;
     let body = serde_json::to_vec(&labeled("autodev:backend")).unwrap();
     let (status, body_json) = send(&server, "issues", "d-1", &body, Some("sha256=00")).await;
     assert_eq!(status, 401, "{body_json}");
@@ -144,7 +135,7 @@ async fn signatures_are_checked_before_anything_is_written() {
 async fn a_delivery_is_stored_and_queued_once_even_when_copies_race() {
     let world = app_world();
     let server = Arc::new(world.serve());
-    let pool = db(&world).await;
+    let pool = world.db().await;
     let payload = labeled("autodev:backend");
     let (status, body) = deliver(&server, "issues", "race-0", &payload).await;
     assert_eq!(status, 202, "{body}");
@@ -193,7 +184,7 @@ async fn a_delivery_is_stored_and_queued_once_even_when_copies_race() {
 async fn installations_are_recorded() {
     let world = app_world();
     let server = world.serve();
-    let pool = db(&world).await;
+    let pool = world.db().await;
     let (status, _) = deliver(
         &server,
         "installation",
@@ -234,7 +225,7 @@ async fn installations_are_recorded() {
 async fn what_autodev_does_not_act_on_is_answered_and_counted() {
     let world = app_world();
     let server = world.serve();
-    let pool = db(&world).await;
+    let pool = world.db().await;
     let (status, body) = deliver(&server, "star", "s-1", &fixture("star.created")).await;
     assert_eq!(status, 202);
     assert!(
