@@ -214,7 +214,7 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
             engine.settings.data_dir.display(),
             engine.settings.repo_path.display()
         );
-        let app = crate::server::router(engine.clone());
+        let app = crate::server::router(engine.clone(), listener.local_addr()?);
         let stop = shutdown.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -264,9 +264,13 @@ fn read_spec(
 ) -> anyhow::Result<Result<spec::TaskSpec, String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let _ = settings;
-    Ok(spec::parse(&text, SpecFormat::from_path(path), roles)
-        .map_err(|e| format!("{}: {e}", path.display())))
+    Ok(spec::parse(
+        &text,
+        SpecFormat::from_path(path),
+        roles,
+        &settings.file.limits,
+    )
+    .map_err(|e| format!("{}: {e}", path.display())))
 }
 
 async fn run(settings: Settings, path: &Path, rerun: bool) -> anyhow::Result<i32> {

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::spec::parse_timeout;
+use crate::spec::{Limits, parse_timeout};
 
 /// A snapshot of the environment, so that tests can hand in their own.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +87,28 @@ pub struct FileConfig {
     /// Directory of custom role files; relative paths are relative to the working directory.
     #[serde(default)]
     pub roles_dir: Option<PathBuf>,
+    /// The server's maxima for every task, whoever asks.
+    #[serde(default)]
+    pub limits: Limits,
+    /// What a repository's `.github/autodev.yml` (and a writer's issue block) may set.
+    #[serde(default)]
+    pub allowed_overrides: AllowedOverrides,
+}
+
+/// Keys of `.github/autodev.yml` and of issue blocks that are used (see `trust`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct AllowedOverrides(pub Vec<String>);
+
+impl Default for AllowedOverrides {
+    fn default() -> Self {
+        Self(
+            crate::trust::DEFAULT_OVERRIDES
+                .iter()
+                .map(|k| (*k).to_owned())
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -145,7 +167,8 @@ fn minutes<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let d = match &v {
         serde_json::Value::Number(n) => n
             .as_u64()
-            .map(|m| Duration::from_secs(m * 60))
+            .and_then(|m| m.checked_mul(60))
+            .map(Duration::from_secs)
             .ok_or_else(|| {
                 serde::de::Error::custom(format!("expected whole minutes, found {n}"))
             })?,
@@ -317,22 +340,6 @@ impl WorkflowChanges {
             WorkflowChanges::All(b) => *b,
             WorkflowChanges::Repos(list) => list.iter().any(|r| r.eq_ignore_ascii_case(repo)),
         }
-    }
-
-    /// Why a change to `repo` touching `changed` files is not pushed, if it is not: it
-    /// touches `.github/workflows/` and `repo` is not allowed that.
-    pub fn held_back(&self, repo: &str, changed: &[String]) -> Option<String> {
-        let workflows: Vec<String> = changed
-            .iter()
-            .filter(|f| f.starts_with(".github/workflows/"))
-            .map(|f| format!("`{f}`"))
-            .collect();
-        (!workflows.is_empty() && !self.allowed_for(repo)).then(|| {
-            format!(
-                "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows {repo} (workflow changes can reach CI secrets)",
-                workflows.join(", ")
-            )
-        })
     }
 }
 
@@ -575,6 +582,25 @@ impl FileConfig {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        self.limits.check().map_err(anyhow::Error::msg)?;
+        if let Some(key) = self
+            .allowed_overrides
+            .0
+            .iter()
+            .find(|k| !crate::trust::OVERRIDE_KEYS.contains(&k.as_str()))
+        {
+            bail!(
+                "allowed_overrides names `{key}`; the keys a repository may set are {}",
+                crate::trust::OVERRIDE_KEYS.join(", ")
+            );
+        }
+        if self.agent.task_timeout > self.limits.max_timeout {
+            bail!(
+                "agent.task_timeout ({}) is longer than limits.max_timeout ({})",
+                crate::spec::human_duration(self.agent.task_timeout),
+                crate::spec::human_duration(self.limits.max_timeout)
+            );
+        }
         if self.workers.concurrency == 0 {
             bail!("workers.concurrency must be at least 1");
         }
@@ -647,6 +673,9 @@ pub struct Settings {
     pub api_token: Option<SecretString>,
     pub server_url: String,
     pub public_url: Option<String>,
+    /// More `Host` names the HTTP server answers (`AUTODEV_ALLOWED_HOSTS`, comma-separated):
+    /// reverse proxies, orchestrators.
+    pub allowed_hosts: Vec<String>,
     pub log_filter: String,
     pub repo_path: PathBuf,
     pub dev_branch: Option<String>,
@@ -722,6 +751,13 @@ impl Settings {
             public_url: env
                 .get("AUTODEV_PUBLIC_URL")
                 .map(|s| s.trim_end_matches('/').to_owned()),
+            allowed_hosts: env
+                .get("AUTODEV_ALLOWED_HOSTS")
+                .unwrap_or("")
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
             log_filter: env.get("AUTODEV_LOG").unwrap_or("info").to_owned(),
             repo_path: absolute(&cwd, &repo_path),
             dev_branch: env

@@ -89,6 +89,8 @@ pub struct TaskRow {
     pub pushed_sha: Option<String>,
     pub pr_number: Option<i64>,
     pub pr_state: Option<String>,
+    /// Why part of what the task's issue asked for was not used.
+    pub notice: Option<String>,
 }
 
 impl TaskRow {
@@ -805,6 +807,45 @@ pub async fn replace_spec<'e, E: Executor<'e, Database = Sqlite>>(
         .execute(ex)
         .await?;
     Ok(())
+}
+
+/// Sets (or clears) why part of what the task's issue asked for was not used.
+pub async fn set_notice<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    notice: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET notice = ? WHERE pk = ?")
+        .bind(notice)
+        .bind(key)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Whether autodev may answer `login` on issue `issue` of `repo` now: true at most once per
+/// `window` for each of them (the claim is recorded).
+pub async fn claim_outsider_reply(
+    pool: &SqlitePool,
+    repo: &str,
+    issue: i64,
+    login: &str,
+    window: Duration,
+) -> anyhow::Result<bool> {
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO outsider_replies (repo, issue, login, last_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (repo, issue, login) DO UPDATE SET last_at = excluded.last_at
+         WHERE outsider_replies.last_at <= ?",
+    )
+    .bind(repo.to_lowercase())
+    .bind(issue)
+    .bind(login.to_lowercase())
+    .bind(now)
+    .bind(now - window.as_millis() as i64)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn set_status_comment(

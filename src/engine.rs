@@ -42,8 +42,31 @@ pub struct Engine {
     /// Identifies this process in task leases and as a queue worker: unique per start, so a
     /// quick restart never collides with the name of the process it replaces.
     pub owner: String,
+    /// Whether each queue this process serves has a live worker (for `/readyz`).
+    pub workers: WorkerHealth,
     live: broadcast::Sender<LiveEvent>,
     running: Mutex<HashMap<TaskKey, CancellationToken>>,
+}
+
+/// The queues a process serves and whether each has a live worker now.
+#[derive(Debug, Default)]
+pub struct WorkerHealth(Mutex<std::collections::BTreeMap<&'static str, bool>>);
+
+impl WorkerHealth {
+    pub fn set(&self, queue: &'static str, alive: bool) {
+        self.0.lock().expect("lock").insert(queue, alive);
+    }
+
+    /// The queues served whose worker is not running.
+    pub fn dead(&self) -> Vec<&'static str> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, alive)| !**alive)
+            .map(|(q, _)| *q)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +135,7 @@ impl Engine {
             metrics,
             git,
             live,
+            workers: WorkerHealth::default(),
             running: Mutex::new(HashMap::new()),
         }))
     }
@@ -140,6 +164,65 @@ impl Engine {
         self.sandbox
             .as_ref()
             .map(|sandbox| crate::sandbox::Jail { sandbox, writable })
+    }
+
+    /// The settings a run of `spec` uses: the server's, the role's, the repository's
+    /// `.github/autodev.yml` at `rev` of `repo` (its base), then the spec's own; see `trust`.
+    /// `Err` says why the run cannot start (a broken repository file, an unknown role).
+    pub async fn task_settings(
+        &self,
+        spec: &TaskSpec,
+        repo: &std::path::Path,
+        rev: &str,
+    ) -> Result<crate::trust::Resolved, String> {
+        let role = self
+            .roles
+            .get(&spec.role)
+            .ok_or_else(|| format!("role `{}` is no longer defined", spec.role))?;
+        let mut file = None;
+        for path in crate::trust::REPO_FILE_PATHS {
+            let text = self
+                .git
+                .read_at(repo, rev, path)
+                .await
+                .map_err(|e| format!("reading {path}: {e:#}"))?;
+            if let Some(text) = text {
+                file = Some(crate::trust::parse_repo_file(path, &text)?);
+                break;
+            }
+        }
+        let config = &self.settings.file;
+        let policy = crate::trust::ServerPolicy {
+            allowed_overrides: &config.allowed_overrides.0,
+            limits: &config.limits,
+            default_timeout: config.agent.task_timeout,
+            gates: crate::trust::GateCommands {
+                lint: config.gates.lint.clone(),
+                typecheck: config.gates.typecheck.clone(),
+            },
+        };
+        Ok(crate::trust::resolve(
+            &policy,
+            &spec.role,
+            &role.defaults,
+            file.as_ref(),
+            &spec.options,
+        ))
+    }
+
+    /// What every push of `repo` (`owner/name`) checks: no change to `.github/workflows/` in
+    /// any commit after `base`, unless `github.allow_workflow_changes` allows the repository.
+    pub fn push_guard<'a>(&self, repo: &'a str, base: &'a str) -> crate::gitops::PushGuard<'a> {
+        crate::gitops::PushGuard {
+            repo,
+            base,
+            workflows_allowed: self
+                .settings
+                .file
+                .github
+                .allow_workflow_changes
+                .allowed_for(repo),
+        }
     }
 
     /// GitHub App mode is configured (webhooks, installations, check runs).

@@ -133,6 +133,8 @@ impl Git {
                     .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
             )
             .env("GIT_TERMINAL_PROMPT", "0")
+            // The agent can write `refs/replace/`: autodev's git sees the real objects.
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -403,6 +405,10 @@ impl Git {
     /// `lease` is the commit autodev last pushed there (`None`: the branch must not exist
     /// yet): the push replaces it, and only it, so a checkpoint can be superseded by the next
     /// one while nobody else's push is ever overwritten.
+    ///
+    /// Every push goes through `guard`: a change to `.github/workflows/` in any commit being
+    /// pushed is refused with [`HeldBack`] unless the guard allows it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push(
         &self,
         dir: &Path,
@@ -411,7 +417,18 @@ impl Git {
         branch: &str,
         token: &SecretString,
         lease: Option<&str>,
+        guard: &PushGuard<'_>,
     ) -> anyhow::Result<()> {
+        if !guard.workflows_allowed {
+            let touched = self.workflow_changes(dir, guard.base, rev).await?;
+            if !touched.is_empty() {
+                return Err(HeldBack {
+                    repo: guard.repo.to_owned(),
+                    paths: touched,
+                }
+                .into());
+            }
+        }
         self.ops.with_label_values(&["push"]).inc();
         let refspec = format!("{rev}:refs/heads/{branch}");
         let lease = format!(
@@ -436,6 +453,61 @@ impl Git {
             );
         }
         Ok(())
+    }
+
+    /// The paths under `.github/workflows/` that any commit reachable from `head` and not from
+    /// `base` adds, changes or removes (both sides of a rename, merges' own changes included),
+    /// compared as bytes: git's quoting of unusual names and rename detection hide nothing.
+    pub async fn workflow_changes(
+        &self,
+        dir: &Path,
+        base: &str,
+        head: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        self.ops.with_label_values(&["diff"]).inc();
+        let commits = self
+            .run(
+                "rev-list",
+                dir,
+                &["rev-list", head, "--not", base, "--"],
+                None,
+            )
+            .await?;
+        if commits.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .output(
+                dir,
+                &[
+                    "diff-tree",
+                    "--stdin",
+                    "-r",
+                    "-z",
+                    "--no-renames",
+                    "--name-only",
+                    "-c",
+                    "--root",
+                    "--no-commit-id",
+                ],
+                Some(&commits),
+            )
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "listing the files changed in {head}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut touched: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|path| is_workflow_path(path))
+            .map(|path| String::from_utf8_lossy(path).into_owned())
+            .collect();
+        touched.sort();
+        touched.dedup();
+        Ok(touched)
     }
 
     /// Where `branch` is at `url` (read with `token`); `None` when it is not there.
@@ -891,6 +963,34 @@ impl Git {
             .await?;
         Ok(out.lines().map(str::to_owned).collect())
     }
+}
+
+/// `.github/workflows/...`, or `.github/workflows` or `.github` themselves (a file or link put
+/// where the directory belongs), as raw bytes.
+fn is_workflow_path(path: &[u8]) -> bool {
+    path == b".github" || path == b".github/workflows" || path.starts_with(b".github/workflows/")
+}
+
+/// What a push checks first.
+pub struct PushGuard<'a> {
+    /// `owner/name`, for the message.
+    pub repo: &'a str,
+    /// The commit the pushed range starts after (the base branch): every commit after it is
+    /// checked.
+    pub base: &'a str,
+    /// `github.allow_workflow_changes` allows this repository.
+    pub workflows_allowed: bool,
+}
+
+/// A push refused because it would change `.github/workflows/`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not pushed: the change touches {} under .github/workflows/, which autodev does not push unless github.allow_workflow_changes allows {repo} (workflow changes can reach CI secrets)",
+    .paths.iter().map(|p| format!("`{}`", p.escape_debug())).collect::<Vec<_>>().join(", ")
+)]
+pub struct HeldBack {
+    pub repo: String,
+    pub paths: Vec<String>,
 }
 
 /// An exclusive lock on a repository's worktree bookkeeping, held across processes (`flock`)

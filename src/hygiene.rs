@@ -363,9 +363,23 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
                 continue;
             }
             let lease = now.and_then(|t| t.pushed_sha);
+            // Checked like the final push: a checkpoint must not carry what the end would not.
+            let Some(base) = task.base_branch.as_deref() else {
+                continue;
+            };
+            let base_ref = format!("refs/remotes/origin/{base}");
+            let guard = engine.push_guard(&task.repo, &base_ref);
             match engine
                 .git
-                .push(&path, url, &commit, &task.branch, &token, lease.as_deref())
+                .push(
+                    &path,
+                    url,
+                    &commit,
+                    &task.branch,
+                    &token,
+                    lease.as_deref(),
+                    &guard,
+                )
                 .await
             {
                 Ok(()) => {
@@ -377,6 +391,16 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
                         Duration::ZERO,
                     )
                     .await?;
+                }
+                Err(e) if e.is::<crate::gitops::HeldBack>() => {
+                    engine
+                        .record(
+                            task.pk,
+                            task.run_seq,
+                            "checkpoint",
+                            &format!("checkpoint {e:#}"),
+                        )
+                        .await;
                 }
                 Err(e) => {
                     tracing::warn!(task = %task.task_id, "pushing the checkpoint failed: {e:#}")
@@ -478,8 +502,28 @@ async fn rebase_pushed(
         }
         CatchUp::Done { new, failures } => (new, failures),
     };
-    git.push(&mirror, url, &new, &task.branch, &token, Some(&head))
-        .await?;
+    let guard = engine.push_guard(&task.repo, &base_sha);
+    if let Err(e) = git
+        .push(
+            &mirror,
+            url,
+            &new,
+            &task.branch,
+            &token,
+            Some(&head),
+            &guard,
+        )
+        .await
+    {
+        if e.is::<crate::gitops::HeldBack>() {
+            // What the base brought in is not the task's to push; the branch stays as it was.
+            engine
+                .record(task.pk, task.run_seq, "rebase", &format!("{e:#}"))
+                .await;
+            return Ok(false);
+        }
+        return Err(e);
+    }
     crate::db::set_pushed(&engine.pool, task.pk, &new).await?;
     // The mirror's own branch follows, unless something else moved it.
     let _ = git.move_branch(&mirror, &task.branch, &new, &head).await;
@@ -577,9 +621,15 @@ async fn catch_up(
         };
         let spec_value: serde_json::Value =
             serde_json::from_str(&task.spec).context("reading the stored spec")?;
-        let spec = crate::spec::from_value(spec_value, &engine.roles)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let workdir = tmp.join(&spec.target_dir);
+        let spec =
+            crate::spec::from_value(spec_value, &engine.roles, &crate::spec::Limits::absolute())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The gates as the base branch now has them (its `.github/autodev.yml`).
+        let settings = engine
+            .task_settings(&spec, repo, base_sha)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let workdir = tmp.join(&settings.target_dir);
         std::fs::create_dir_all(&workdir)?;
         let homes = engine.settings.data_dir.join("homes");
         std::fs::create_dir_all(homes.join("gates"))?;
@@ -592,9 +642,12 @@ async fn catch_up(
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone());
+        let mut gates_config = engine.settings.file.gates.clone();
+        gates_config.lint = settings.gates.lint.clone();
+        gates_config.typecheck = settings.gates.typecheck.clone();
         let planned = crate::gates::plan(
-            &spec.acceptance,
-            &engine.settings.file.gates,
+            &settings.acceptance,
+            &gates_config,
             &workdir,
             &tmp,
             path_env.as_deref(),
@@ -607,7 +660,7 @@ async fn catch_up(
             &planned,
             &workdir,
             &env,
-            &engine.settings.file.gates,
+            &gates_config,
             &cancel,
             &no_record,
             engine.jail(&writable),

@@ -80,7 +80,31 @@ pub async fn push(
     Ok(id.to_string())
 }
 
+/// Runs a job's handler; a panic in it ends that job only (logged, not retried: it would panic
+/// again), never the worker.
+async fn unpanicked(
+    what: String,
+    job: impl std::future::Future<Output = Result<(), BoxDynError>>,
+) -> Result<(), BoxDynError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(job).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            tracing::error!("{what} panicked: {}", panic_message(panic.as_ref()));
+            Ok(())
+        }
+    }
+}
+
 async fn handle_delivery(
+    job: HandleDelivery,
+    engine: Data<Arc<Engine>>,
+) -> Result<(), BoxDynError> {
+    let what = format!("delivery {}", job.delivery);
+    unpanicked(what, handle_delivery_inner(job, engine)).await
+}
+
+async fn handle_delivery_inner(
     job: HandleDelivery,
     engine: Data<Arc<Engine>>,
 ) -> Result<(), BoxDynError> {
@@ -112,24 +136,50 @@ async fn handle_outbox(
     job: crate::github::outbox::OutboxJob,
     engine: Data<Arc<Engine>>,
 ) -> Result<(), BoxDynError> {
-    crate::github::outbox::run(&engine, job)
-        .await
-        .map_err(|e| format!("{e:#}").into())
+    let what = format!("GitHub side effect {:?}", job.effect);
+    unpanicked(what, async move {
+        crate::github::outbox::run(&engine, job)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+    })
+    .await
 }
 
 async fn handle_hygiene(
     job: crate::hygiene::HygieneJob,
     engine: Data<Arc<Engine>>,
 ) -> Result<(), BoxDynError> {
-    crate::hygiene::run(&engine, job)
-        .await
-        .map_err(|e| format!("{e:#}").into())
+    let what = format!("hygiene job {:?}", job.job);
+    unpanicked(what, async move {
+        crate::hygiene::run(&engine, job)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+    })
+    .await
 }
 
 async fn handle(job: RunTask, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
-    crate::worker::run_job(&engine, job)
-        .await
-        .map_err(|e| format!("{e:#}").into())
+    use futures::FutureExt;
+    // A panic ends this run only: the task is finished as `error`, and the worker goes on.
+    let run = std::panic::AssertUnwindSafe(crate::worker::run_job(&engine, job))
+        .catch_unwind()
+        .await;
+    match run {
+        Ok(result) => result.map_err(|e| format!("{e:#}").into()),
+        Err(panic) => {
+            crate::worker::finish_after_panic(&engine, job, &panic_message(panic.as_ref())).await;
+            Ok(())
+        }
+    }
+}
+
+/// What a panic said, as text.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// One apalis worker on `$queue` for job type `$args`, handled by `$handler`, until `$shutdown`.
@@ -198,54 +248,28 @@ async fn supervise(
 ) -> anyhow::Result<()> {
     let mut generation = 0u32;
     loop {
-        let suffix = match kind {
-            Kind::Tasks => "tasks",
-            Kind::Github => "github",
-            Kind::Outbox => "outbox",
-            Kind::Hygiene => "hygiene",
-        };
         let name = match generation {
-            0 => format!("{}-{suffix}", engine.owner),
-            g => format!("{}-{suffix}-{g}", engine.owner),
+            0 => format!("{}-{}", engine.owner, kind.suffix()),
+            g => format!("{}-{}-{g}", engine.owner, kind.suffix()),
         };
-        let concurrency = engine.settings.file.workers.concurrency;
-        let result = match kind {
-            Kind::Tasks => run_queue_worker!(
-                engine,
-                name,
-                TASKS_QUEUE,
-                RunTask,
-                handle,
-                concurrency,
-                shutdown
-            ),
-            Kind::Github => run_queue_worker!(
-                engine,
-                name,
-                GITHUB_QUEUE,
-                HandleDelivery,
-                handle_delivery,
-                2,
-                shutdown
-            ),
-            Kind::Outbox => run_queue_worker!(
-                engine,
-                name,
-                crate::github::outbox::OUTBOX_QUEUE,
-                crate::github::outbox::OutboxJob,
-                handle_outbox,
-                2,
-                shutdown
-            ),
-            Kind::Hygiene => run_queue_worker!(
-                engine,
-                name,
-                crate::hygiene::HYGIENE_QUEUE,
-                crate::hygiene::HygieneJob,
-                handle_hygiene,
-                1,
-                shutdown
-            ),
+        engine.workers.set(kind.queue(), true);
+        // Its own task: whatever happens inside (a panic included) ends that task, not the
+        // other queues' workers.
+        let run = tokio::spawn(run_worker(
+            engine.clone(),
+            kind,
+            name.clone(),
+            shutdown.clone(),
+        ))
+        .await;
+        engine.workers.set(kind.queue(), false);
+        let result = match run {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(anyhow::anyhow!(
+                "worker {name} panicked: {}",
+                panic_message(e.into_panic().as_ref())
+            )),
+            Err(e) => Err(anyhow::anyhow!("worker {name} was stopped: {e}")),
         };
         if shutdown.is_cancelled() {
             return result;
@@ -260,5 +284,76 @@ async fn supervise(
             _ = shutdown.cancelled() => return Ok(()),
         }
         generation += 1;
+    }
+}
+
+impl Kind {
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Tasks => "tasks",
+            Kind::Github => "github",
+            Kind::Outbox => "outbox",
+            Kind::Hygiene => "hygiene",
+        }
+    }
+
+    fn queue(self) -> &'static str {
+        match self {
+            Kind::Tasks => TASKS_QUEUE,
+            Kind::Github => GITHUB_QUEUE,
+            Kind::Outbox => crate::github::outbox::OUTBOX_QUEUE,
+            Kind::Hygiene => crate::hygiene::HYGIENE_QUEUE,
+        }
+    }
+}
+
+async fn run_worker(
+    engine: Arc<Engine>,
+    kind: Kind,
+    name: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("queue::run_worker", |_| Err(anyhow::anyhow!(
+        "failpoint queue::run_worker"
+    )));
+    let concurrency = engine.settings.file.workers.concurrency;
+    match kind {
+        Kind::Tasks => run_queue_worker!(
+            engine,
+            name,
+            TASKS_QUEUE,
+            RunTask,
+            handle,
+            concurrency,
+            shutdown
+        ),
+        Kind::Github => run_queue_worker!(
+            engine,
+            name,
+            GITHUB_QUEUE,
+            HandleDelivery,
+            handle_delivery,
+            2,
+            shutdown
+        ),
+        Kind::Outbox => run_queue_worker!(
+            engine,
+            name,
+            crate::github::outbox::OUTBOX_QUEUE,
+            crate::github::outbox::OutboxJob,
+            handle_outbox,
+            2,
+            shutdown
+        ),
+        Kind::Hygiene => run_queue_worker!(
+            engine,
+            name,
+            crate::hygiene::HYGIENE_QUEUE,
+            crate::hygiene::HygieneJob,
+            handle_hygiene,
+            1,
+            shutdown
+        ),
     }
 }

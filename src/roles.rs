@@ -35,6 +35,9 @@ pub struct Role {
     pub branch_prefix: Option<String>,
     pub reviewers: Vec<String>,
     pub prompt: String,
+    /// Settings for this role's tasks (`acceptance`, `timeout`, ...), under the repository's
+    /// `.github/autodev.yml` and the spec.
+    pub defaults: crate::spec::TaskOptions,
     pub source: RoleSource,
 }
 
@@ -61,6 +64,10 @@ struct RoleFile {
     #[serde(default)]
     reviewers: Vec<String>,
     prompt: String,
+    /// Task settings: `target_dir`, `acceptance`, `timeout`, `max_rounds`, `model`,
+    /// `provider_override`.
+    #[serde(default)]
+    defaults: Option<serde_json::Value>,
 }
 
 const BUILT_IN: &[(&str, &str, &str)] = &[
@@ -125,6 +132,7 @@ impl Roles {
                     branch_prefix: None,
                     reviewers: Vec::new(),
                     prompt: (*prompt).to_owned(),
+                    defaults: Default::default(),
                     source: RoleSource::BuiltIn,
                 };
                 ((*name).to_owned(), role)
@@ -214,7 +222,36 @@ fn load_role_file(path: &Path) -> anyhow::Result<Role> {
     if file.prompt.trim().is_empty() {
         bail!("role file {}: `prompt` is empty", path.display());
     }
+    let defaults = match file.defaults {
+        None | Some(serde_json::Value::Null) => Default::default(),
+        Some(serde_json::Value::Object(mut map)) => {
+            if map.contains_key("base_branch") {
+                bail!(
+                    "role file {}: `defaults.base_branch` is not a role's to set",
+                    path.display()
+                );
+            }
+            let options = crate::spec::options_from_map(
+                &mut map,
+                "defaults.",
+                &crate::spec::Limits::absolute(),
+            )
+            .map_err(|e| anyhow::anyhow!("role file {}: {e}", path.display()))?;
+            if let Some(key) = map.keys().next() {
+                bail!(
+                    "role file {}: unknown key `defaults.{key}`; defaults takes target_dir, acceptance, timeout, max_rounds, model, provider_override",
+                    path.display()
+                );
+            }
+            options
+        }
+        Some(_) => bail!(
+            "role file {}: `defaults` must be a mapping such as `timeout: 30m`",
+            path.display()
+        ),
+    };
     Ok(Role {
+        defaults,
         description: file.description.unwrap_or_default(),
         name: file.name,
         branch_prefix: file.branch_prefix,
@@ -248,6 +285,24 @@ mod tests {
     }
 
     #[test]
+    fn file_role_defaults_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sre.yaml");
+        std::fs::write(
+            &path,
+            "name: sre\nprompt: p\ndefaults:\n  timeout: 20m\n  acceptance: {tests: [make check]}\n",
+        )
+        .unwrap();
+        let roles = Roles::load(Some(dir.path())).unwrap();
+        let d = &roles.get("sre").unwrap().defaults;
+        assert_eq!(d.timeout, Some(std::time::Duration::from_secs(1200)));
+        assert_eq!(d.acceptance.as_ref().unwrap().tests, ["make check"]);
+        std::fs::write(&path, "name: sre\nprompt: p\ndefaults: {max_rounds: 0}\n").unwrap();
+        let e = format!("{:#}", Roles::load(Some(dir.path())).unwrap_err());
+        assert!(e.contains("defaults.max_rounds"), "{e}");
+    }
+
+    #[test]
     fn file_role_with_prefix() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -257,6 +312,7 @@ mod tests {
         .unwrap();
         let roles = Roles::load(Some(dir.path())).unwrap();
         let sre = roles.get("sre").unwrap();
+        assert_eq!(sre.defaults, crate::spec::TaskOptions::default());
         assert_eq!(sre.branch_for(&"T-1".parse().unwrap()), "ops/bot/T-1");
         assert_eq!(sre.reviewers, ["alice", "@org/sre"]);
         assert!(matches!(sre.source, RoleSource::File(_)));

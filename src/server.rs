@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,7 +49,15 @@ impl From<anyhow::Error> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router(engine: Arc<Engine>) -> Router {
+/// A task spec is small: this is plenty.
+const SPEC_LIMIT: usize = 1024 * 1024;
+
+/// The routes, for a server bound to `bound`.
+pub fn router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
+    let hosts = Arc::new(crate::guard::AllowedHosts::new(&engine.settings, bound));
+    let bodies = Arc::new(tokio::sync::Semaphore::new(
+        crate::guard::UNAUTHENTICATED_BODIES,
+    ));
     let tasks = Router::new()
         .route("/tasks", post(create_task).get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -75,11 +83,23 @@ pub fn router(engine: Arc<Engine>) -> Router {
             "/view/repos/{owner}/{repo}/tasks/{id}",
             get(crate::view::repo_page),
         )
-        .route("/webhooks/github", post(github_webhook))
-        .route("/metrics", get(metrics))
+        .route(
+            "/webhooks/github",
+            post(github_webhook).layer(axum::Extension(bodies)),
+        )
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(
+                engine.clone(),
+                require_token,
+            )),
+        )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(move |request, next| {
+            crate::guard::refuse_browsers(hosts.clone(), request, next)
+        }))
         .with_state(engine)
 }
 
@@ -114,11 +134,16 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn create_task(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
+async fn create_task(State(engine): State<Arc<Engine>>, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    if let Err(refused) = crate::guard::check_length(&headers, SPEC_LIMIT) {
+        return Ok(refused.into_response());
+    }
+    let body = match crate::guard::read_body(body, SPEC_LIMIT).await {
+        Ok(body) => body,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -133,7 +158,7 @@ async fn create_task(
     };
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    let spec = spec::parse(text, format, &engine.roles)
+    let spec = spec::parse(text, format, &engine.roles, &engine.settings.file.limits)
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_json()))?;
     match engine.submit(&spec, &RepoName::local()).await {
         Ok(submitted) => Ok((StatusCode::CREATED, Json(submitted)).into_response()),
@@ -300,12 +325,32 @@ async fn retry(engine: &Engine, row: TaskRow) -> ApiResult<Response> {
     }
 }
 
-/// `POST /webhooks/github`: verify, dedup, store, answer; the work happens in a worker.
+/// `POST /webhooks/github`: verify, dedup, store, answer; the work happens in a worker. The
+/// body must arrive within `guard::BODY_TIMEOUT`, and only a few unauthenticated bodies are
+/// read at once, so slow or stalled uploads cannot hold the server's memory.
 async fn github_webhook(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    body: Bytes,
+    axum::Extension(bodies): axum::Extension<Arc<tokio::sync::Semaphore>>,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    if let Err(refused) = crate::guard::check_length(&headers, BODY_LIMIT) {
+        return refused.into_response();
+    }
+    let permit = tokio::time::timeout(crate::guard::BODY_TIMEOUT, bodies.acquire_owned()).await;
+    let Ok(Ok(_permit)) = permit else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            Json(json!({ "error": "too many deliveries are being received; try again" })),
+        )
+            .into_response();
+    };
+    let body: Bytes = match crate::guard::read_body(body, BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
+    };
     use crate::github::intake::{self, DeliveryHeaders, Intake, IntakeError};
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // A label from the header only when it looks like an event name, so a forged request
@@ -378,6 +423,25 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         engine.metrics.render(),
     )
         .into_response()
+}
+
+/// Ready to work: the database answers and every queue this process serves has a live worker.
+async fn readyz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
+    sqlx::query("SELECT 1")
+        .execute(&engine.pool)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
+    let dead = engine.workers.dead();
+    if !dead.is_empty() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "error": format!("no live worker for {}", dead.join(", ")),
+                "dead_queues": dead,
+            }),
+        ));
+    }
+    Ok(Json(json!({ "status": "ready" })))
 }
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {

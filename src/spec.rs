@@ -11,7 +11,83 @@ use crate::ids::TaskId;
 use crate::roles::Roles;
 
 pub const DEFAULT_MAX_ROUNDS: u32 = 3;
-const MAX_ROUNDS_LIMIT: u32 = 20;
+/// No spec, role or repository may ask for more rounds than this, whatever the server allows.
+const MAX_ROUNDS_LIMIT: u32 = 100;
+/// Nor for a longer budget than this (a week): far beyond any task, and far inside what time
+/// arithmetic can hold.
+const MAX_TIMEOUT_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The server's maxima: no source (a spec, an issue's block, a role, a repository's
+/// `.github/autodev.yml`) may ask for more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The longest whole-task budget (`timeout`).
+    #[serde(deserialize_with = "limit_duration")]
+    pub max_timeout: Duration,
+    /// The most rounds (`max_rounds`).
+    pub max_rounds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_timeout: Duration::from_secs(6 * 3600),
+            max_rounds: 10,
+        }
+    }
+}
+
+impl Limits {
+    /// The widest limits there are: for specs stored before the server's maxima changed.
+    pub fn absolute() -> Self {
+        Self {
+            max_timeout: MAX_TIMEOUT_LIMIT,
+            max_rounds: MAX_ROUNDS_LIMIT,
+        }
+    }
+
+    /// Checks the limits themselves (from the config file).
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_rounds == 0 || self.max_rounds > MAX_ROUNDS_LIMIT {
+            return Err(format!(
+                "limits.max_rounds must be from 1 to {MAX_ROUNDS_LIMIT}; found {}",
+                self.max_rounds
+            ));
+        }
+        if self.max_timeout > MAX_TIMEOUT_LIMIT {
+            return Err(format!(
+                "limits.max_timeout must be at most {}; found {}",
+                human_duration(MAX_TIMEOUT_LIMIT),
+                human_duration(self.max_timeout)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn limit_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    use serde::Deserialize;
+    let v = Value::deserialize(d)?;
+    parse_timeout(&v).map_err(serde::de::Error::custom)
+}
+
+/// `5400s` → `1h30m`; whole seconds, for messages.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
 
 /// The keys autodev itself interprets; any other top-level key is role context.
 pub const KNOWN_KEYS: &[&str] = &[
@@ -72,16 +148,15 @@ pub struct Acceptance {
     pub tests: Vec<String>,
 }
 
-/// A validated task spec.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskSpec {
-    pub id: TaskId,
-    pub title: String,
-    pub description: String,
-    pub role: String,
+/// The keys that tune how a task runs. Each is optional: what a spec leaves out comes from the
+/// repository's `.github/autodev.yml`, the role or the server's configuration (see `trust`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TaskOptions {
     /// Relative to the repository root, normalised, `.` for the root.
-    pub target_dir: String,
-    pub acceptance: Acceptance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<Acceptance>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_branch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,7 +169,81 @@ pub struct TaskSpec {
         serialize_with = "serialize_secs"
     )]
     pub timeout: Option<Duration>,
-    pub max_rounds: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u32>,
+}
+
+impl TaskOptions {
+    /// The keys that are set, by their spec names.
+    pub fn keys(&self) -> Vec<&'static str> {
+        OPTION_KEYS
+            .iter()
+            .copied()
+            .filter(|k| self.is_set(k))
+            .collect()
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        match key {
+            "target_dir" => self.target_dir.is_some(),
+            "acceptance" => self.acceptance.is_some(),
+            "base_branch" => self.base_branch.is_some(),
+            "provider_override" => self.provider_override.is_some(),
+            "model" => self.model.is_some(),
+            "timeout" => self.timeout.is_some(),
+            "max_rounds" => self.max_rounds.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Unsets `key`.
+    pub fn clear(&mut self, key: &str) {
+        match key {
+            "target_dir" => self.target_dir = None,
+            "acceptance" => self.acceptance = None,
+            "base_branch" => self.base_branch = None,
+            "provider_override" => self.provider_override = None,
+            "model" => self.model = None,
+            "timeout" => self.timeout = None,
+            "max_rounds" => self.max_rounds = None,
+            _ => {}
+        }
+    }
+
+    /// Every key set in `over` replaces the one here.
+    pub fn layer(&mut self, over: &TaskOptions) {
+        let o = over.clone();
+        self.target_dir = o.target_dir.or(self.target_dir.take());
+        self.acceptance = o.acceptance.or(self.acceptance.take());
+        self.base_branch = o.base_branch.or(self.base_branch.take());
+        self.provider_override = o.provider_override.or(self.provider_override.take());
+        self.model = o.model.or(self.model.take());
+        self.timeout = o.timeout.or(self.timeout.take());
+        self.max_rounds = o.max_rounds.or(self.max_rounds.take());
+    }
+}
+
+/// The keys of [`TaskOptions`].
+pub const OPTION_KEYS: &[&str] = &[
+    "target_dir",
+    "acceptance",
+    "base_branch",
+    "provider_override",
+    "model",
+    "timeout",
+    "max_rounds",
+];
+
+/// A validated task spec: what was asked for. What a run actually uses is resolved from it by
+/// `trust::resolve`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskSpec {
+    pub id: TaskId,
+    pub title: String,
+    pub description: String,
+    pub role: String,
+    #[serde(flatten)]
+    pub options: TaskOptions,
     /// Role-specific keys (`data_source`, `output_format`, ...), handed to the agent as context.
     #[serde(flatten)]
     pub context: BTreeMap<String, Value>,
@@ -149,10 +298,16 @@ impl SpecError {
     }
 }
 
-/// Parse and validate a spec. `roles` decides which role names are known.
-pub fn parse(text: &str, format: SpecFormat, roles: &Roles) -> Result<TaskSpec, SpecError> {
+/// Parse and validate a spec. `roles` decides which role names are known; `limits` are the
+/// server's maxima.
+pub fn parse(
+    text: &str,
+    format: SpecFormat,
+    roles: &Roles,
+    limits: &Limits,
+) -> Result<TaskSpec, SpecError> {
     let value = parse_value(text, format)?;
-    from_value(value, roles)
+    from_value(value, roles, limits)
 }
 
 fn parse_value(text: &str, format: SpecFormat) -> Result<Value, SpecError> {
@@ -181,7 +336,7 @@ fn parse_value(text: &str, format: SpecFormat) -> Result<Value, SpecError> {
 }
 
 /// Validate an already parsed document (a stored spec, or a JSON body).
-pub fn from_value(value: Value, roles: &Roles) -> Result<TaskSpec, SpecError> {
+pub fn from_value(value: Value, roles: &Roles, limits: &Limits) -> Result<TaskSpec, SpecError> {
     let Value::Object(mut map) = value else {
         return Err(SpecError::Invalid(vec![Problem {
             field: "(document)".into(),
@@ -217,48 +372,7 @@ pub fn from_value(value: Value, roles: &Roles) -> Result<TaskSpec, SpecError> {
             ),
         );
     }
-    let target_dir = match p.optional_str(&mut map, "target_dir") {
-        Some(dir) => check_target_dir(&dir).unwrap_or_else(|e| {
-            p.add("target_dir", e);
-            ".".into()
-        }),
-        None => ".".into(),
-    };
-    let acceptance = p.acceptance(map.remove("acceptance"));
-    let base_branch = p.optional_str(&mut map, "base_branch");
-    if let Some(b) = &base_branch
-        && !git2::Reference::is_valid_name(&format!("refs/heads/{b}"))
-    {
-        p.add("base_branch", format!("`{b}` is not a valid branch name"));
-    }
-    let provider_override = p.optional_str(&mut map, "provider_override");
-    let model = p.optional_str(&mut map, "model");
-    let timeout = match map.remove("timeout") {
-        None | Some(Value::Null) => None,
-        Some(v) => match parse_timeout(&v) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                p.add("timeout", e);
-                None
-            }
-        },
-    };
-    let max_rounds = match map.remove("max_rounds") {
-        None | Some(Value::Null) => DEFAULT_MAX_ROUNDS,
-        Some(Value::Number(n))
-            if n.as_u64()
-                .is_some_and(|n| (1..=MAX_ROUNDS_LIMIT as u64).contains(&n)) =>
-        {
-            n.as_u64().unwrap_or_default() as u32
-        }
-        Some(v) => {
-            p.add(
-                "max_rounds",
-                format!("must be a whole number from 1 to {MAX_ROUNDS_LIMIT}; found {v}"),
-            );
-            DEFAULT_MAX_ROUNDS
-        }
-    };
+    let options = p.options(&mut map, "", limits);
     // Whatever is left is role context, unless it looks like a misspelt known key.
     for key in map.keys() {
         if let Some(known) = near_miss(key, KNOWN_KEYS) {
@@ -278,15 +392,26 @@ pub fn from_value(value: Value, roles: &Roles) -> Result<TaskSpec, SpecError> {
         title,
         description,
         role,
-        target_dir,
-        acceptance,
-        base_branch,
-        provider_override,
-        model,
-        timeout,
-        max_rounds,
+        options,
         context: map.into_iter().collect(),
     })
+}
+
+/// Validates the [`TaskOptions`] keys of `map` (removing them), for documents other than specs
+/// (an issue's block, a role, a repository's `.github/autodev.yml`); `prefix` locates them in
+/// error messages (`roles.backend.`).
+pub fn options_from_map(
+    map: &mut Map<String, Value>,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<TaskOptions, SpecError> {
+    let mut p = Problems::default();
+    let options = p.options(map, prefix, limits);
+    if p.0.is_empty() {
+        Ok(options)
+    } else {
+        Err(SpecError::Invalid(p.0))
+    }
 }
 
 #[derive(Default)]
@@ -298,6 +423,94 @@ impl Problems {
             field: field.into(),
             message: message.into(),
         });
+    }
+
+    /// The option keys of `map`, removed from it; each bad one recorded as `<prefix><key>`.
+    fn options(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        limits: &Limits,
+    ) -> TaskOptions {
+        let at = |key: &str| format!("{prefix}{key}");
+        let before = self.0.len();
+        let target_dir = self.optional_str(map, "target_dir").and_then(|dir| {
+            check_target_dir(&dir)
+                .map_err(|e| self.add(at("target_dir"), e))
+                .ok()
+        });
+        let acceptance = match map.remove("acceptance") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(self.acceptance(Some(v))),
+        };
+        let base_branch = self.optional_str(map, "base_branch");
+        if let Some(b) = &base_branch
+            && !git2::Reference::is_valid_name(&format!("refs/heads/{b}"))
+        {
+            self.add(
+                at("base_branch"),
+                format!("`{b}` is not a valid branch name"),
+            );
+        }
+        let provider_override = self.optional_str(map, "provider_override");
+        let model = self.optional_str(map, "model");
+        let timeout = match map.remove("timeout") {
+            None | Some(Value::Null) => None,
+            Some(v) => match parse_timeout(&v) {
+                Ok(d) if d > limits.max_timeout => {
+                    self.add(
+                        at("timeout"),
+                        format!(
+                            "{} is longer than this server allows ({}, limits.max_timeout)",
+                            human_duration(d),
+                            human_duration(limits.max_timeout)
+                        ),
+                    );
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.add(at("timeout"), e);
+                    None
+                }
+            },
+        };
+        let max_rounds = match map.remove("max_rounds") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n))
+                if n.as_u64()
+                    .is_some_and(|n| (1..=u64::from(limits.max_rounds)).contains(&n)) =>
+            {
+                n.as_u64().map(|n| n as u32)
+            }
+            Some(v) => {
+                self.add(
+                    at("max_rounds"),
+                    format!(
+                        "must be a whole number from 1 to {} (limits.max_rounds); found {v}",
+                        limits.max_rounds
+                    ),
+                );
+                None
+            }
+        };
+        // Problems recorded without the prefix (acceptance, optional strings) get it now.
+        if !prefix.is_empty() {
+            for problem in &mut self.0[before..] {
+                if !problem.field.starts_with(prefix) {
+                    problem.field = format!("{prefix}{}", problem.field);
+                }
+            }
+        }
+        TaskOptions {
+            target_dir,
+            acceptance,
+            base_branch,
+            provider_override,
+            model,
+            timeout,
+            max_rounds,
+        }
     }
 
     fn required_str(&mut self, map: &mut Map<String, Value>, key: &str) -> Option<String> {
@@ -473,6 +686,13 @@ pub fn parse_timeout(v: &Value) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("must be longer than zero".into());
     }
+    if d > MAX_TIMEOUT_LIMIT {
+        return Err(format!(
+            "{} is longer than any budget autodev takes (at most {})",
+            human_duration(d),
+            human_duration(MAX_TIMEOUT_LIMIT)
+        ));
+    }
     Ok(d)
 }
 
@@ -518,7 +738,7 @@ mod tests {
     }
 
     fn yaml(text: &str) -> Result<TaskSpec, SpecError> {
-        parse(text, SpecFormat::Yaml, &roles())
+        parse(text, SpecFormat::Yaml, &roles(), &Limits::default())
     }
 
     const BASE: &str = "id: T-1\ntitle: Add x\ndescription: do it\nrole: backend\n";
@@ -526,9 +746,7 @@ mod tests {
     #[test]
     fn minimal_spec_gets_defaults() {
         let spec = yaml(BASE).unwrap();
-        assert_eq!(spec.target_dir, ".");
-        assert_eq!(spec.max_rounds, 3);
-        assert_eq!(spec.acceptance, Acceptance::default());
+        assert_eq!(spec.options, TaskOptions::default(), "nothing asked for");
         assert!(spec.context.is_empty());
     }
 
@@ -539,7 +757,13 @@ mod tests {
             panic!("{err:?}")
         };
         assert!(line >= 2, "{line}");
-        let err = parse("{\"id\": 1,,}", SpecFormat::Json, &roles()).unwrap_err();
+        let err = parse(
+            "{\"id\": 1,,}",
+            SpecFormat::Json,
+            &roles(),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -600,9 +824,10 @@ mod tests {
             "{BASE}acceptance: {{lint: true, tests: [\"pytest -q\", \"make check\"]}}\ntimeout: 1h30m\n"
         ))
         .unwrap();
-        assert!(spec.acceptance.lint && !spec.acceptance.typecheck);
-        assert_eq!(spec.acceptance.tests, ["pytest -q", "make check"]);
-        assert_eq!(spec.timeout, Some(Duration::from_secs(5400)));
+        let acceptance = spec.options.acceptance.clone().unwrap();
+        assert!(acceptance.lint && !acceptance.typecheck);
+        assert_eq!(acceptance.tests, ["pytest -q", "make check"]);
+        assert_eq!(spec.options.timeout, Some(Duration::from_secs(5400)));
         let err = yaml(&format!("{BASE}acceptance: {{tests: [\"\"], lnt: true}}\n")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("acceptance.tests[0]"), "{text}");
@@ -613,9 +838,44 @@ mod tests {
     }
 
     #[test]
+    fn budgets_are_bounded_by_the_servers_maxima() {
+        let err = yaml(&format!("{BASE}timeout: 18446744073709551615\n")).unwrap_err();
+        assert!(err.to_string().contains("`timeout`"), "{err}");
+        let err = yaml(&format!("{BASE}timeout: 7h\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("7h is longer than this server allows (6h, limits.max_timeout)"),
+            "{err}"
+        );
+        let err = yaml(&format!("{BASE}max_rounds: 11\n")).unwrap_err();
+        assert!(err.to_string().contains("limits.max_rounds"), "{err}");
+        let wide = Limits {
+            max_timeout: Duration::from_secs(48 * 3600),
+            max_rounds: 50,
+        };
+        let spec = parse(
+            &format!("{BASE}timeout: 1d\nmax_rounds: 50\n"),
+            SpecFormat::Yaml,
+            &roles(),
+            &wide,
+        )
+        .unwrap();
+        assert_eq!(spec.options.max_rounds, Some(50));
+        assert!(parse_duration("99999999999999999999h").is_err());
+        let e = parse_timeout(&serde_json::json!("30d")).unwrap_err();
+        assert!(
+            e.contains("720h is longer than any budget autodev takes (at most 168h)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn round_trips_through_json() {
         let spec = yaml(&format!("{BASE}timeout: 600\nextra: {{a: 1}}\n")).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
-        assert_eq!(from_value(json, &roles()).unwrap(), spec);
+        assert_eq!(
+            from_value(json, &roles(), &Limits::default()).unwrap(),
+            spec
+        );
     }
 }

@@ -76,19 +76,24 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     }
     let cancel = CancellationToken::new();
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
-    engine.track_running(key, cancel.clone());
-    let keeper = tokio::spawn(keep_lease(
-        engine.clone(),
+    // Dropped on every way out, a panic included: the lease stops being renewed (so the task
+    // can be finished, or taken over) and the run is no longer tracked.
+    let running = RunningGuard {
+        engine: engine.clone(),
         key,
-        cancel.clone(),
-        stop.clone(),
-    ));
+        keeper: tokio::spawn(keep_lease(
+            engine.clone(),
+            key,
+            cancel.clone(),
+            stop.clone(),
+        )),
+    };
+    engine.track_running(key, cancel.clone());
     let started = Instant::now();
 
     let result = pipeline(engine, &row, &cancel, &stop).await;
 
-    keeper.abort();
-    engine.untrack_running(key);
+    drop(running);
     if stop.load(Ordering::SeqCst) == STOP_LEASE_LOST {
         tracing::warn!("lease lost; another worker owns the task now");
         return Ok(TaskState::Running);
@@ -152,6 +157,71 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     Ok(outcome.state)
 }
 
+/// Stops renewing a run's lease and forgets the run, however the run ends.
+struct RunningGuard {
+    engine: Arc<Engine>,
+    key: crate::ids::TaskKey,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        self.engine.untrack_running(self.key);
+    }
+}
+
+/// Ends a run whose job panicked: the task is finished as `error` with the panic's message
+/// (if this process still holds its lease), and whatever the run started is stopped.
+pub async fn finish_after_panic(engine: &Arc<Engine>, job: RunTask, message: &str) {
+    let why = format!("internal error: autodev failed while running the task ({message})");
+    tracing::error!(task = %job.task, run = job.run, "{why}");
+    let Ok(Some(row)) = db::get_task(&engine.pool, job.task).await else {
+        return;
+    };
+    if row.run_seq != job.run || row.lease_owner.as_deref() != Some(engine.owner.as_str()) {
+        return;
+    }
+    if let Some(marker) = row.agent_marker.as_deref() {
+        exec::kill_marked(marker).await;
+    }
+    match db::finish(
+        &engine.pool,
+        job.task,
+        &engine.owner,
+        TaskState::Error,
+        Some(&why),
+        None,
+    )
+    .await
+    {
+        Ok(true) => {
+            engine
+                .metrics
+                .tasks_total
+                .with_label_values(&[&row.role, TaskState::Error.as_str()])
+                .inc();
+            engine
+                .record(
+                    job.task,
+                    job.run,
+                    TaskState::Error.as_str(),
+                    &format!("error: {why}"),
+                )
+                .await;
+            if engine.github.is_some() && row.pushed_sha.is_some() {
+                use crate::github::outbox::{self, Effect};
+                let effect = Effect::CheckRun { task: job.task };
+                if let Err(e) = outbox::push(&engine.pool, effect, 0, Duration::ZERO).await {
+                    tracing::warn!("queueing a GitHub update: {e:#}");
+                }
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!("finishing task {} after a panic: {e:#}", job.task),
+    }
+}
+
 /// Renews the lease every tick; cancels the run when a cancel is requested (from any process)
 /// or the lease is lost.
 async fn keep_lease(
@@ -207,6 +277,8 @@ struct Run<'a> {
     engine: &'a Arc<Engine>,
     row: &'a TaskRow,
     spec: TaskSpec,
+    /// What the run uses: the spec within what the server and the repository allow.
+    settings: crate::trust::Resolved,
     deadline: Instant,
     cancel: &'a CancellationToken,
 }
@@ -223,10 +295,16 @@ impl Run<'_> {
     }
 
     fn budget(&self) -> Duration {
-        self.spec
-            .timeout
-            .unwrap_or(self.engine.settings.file.agent.task_timeout)
+        self.settings.timeout
     }
+}
+
+/// `start + budget`, or as far ahead as the clock goes.
+fn deadline_after(start: Instant, budget: Duration) -> Instant {
+    start
+        .checked_add(budget)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(start)
 }
 
 async fn pipeline(
@@ -235,9 +313,12 @@ async fn pipeline(
     cancel: &CancellationToken,
     stop: &AtomicU8,
 ) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("worker::pipeline");
     let spec_value: serde_json::Value =
         serde_json::from_str(&row.spec).context("reading the stored spec")?;
-    let spec = match spec::from_value(spec_value, &engine.roles) {
+    let spec = match spec::from_value(spec_value, &engine.roles, &spec::Limits::absolute()) {
         Ok(s) => s,
         Err(e) => {
             return Ok(Outcome::ended(
@@ -252,20 +333,36 @@ async fn pipeline(
             format!("role `{}` is no longer defined", spec.role),
         ));
     };
-    let budget = spec
-        .timeout
-        .unwrap_or(engine.settings.file.agent.task_timeout);
+    let settings = &engine.settings;
+    let git = &engine.git;
+
+    // 1. The worktree, on the task branch, outside the repository: in local mode from the
+    // repository itself, in App mode from a mirror fetched with the installation's token.
+    let source = match Source::resolve(engine, row, &spec).await {
+        Ok(s) => s,
+        Err(e) => return Ok(Outcome::ended(TaskState::Error, format!("{e:#}"))),
+    };
+    // What the run may use is settled from the base branch, before the agent touches anything.
+    let resolved = match engine
+        .task_settings(&spec, &source.repo, &source.base_sha)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Ok(Outcome::ended(TaskState::Error, e)),
+    };
     let run = Run {
         engine,
         row,
+        deadline: deadline_after(started, resolved.timeout),
+        settings: resolved,
         spec,
-        deadline: Instant::now() + budget,
         cancel,
     };
-    let settings = &engine.settings;
-    let git = &engine.git;
+    for note in &run.settings.notes {
+        run.note("settings", note).await;
+    }
     let spec = &run.spec;
-
+    let task = &run.settings;
     // 1. The worktree, on the task branch, outside the repository: in local mode from the
     // repository itself, in App mode from a mirror fetched with the installation's token.
     let source = match Source::resolve(engine, row, spec).await {
@@ -312,14 +409,14 @@ async fn pipeline(
         ),
     )
     .await;
-    let workdir = worktree.path.join(&spec.target_dir);
+    let workdir = worktree.path.join(&task.target_dir);
     std::fs::create_dir_all(&workdir)
         .with_context(|| format!("creating target_dir {}", workdir.display()))?;
     let writable = engine.sandbox_writable(&worktree.path).await?;
 
     // 2. Rounds: agent, then gates; failures go back to the agent.
     let providers =
-        match providers::chain(&settings.file.providers, spec.provider_override.as_deref()) {
+        match providers::chain(&settings.file.providers, task.provider_override.as_deref()) {
             Ok(p) => p,
             Err(e) => return Ok(Outcome::ended(TaskState::Error, e)),
         };
@@ -334,9 +431,12 @@ async fn pipeline(
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str());
+    let mut gates_config = settings.file.gates.clone();
+    gates_config.lint = task.gates.lint.clone();
+    gates_config.typecheck = task.gates.typecheck.clone();
     let planned = gates::plan(
-        &spec.acceptance,
-        &settings.file.gates,
+        &task.acceptance,
+        &gates_config,
         &workdir,
         &worktree.path,
         path_env,
@@ -364,10 +464,14 @@ async fn pipeline(
         })
     };
 
+    // An issue's title and text are its author's words, whoever that is.
+    let untrusted = row
+        .issue_number
+        .map(|n| format!("the author of GitHub issue #{n} in {}", row.repo));
     let mut failures: Vec<GateResult> = Vec::new();
     let mut verdict: Option<Outcome> = None;
     let mut passed = false;
-    for round in 1..=spec.max_rounds {
+    for round in 1..=task.max_rounds {
         if let Some(o) = interrupted(&run, stop) {
             verdict = Some(o);
             break;
@@ -376,6 +480,8 @@ async fn pipeline(
         let text = prompt::build(&PromptInput {
             role: &role,
             spec,
+            settings: task,
+            untrusted: untrusted.as_deref(),
             branch: &worktree.branch,
             gates: &planned,
             round,
@@ -383,14 +489,14 @@ async fn pipeline(
         });
         run.note(
             "agent",
-            &format!("round {round} of {}: running the agent", spec.max_rounds),
+            &format!("round {round} of {}: running the agent", task.max_rounds),
         )
         .await;
         let request = AgentRequest {
             jail: engine.jail(&writable),
             prompt: &text,
             cwd: &workdir,
-            model: spec.model.as_deref(),
+            model: task.model.as_deref(),
             time_left: run.time_left(),
             marker: &marker,
             homes_dir: &homes,
@@ -468,7 +574,7 @@ async fn pipeline(
             &format!("round {round}: running {} gate(s)", planned.len()),
         )
         .await;
-        let mut gate_config = settings.file.gates.clone();
+        let mut gate_config = gates_config.clone();
         gate_config.timeout = gate_config
             .timeout
             .min(run.time_left().max(Duration::from_secs(1)));
@@ -509,7 +615,7 @@ async fn pipeline(
             passed = true;
             break;
         }
-        if round == spec.max_rounds {
+        if round == task.max_rounds {
             let why = failures
                 .iter()
                 .map(|f| {
@@ -587,6 +693,7 @@ impl Source {
             let repo = settings.repo_path.clone();
             gitops::check_data_dir_outside(&repo, &settings.data_dir)?;
             let wanted = spec
+                .options
                 .base_branch
                 .as_deref()
                 .or(settings.dev_branch.as_deref());
@@ -634,6 +741,7 @@ impl Source {
             .as_deref()
             .context("the task has no clone URL")?;
         let base = spec
+            .options
             .base_branch
             .clone()
             .context("the task has no base branch")?;
@@ -662,16 +770,7 @@ async fn push(
     head: &str,
 ) -> anyhow::Result<Option<Outcome>> {
     let engine = run.engine;
-    let changed = engine.git.changed_files(worktree, &source.base_sha).await?;
-    if let Some(why) = engine
-        .settings
-        .file
-        .github
-        .allow_workflow_changes
-        .held_back(&run.row.repo, &changed)
-    {
-        return Ok(Some(Outcome::ended(TaskState::Failed, why)));
-    }
+    let guard = engine.push_guard(&run.row.repo, &source.base_sha);
     let _lock = RepoLock::acquire(engine.repo_lock(&run.row.repo_name())).await?;
     // The last commit autodev pushed there (a checkpoint, an earlier run): the one the push may
     // replace.
@@ -690,7 +789,15 @@ async fn push(
                 .await?;
             engine
                 .git
-                .push(worktree, url, "HEAD", branch, &token, lease.as_deref())
+                .push(
+                    worktree,
+                    url,
+                    head,
+                    branch,
+                    &token,
+                    lease.as_deref(),
+                    &guard,
+                )
                 .await
         }
         _ => Err(anyhow::anyhow!(
@@ -698,7 +805,12 @@ async fn push(
         )),
     };
     if let Err(e) = pushed {
-        return Ok(Some(Outcome::ended(TaskState::Error, format!("{e:#}"))));
+        let state = if e.is::<gitops::HeldBack>() {
+            TaskState::Failed
+        } else {
+            TaskState::Error
+        };
+        return Ok(Some(Outcome::ended(state, format!("{e:#}"))));
     }
     db::set_pushed(&engine.pool, run.row.pk, head).await?;
     run.note("push", &format!("pushed {} to {branch}", short(head)))

@@ -140,6 +140,8 @@ pub struct GithubClient {
     installations: Mutex<HashMap<InstallationId, Arc<Octocrab>>>,
     permissions: Mutex<HashMap<(String, String), (Permission, Instant)>>,
     permission_ttl: Duration,
+    /// The App's bot login, once known.
+    app_login: Mutex<Option<String>>,
 }
 
 impl GithubClient {
@@ -193,6 +195,7 @@ impl GithubClient {
             lock_dir: lock_dir.to_owned(),
             permissions: Mutex::new(HashMap::new()),
             permission_ttl,
+            app_login: Mutex::new(None),
         }))
     }
 
@@ -278,6 +281,40 @@ impl GithubClient {
                 path: path.to_owned(),
                 message: format!("{e:#}"),
             })?;
+        Self::send(&client, method, path, body).await
+    }
+
+    /// The login the App's comments carry (`<slug>[bot]`), asked of GitHub once with the App's
+    /// own token.
+    pub async fn app_login(&self) -> Result<String, ApiError> {
+        if let Some(login) = self.app_login.lock().expect("lock").clone() {
+            return Ok(login);
+        }
+        let app = self.app.as_ref().ok_or_else(|| ApiError::Transport {
+            method: "GET",
+            path: "/app".into(),
+            message: "GitHub App mode is not configured".into(),
+        })?;
+        let me = Self::send(app, "GET", "/app", None).await?;
+        let slug = me["slug"].as_str().unwrap_or_default();
+        if slug.is_empty() {
+            return Err(ApiError::Transport {
+                method: "GET",
+                path: "/app".into(),
+                message: "GitHub's answer names no App slug".into(),
+            });
+        }
+        let login = format!("{slug}[bot]");
+        *self.app_login.lock().expect("lock") = Some(login.clone());
+        Ok(login)
+    }
+
+    async fn send(
+        client: &Octocrab,
+        method: &'static str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let m = match method {
             "GET" => Method::Get,
             "POST" => Method::Post,

@@ -46,6 +46,9 @@ pub struct Issue {
     pub labels: Vec<String>,
     /// Comments on pull requests arrive as issue comments.
     pub is_pull_request: bool,
+    /// Who opened the issue (its block counts only if they may write).
+    #[serde(default)]
+    pub author: Option<Actor>,
 }
 
 impl Issue {

@@ -16,6 +16,10 @@ use super::outbox::{self, Effect};
 use crate::db::{self, TaskState};
 use crate::engine::Engine;
 use crate::queue;
+use crate::trust::BlockAuthor;
+
+/// How long after answering an outsider autodev stays silent to them on the same issue.
+const OUTSIDER_REPLY_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Acts on delivery `id`. `Ok(Some(wait))` asks to be run again after `wait` (GitHub was
 /// unavailable or rate-limited us).
@@ -239,9 +243,56 @@ impl Ctx<'_> {
         if p.may_command() {
             return Ok(true);
         }
-        self.reply(t, "refused", messages::refusal(&actor.login))
-            .await?;
+        // An outsider gets one answer per issue an hour, however often they ask.
+        if db::claim_outsider_reply(
+            &self.engine.pool,
+            t.repo.repo_name().as_str(),
+            t.issue as i64,
+            &actor.login,
+            OUTSIDER_REPLY_WINDOW,
+        )
+        .await?
+        {
+            self.reply(t, "refused", messages::refusal(&actor.login))
+                .await?;
+        }
         Ok(false)
+    }
+
+    /// Whose words an issue's ```autodev block is: asked of GitHub when the task is triggered,
+    /// and only when there is a block.
+    async fn block_author(&self, t: &Thread<'_>, issue: &Issue) -> Result<BlockAuthor, Failure> {
+        if !issue_spec::has_block(issue) {
+            return Ok(BlockAuthor::Writer);
+        }
+        let Some(author) = &issue.author else {
+            return Ok(BlockAuthor::Outsider {
+                login: "(unknown)".into(),
+            });
+        };
+        let p = self
+            .gh
+            .permission(t.inst, &t.repo.owner, &t.repo.name, &author.login)
+            .await?;
+        Ok(
+            if p.may_command() && (!author.is_bot || self.bot_allowed(&author.login)) {
+                BlockAuthor::Writer
+            } else {
+                BlockAuthor::Outsider {
+                    login: author.login.clone(),
+                }
+            },
+        )
+    }
+
+    fn bot_allowed(&self, login: &str) -> bool {
+        self.engine
+            .settings
+            .file
+            .github
+            .allowed_bots
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(login))
     }
 
     async fn on_issue(
@@ -291,14 +342,20 @@ impl Ctx<'_> {
                 )
                 .await;
         };
-        let spec = match issue_spec::spec_from_issue(issue, t.repo, role, &engine.roles) {
-            Ok(s) => s,
-            Err(e) => {
-                return self
-                    .reply(t, "spec", messages::bad_spec(&e.to_string()))
-                    .await;
-            }
+        let rules = issue_spec::BlockRules {
+            author: self.block_author(t, issue).await?,
+            allowed_overrides: &engine.settings.file.allowed_overrides.0,
+            limits: &engine.settings.file.limits,
         };
+        let (spec, notice) =
+            match issue_spec::spec_from_issue(issue, t.repo, role, &engine.roles, &rules) {
+                Ok(found) => (found.spec, found.notice),
+                Err(e) => {
+                    return self
+                        .reply(t, "spec", messages::bad_spec(&e.to_string()))
+                        .await;
+                }
+            };
         let repo_name = t.repo.repo_name();
         let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
         let branch = role_def.branch_for(&spec.id);
@@ -362,9 +419,13 @@ impl Ctx<'_> {
             &t.repo.clone_url,
         )
         .await?;
+        db::set_notice(&mut *tx, key, notice.as_deref()).await?;
         let job = queue::push(&mut tx, key, run).await?;
         db::set_job_id(&mut *tx, key, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
+        if let Some(notice) = &notice {
+            engine.record(key, run, "settings", notice).await;
+        }
         engine
             .record(
                 key,
@@ -518,19 +579,31 @@ impl Ctx<'_> {
                 None,
             )
             .await?;
-        let review: Vec<serde_json::Value> = comments
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                serde_json::json!({
-                    "path": c["path"],
-                    "line": c["line"],
-                    "author": c["user"]["login"],
-                    "comment": issue_spec::sanitize(c["body"].as_str().unwrap_or_default()),
-                })
-            })
-            .collect();
+        // Review comments count only from people who may write: anyone can comment on a
+        // public pull request.
+        let mut review: Vec<serde_json::Value> = Vec::new();
+        let mut left_out = 0;
+        for c in comments.as_array().into_iter().flatten() {
+            let login = c["user"]["login"].as_str().unwrap_or_default();
+            let is_bot = c["user"]["type"].as_str() == Some("Bot") || login.ends_with("[bot]");
+            let writer = !login.is_empty()
+                && (!is_bot || self.bot_allowed(login))
+                && self
+                    .gh
+                    .permission(t.inst, owner, name, login)
+                    .await?
+                    .may_command();
+            if !writer {
+                left_out += 1;
+                continue;
+            }
+            review.push(serde_json::json!({
+                "path": c["path"],
+                "line": c["line"],
+                "author": login,
+                "comment": issue_spec::sanitize(c["body"].as_str().unwrap_or_default()),
+            }));
+        }
         let mut spec: serde_json::Value =
             serde_json::from_str(&task.spec).map_err(anyhow::Error::from)?;
         spec["fix_request"] = serde_json::json!({
@@ -561,8 +634,16 @@ impl Ctx<'_> {
                 run,
                 "queued",
                 &format!(
-                    "fix requested by @{} on pull request #{} as job {job}",
-                    author.login, issue.number
+                    "fix requested by @{} on pull request #{} as job {job}{}",
+                    author.login,
+                    issue.number,
+                    if left_out > 0 {
+                        format!(
+                            "; {left_out} review comment(s) by people without write permission left out"
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             )
             .await;

@@ -1,6 +1,7 @@
 //! Every message autodev posts on GitHub, built in one place.
 
 use crate::db::{GateRow, TaskRow, TaskState};
+use crate::untrusted::code_block;
 
 /// Hidden in the status comment, so a re-run finds it instead of posting another.
 pub fn status_marker(task_id: &str) -> String {
@@ -45,6 +46,9 @@ pub fn status_comment(task: &TaskRow, gates: &[GateRow], page: Option<&str>) -> 
     if let Some(cost) = task.cost_usd {
         s.push_str(&format!("- cost: ${cost:.2}\n"));
     }
+    if let Some(notice) = &task.notice {
+        s.push_str(&format!("- ⚠️ {notice}\n"));
+    }
     if let Some(pr) = task.pr_number {
         s.push_str(&format!("- pull request: #{pr}\n"));
     }
@@ -73,8 +77,8 @@ pub fn status_comment(task: &TaskRow, gates: &[GateRow], page: Option<&str>) -> 
         && task.state.is_terminal()
     {
         s.push_str(&format!(
-            "\n<details><summary>Why</summary>\n\n```\n{}\n```\n</details>\n",
-            crate::exec::tail_chars(e, 3000)
+            "\n<details><summary>Why</summary>\n\n{}\n</details>\n",
+            code_block(&crate::exec::tail_chars(e, 3000))
         ));
     }
     if let Some(url) = page {
@@ -114,7 +118,7 @@ pub fn status_reply(task: Option<&TaskRow>) -> String {
         Some(t) => {
             let mut s = format!("Task `{}`: {} on `{}`", t.task_id, state_line(t), t.branch);
             if let Some(e) = &t.last_error {
-                s.push_str(&format!("\n\n```\n{}\n```", crate::exec::tail_chars(e, 1500)));
+                s.push_str(&format!("\n\n{}", code_block(&crate::exec::tail_chars(e, 1500))));
             }
             s
         }
@@ -191,16 +195,10 @@ pub fn check_output(task: &TaskRow, gates: &[GateRow]) -> (String, String, Strin
         .filter(|g| g.run_seq == task.run_seq && g.round == task.rounds && g.status != "passed")
     {
         text.push_str(&format!(
-            "### `{}` ({})
-
-```
-{}
-```
-
-",
+            "### `{}` ({})\n\n{}\n\n",
             g.gate,
             g.status,
-            crate::exec::tail_chars(&g.output, 20_000)
+            code_block(&crate::exec::tail_chars(&g.output, 20_000))
         ));
     }
     (title, clip(&summary), clip(&text))

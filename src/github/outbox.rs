@@ -211,7 +211,8 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
     }
 }
 
-/// The id of the first comment on the issue holding `marker`.
+/// The id of the first of the App's own comments on the issue holding `marker`. Anyone can
+/// write a marker into a comment of theirs; only autodev's own comments are autodev's.
 async fn find_comment(
     gh: &GithubClient,
     inst: InstallationId,
@@ -220,6 +221,7 @@ async fn find_comment(
     issue: u64,
     marker: &str,
 ) -> Result<Option<u64>, ApiError> {
+    let me = gh.app_login().await?;
     for page in 1..=10 {
         let path =
             format!("/repos/{owner}/{repo}/issues/{issue}/comments?per_page=100&page={page}");
@@ -227,10 +229,12 @@ async fn find_comment(
         let Value::Array(items) = list else {
             return Ok(None);
         };
-        if let Some(c) = items
-            .iter()
-            .find(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)))
-        {
+        if let Some(c) = items.iter().find(|c| {
+            c["user"]["login"]
+                .as_str()
+                .is_some_and(|login| login.eq_ignore_ascii_case(&me))
+                && c["body"].as_str().is_some_and(|b| b.contains(marker))
+        }) {
             return Ok(c["id"].as_u64());
         }
         if items.len() < 100 {
@@ -646,27 +650,26 @@ async fn publish_local(
         )));
     }
     let full_name = remote.full_name();
-    let changed = git
-        .changed_between(repo, &base_sha, &head)
-        .await
-        .map_err(internal)?;
-    if let Some(why) = engine
-        .settings
-        .file
-        .github
-        .allow_workflow_changes
-        .held_back(&full_name, &changed)
-    {
-        return Ok(Err(why));
-    }
+    let guard = engine.push_guard(&full_name, &base_sha);
     let url = &remote.push_url;
     db::set_local_remote(&engine.pool, t.pk, url)
         .await
         .map_err(internal)?;
     let pushed = git
-        .push(repo, url, &head, &t.branch, token, t.pushed_sha.as_deref())
+        .push(
+            repo,
+            url,
+            &head,
+            &t.branch,
+            token,
+            t.pushed_sha.as_deref(),
+            &guard,
+        )
         .await;
     if let Err(e) = pushed {
+        if e.is::<crate::gitops::HeldBack>() {
+            return Ok(Err(format!("{e:#}")));
+        }
         // Pushed before a crash, and not recorded: it is there already.
         let there = git.remote_branch(repo, url, &t.branch, token).await.ok();
         if there.flatten().as_deref() != Some(head.as_str()) {

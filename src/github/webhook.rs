@@ -101,6 +101,7 @@ struct PIssue {
     #[serde(default)]
     labels: Vec<PLabel>,
     pull_request: Option<serde_json::Value>,
+    user: Option<PUser>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +162,7 @@ impl From<PIssue> for Issue {
             body: i.body.unwrap_or_default(),
             labels: i.labels.into_iter().map(|l| l.name).collect(),
             is_pull_request: i.pull_request.is_some(),
+            author: i.user.map(Actor::from),
         }
     }
 }

@@ -29,12 +29,17 @@ fn shipped_roles_specs_and_config_parse() {
     for entry in std::fs::read_dir(root().join("specs")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let spec = spec::parse(&text, SpecFormat::from_path(&path), &roles)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let spec = spec::parse(
+            &text,
+            SpecFormat::from_path(&path),
+            &roles,
+            &spec::Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         seen.push((
             spec.id.to_string(),
             spec.role.clone(),
-            spec.target_dir.clone(),
+            spec.options.target_dir.clone().unwrap_or_default(),
         ));
     }
     seen.sort();

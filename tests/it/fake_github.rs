@@ -54,8 +54,8 @@ pub struct CheckRun {
 pub struct Pull {
     pub number: u64,
     pub head_ref: String,
-    /// (path, line, body) of each review comment.
-    pub review_comments: Vec<(String, u64, String)>,
+    /// (path, line, body, author) of each review comment.
+    pub review_comments: Vec<(String, u64, String, String)>,
     pub title: String,
     pub body: String,
     pub base: String,
@@ -118,6 +118,7 @@ impl FakeGithub {
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/installation/repositories", get(installation_repos))
+            .route("/app", get(get_app))
             .route(
                 "/repos/{owner}/{repo}/pulls",
                 get(list_pulls).post(create_pull),
@@ -198,13 +199,19 @@ impl FakeGithub {
         );
     }
 
-    pub fn add_pull(&self, number: u64, head_ref: &str, review_comments: &[(&str, u64, &str)]) {
+    /// A pull request with review comments `(path, line, body, author)`.
+    pub fn add_pull(
+        &self,
+        number: u64,
+        head_ref: &str,
+        review_comments: &[(&str, u64, &str, &str)],
+    ) {
         self.state.lock().unwrap().pulls.push(Pull {
             number,
             head_ref: head_ref.into(),
             review_comments: review_comments
                 .iter()
-                .map(|(p, l, b)| ((*p).into(), *l, (*b).into()))
+                .map(|(p, l, b, a)| ((*p).into(), *l, (*b).into(), (*a).into()))
                 .collect(),
             ..Default::default()
         });
@@ -251,6 +258,21 @@ impl FakeGithub {
         for (_, (_, exp)) in self.state.lock().unwrap().tokens.iter_mut() {
             *exp = Instant::now() - Duration::from_secs(1);
         }
+    }
+
+    /// A comment written by `author` (someone other than the App), as on GitHub.
+    pub fn add_comment(&self, issue: u64, author: &str, body: &str) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.comments.push(Comment {
+            id,
+            issue,
+            body: body.into(),
+            author: author.into(),
+            edits: 0,
+        });
+        id
     }
 
     pub fn tokens_issued(&self) -> u32 {
@@ -441,6 +463,22 @@ async fn access_token(
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
 
+/// The App itself, as its JWT sees it: slug `autodev`, so its comments are `autodev[bot]`'s.
+async fn get_app(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = s.lock().unwrap();
+    if let Some(r) = intercept(&mut st, "GET /app".into()) {
+        return r;
+    }
+    if let Err(r) = check_jwt(&st, &headers) {
+        return r;
+    }
+    let mut body = example("apps.get-authenticated");
+    body["id"] = json!(st.app_id);
+    body["slug"] = json!("autodev");
+    body["name"] = json!("autodev");
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
 async fn installation_repos(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let mut st = s.lock().unwrap();
     if let Some(r) = intercept(&mut st, "GET /installation/repositories".into()) {
@@ -501,7 +539,11 @@ fn comment_json(c: &Comment) -> Value {
     v["id"] = json!(c.id);
     v["body"] = json!(c.body);
     v["user"]["login"] = json!(c.author);
-    v["user"]["type"] = json!("Bot");
+    v["user"]["type"] = json!(if c.author.ends_with("[bot]") {
+        "Bot"
+    } else {
+        "User"
+    });
     v
 }
 
@@ -775,12 +817,12 @@ async fn list_review_comments(
         .iter()
         .filter(|p| p.number == n)
         .flat_map(|p| p.review_comments.clone())
-        .map(|(path, line, body)| {
+        .map(|(path, line, body, author)| {
             let mut c = template.clone();
             c["path"] = json!(path);
             c["line"] = json!(line);
             c["body"] = json!(body);
-            c["user"]["login"] = json!("reviewer");
+            c["user"]["login"] = json!(author);
             c
         })
         .collect();

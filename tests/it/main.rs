@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod api_providers;
+mod attacks;
 mod cli;
 mod examples;
 mod fake_github;

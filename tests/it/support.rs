@@ -299,8 +299,7 @@ impl Server {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.url))
+        self.auth(self.client.get(format!("{}/metrics", self.url)))
             .send()
             .await
             .unwrap()

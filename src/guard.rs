@@ -1,0 +1,300 @@
+//! What keeps web pages out of the HTTP API: a `Host` allow-list (a page on another site that
+//! re-points its own name at this server, DNS rebinding, is refused), state-changing requests
+//! only with JSON or YAML bodies and never from a foreign `Origin` (cross-site requests), and
+//! request bodies that must arrive within a time limit, few at a time while unauthenticated.
+//! Imports configuration only; the routes are `server`'s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::config::Settings;
+
+/// How long a client has to send a request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many request bodies are read at once before they are authenticated (webhook bodies,
+/// until their signature is checked).
+pub const UNAUTHENTICATED_BODIES: usize = 8;
+
+/// Routes that answer whatever the `Host`: probes and the metrics scrape, which orchestrators
+/// and Prometheus address by IP.
+const ANY_HOST: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// The names and addresses this server answers to.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts {
+    bound: IpAddr,
+    names: Vec<String>,
+}
+
+impl AllowedHosts {
+    /// The bound address, `localhost`, the host of `AUTODEV_PUBLIC_URL` and
+    /// `AUTODEV_ALLOWED_HOSTS`.
+    pub fn new(settings: &Settings, bound: SocketAddr) -> Self {
+        let mut names = vec!["localhost".to_owned()];
+        if let Some(public) = settings.public_url.as_deref()
+            && let Some(host) = url_host(public)
+        {
+            names.push(host);
+        }
+        names.extend(settings.allowed_hosts.iter().cloned());
+        Self {
+            bound: bound.ip(),
+            names,
+        }
+    }
+
+    /// Whether `host` (a `Host` header: a name or address, with or without a port) is ours.
+    pub fn allows(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        let name = name.trim_end_matches('.');
+        if let Ok(ip) = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            // An address cannot be re-pointed by DNS: the bound one, or any when bound to all.
+            return ip == self.bound
+                || self.bound.is_unspecified()
+                || (ip.is_loopback() && self.bound.is_loopback())
+                || self.names.iter().any(|n| n == name);
+        }
+        self.names.iter().any(|n| n == name)
+    }
+}
+
+/// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// The host of a URL such as `https://autodev.example.com:8443/x`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = strip_port(authority).to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// A refused request: its status and why.
+#[derive(Debug)]
+pub struct Refusal(pub StatusCode, pub String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: String) -> Refusal {
+    Refusal(status, message)
+}
+
+/// The media types a state-changing request may carry.
+pub fn is_json_or_yaml(content_type: &str) -> bool {
+    crate::spec::SpecFormat::from_content_type(content_type).is_some()
+}
+
+/// Middleware: refuses requests for other hosts, and state-changing requests a browser sent
+/// from another site or with a body other than JSON or YAML.
+pub async fn refuse_browsers(hosts: Arc<AllowedHosts>, request: Request, next: Next) -> Response {
+    if let Err(response) = check(
+        &hosts,
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+    ) {
+        return response.into_response();
+    }
+    next.run(request).await
+}
+
+fn check(
+    hosts: &AllowedHosts,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if !ANY_HOST.contains(&path)
+        && let Some(host) = headers.get(header::HOST)
+    {
+        let host = host.to_str().unwrap_or("");
+        if !hosts.allows(host) {
+            return Err(refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this server does not answer to the host `{host}`; it answers to its own address, localhost and the host of AUTODEV_PUBLIC_URL. Add a name it is reached by (a proxy's) to AUTODEV_ALLOWED_HOSTS"
+                ),
+            ));
+        }
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if let Some(origin) = header(header::ORIGIN) {
+        let ours = origin != "null" && url_host(origin).is_some_and(|h| hosts.allows(&h));
+        if !ours {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("requests from the web page at `{origin}` are refused"),
+            ));
+        }
+    }
+    if header(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "cross-site requests are refused".into(),
+        ));
+    }
+    // The webhook is authenticated by its signature, whatever its media type.
+    if path != "/webhooks/github"
+        && let Some(content_type) = header(header::CONTENT_TYPE)
+        && !is_json_or_yaml(content_type)
+    {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type `{content_type}` is not accepted; send application/json or application/yaml"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a request body of at most `limit` bytes within [`BODY_TIMEOUT`].
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            // axum says so only in words (http-body-util's `LengthLimitError`).
+            let too_big = format!("{e:#} {:?}", std::error::Error::source(&e))
+                .contains("length limit exceeded");
+            Err(if too_big {
+                refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {limit} bytes"),
+                )
+            } else {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body failed: {e}"),
+                )
+            })
+        }
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+/// A declared `Content-Length` over `limit` is refused before anything is read.
+pub fn check_length(headers: &HeaderMap, limit: usize) -> Result<(), Refusal> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(bound: &str, names: &[&str]) -> AllowedHosts {
+        AllowedHosts {
+            bound: bound.parse().unwrap(),
+            names: names.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn hosts_by_name_and_address() {
+        let h = hosts("127.0.0.1", &["localhost", "autodev.example.com"]);
+        for ok in [
+            "127.0.0.1:8000",
+            "localhost:8000",
+            "LOCALHOST",
+            "autodev.example.com",
+            "autodev.example.com.:443",
+        ] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:8000",
+            "localhost.attacker.example",
+            "10.0.0.5:8000",
+            "",
+        ] {
+            assert!(!h.allows(bad), "{bad}");
+        }
+        let all = hosts("0.0.0.0", &["localhost"]);
+        assert!(all.allows("10.0.0.5:8000"), "any address when bound to all");
+        assert!(all.allows("[::1]:8000"));
+        assert!(!all.allows("attacker.example"));
+    }
+
+    #[test]
+    fn urls_and_ports() {
+        assert_eq!(
+            url_host("https://user@Autodev.Example.com:8443/x?y").as_deref(),
+            Some("autodev.example.com")
+        );
+        assert_eq!(url_host("http://[::1]:8000").as_deref(), Some("[::1]"));
+        assert_eq!(strip_port("example.com:80"), "example.com");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn cross_site_writes_are_refused() {
+        let h = hosts("127.0.0.1", &["localhost"]);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:8000".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        let status = |r: Result<(), Refusal>| r.err().map(|r| r.0);
+        assert_eq!(
+            status(check(&h, &Method::POST, "/tasks/x/retry", &headers)),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert_eq!(status(check(&h, &Method::POST, "/tasks", &headers)), None);
+        headers.insert(header::ORIGIN, "https://attacker.example".parse().unwrap());
+        assert_eq!(
+            status(check(&h, &Method::POST, "/tasks", &headers)),
+            Some(StatusCode::FORBIDDEN)
+        );
+        headers.insert(header::ORIGIN, "http://localhost:8000".parse().unwrap());
+        assert_eq!(status(check(&h, &Method::POST, "/tasks", &headers)), None);
+        headers.insert(header::HOST, "attacker.example:8000".parse().unwrap());
+        assert_eq!(
+            status(check(&h, &Method::GET, "/tasks", &headers)),
+            Some(StatusCode::MISDIRECTED_REQUEST)
+        );
+        assert_eq!(status(check(&h, &Method::GET, "/healthz", &headers)), None);
+    }
+}
