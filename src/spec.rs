@@ -89,20 +89,9 @@ pub fn human_duration(d: Duration) -> String {
     out
 }
 
-/// The keys autodev itself interprets; any other top-level key is role context.
-pub const KNOWN_KEYS: &[&str] = &[
-    "id",
-    "title",
-    "description",
-    "role",
-    "target_dir",
-    "acceptance",
-    "base_branch",
-    "provider_override",
-    "model",
-    "timeout",
-    "max_rounds",
-];
+/// The keys every spec has; with [`OPTION_KEYS`], the keys autodev itself interprets. Any
+/// other top-level key is role context.
+pub const REQUIRED_KEYS: &[&str] = &["id", "title", "description", "role"];
 const ACCEPTANCE_KEYS: &[&str] = &["lint", "typecheck", "tests"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,8 +363,9 @@ pub fn from_value(value: Value, roles: &Roles, limits: &Limits) -> Result<TaskSp
     }
     let options = p.options(&mut map, "", limits);
     // Whatever is left is role context, unless it looks like a misspelt known key.
+    let known_keys: Vec<&str> = REQUIRED_KEYS.iter().chain(OPTION_KEYS).copied().collect();
     for key in map.keys() {
-        if let Some(known) = near_miss(key, KNOWN_KEYS) {
+        if let Some(known) = near_miss(key, &known_keys) {
             p.add(key, format!("unknown key; did you mean `{known}`?"));
         }
     }

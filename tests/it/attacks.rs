@@ -190,42 +190,31 @@ async fn web_pages_cannot_drive_the_api() {
     world.simple_claude("feature.txt", "done");
     let server = world.serve();
     let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let send = |method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &str| {
+        raw(&server.url, &request(method, path, host, headers, body))
+    };
     let json_spec = r#"{"id":"WEB-1","title":"t","description":"d","role":"backend"}"#;
+    let json = [("Content-Type", "application/json")];
 
     // DNS rebinding: the page's own name, pointed at 127.0.0.1.
-    let (status, body) = raw(
-        &server.url,
-        &request(
-            "POST",
-            "/tasks",
-            &format!("attacker.example:{port}"),
-            &[("Content-Type", "application/json")],
-            json_spec,
-        ),
-    );
+    let rebound = format!("attacker.example:{port}");
+    let (status, body) = send("POST", "/tasks", &rebound, &json, json_spec);
     assert_eq!(status, 421, "{body}");
-    let (status, _) = raw(
-        &server.url,
-        &request("GET", "/tasks", "attacker.example", &[], ""),
+    assert_eq!(send("GET", "/tasks", &rebound, &[], "").0, 421);
+    assert_eq!(
+        send("GET", "/healthz", &rebound, &[], "").0,
+        200,
+        "probes answer whatever the host"
     );
-    assert_eq!(status, 421);
-    let (status, _) = raw(
-        &server.url,
-        &request("GET", "/healthz", "attacker.example", &[], ""),
-    );
-    assert_eq!(status, 200, "probes answer whatever the host");
     assert_eq!(server.get("/tasks").await.1, json!([]), "nothing was made");
 
     // The names it does answer to.
-    let (status, body) = raw(
-        &server.url,
-        &request(
-            "POST",
-            "/tasks",
-            &format!("localhost:{port}"),
-            &[("Content-Type", "application/json")],
-            json_spec,
-        ),
+    let (status, body) = send(
+        "POST",
+        "/tasks",
+        &format!("localhost:{port}"),
+        &json,
+        json_spec,
     );
     assert_eq!(status, 201, "{body}");
     let t = server
@@ -235,40 +224,21 @@ async fn web_pages_cannot_drive_the_api() {
 
     // A cross-site form or fetch: text/plain needs no preflight; a foreign Origin.
     let host = format!("127.0.0.1:{port}");
-    let (status, body) = raw(
-        &server.url,
-        &request(
-            "POST",
-            "/tasks/WEB-1/retry",
-            &host,
-            &[("Content-Type", "text/plain")],
-            "x",
-        ),
-    );
+    let retry = "/tasks/WEB-1/retry";
+    let (status, body) = send("POST", retry, &host, &[("Content-Type", "text/plain")], "x");
     assert_eq!(status, 415, "{body}");
-    let (status, body) = raw(
-        &server.url,
-        &request(
-            "POST",
-            "/tasks/WEB-1/retry",
-            &host,
-            &[
-                ("Origin", "https://attacker.example"),
-                ("Content-Type", "application/json"),
-            ],
-            "{}",
-        ),
-    );
+    let foreign = [
+        ("Origin", "https://attacker.example"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = send("POST", retry, &host, &foreign, "{}");
     assert_eq!(status, 403, "{body}");
-    let (status, body) = raw(
-        &server.url,
-        &request(
-            "POST",
-            "/tasks/WEB-1/retry",
-            &host,
-            &[("Sec-Fetch-Site", "cross-site")],
-            "",
-        ),
+    let (status, body) = send(
+        "POST",
+        retry,
+        &host,
+        &[("Sec-Fetch-Site", "cross-site")],
+        "",
     );
     assert_eq!(status, 403, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -278,7 +248,7 @@ async fn web_pages_cannot_drive_the_api() {
         "no retry ran"
     );
     // The operator's own tools still can.
-    let (status, body) = server.post("/tasks/WEB-1/retry").await;
+    let (status, body) = server.post(retry).await;
     assert_eq!(status, 202, "{body}");
 }
 
