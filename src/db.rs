@@ -91,6 +91,8 @@ pub struct TaskRow {
     pub pr_state: Option<String>,
     /// Why part of what the task's issue asked for was not used.
     pub notice: Option<String>,
+    /// The base commit the last run started from.
+    pub base_sha: Option<String>,
 }
 
 impl TaskRow {
@@ -453,15 +455,17 @@ pub async fn mark_running(
     key: TaskKey,
     owner: &str,
     base_branch: &str,
+    base_sha: &str,
     worktree: &str,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
     sqlx::query(
-        "UPDATE tasks SET state = 'running', base_branch = ?, worktree = ?, rounds = 0,
-           last_error = NULL, started_at = ?, finished_at = NULL, updated_at = ?
+        "UPDATE tasks SET state = 'running', base_branch = ?, base_sha = ?, worktree = ?,
+           rounds = 0, last_error = NULL, started_at = ?, finished_at = NULL, updated_at = ?
          WHERE pk = ? AND lease_owner = ? AND state IN ('queued', 'running')",
     )
     .bind(base_branch)
+    .bind(base_sha)
     .bind(worktree)
     .bind(now)
     .bind(now)
@@ -1042,9 +1046,16 @@ pub async fn set_pr_state(pool: &SqlitePool, key: TaskKey, state: &str) -> anyho
     Ok(())
 }
 
-pub async fn set_head(pool: &SqlitePool, key: TaskKey, sha: &str) -> anyhow::Result<()> {
-    sqlx::query("UPDATE tasks SET head_sha = ? WHERE pk = ?")
+/// The branch's new head after it caught up with its base at `base_sha`.
+pub async fn set_head(
+    pool: &SqlitePool,
+    key: TaskKey,
+    sha: &str,
+    base_sha: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET head_sha = ?, base_sha = ? WHERE pk = ?")
         .bind(sha)
+        .bind(base_sha)
         .bind(key)
         .execute(pool)
         .await?;

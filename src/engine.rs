@@ -172,6 +172,7 @@ impl Engine {
     pub async fn task_settings(
         &self,
         spec: &TaskSpec,
+        source: crate::trust::SpecSource,
         repo: &std::path::Path,
         rev: &str,
     ) -> Result<crate::trust::Resolved, String> {
@@ -207,6 +208,7 @@ impl Engine {
             &role.defaults,
             file.as_ref(),
             &spec.options,
+            source,
         ))
     }
 

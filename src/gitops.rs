@@ -499,9 +499,33 @@ impl Git {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
+        // And the whole range at once: a merge whose result matches one parent (`-c` shows
+        // only what differs from every parent) can still change the tree against the base.
+        let whole = self
+            .output(
+                dir,
+                &[
+                    "diff-tree",
+                    "-r",
+                    "-z",
+                    "--no-renames",
+                    "--name-only",
+                    base,
+                    head,
+                ],
+                None,
+            )
+            .await?;
+        if !whole.status.success() {
+            bail!(
+                "comparing {head} with {base}: {}",
+                String::from_utf8_lossy(&whole.stderr).trim()
+            );
+        }
         let mut touched: Vec<String> = out
             .stdout
             .split(|b| *b == 0)
+            .chain(whole.stdout.split(|b| *b == 0))
             .filter(|path| is_workflow_path(path))
             .map(|path| String::from_utf8_lossy(path).into_owned())
             .collect();

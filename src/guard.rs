@@ -24,15 +24,18 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// until their signature is checked).
 pub const UNAUTHENTICATED_BODIES: usize = 8;
 
-/// Routes that answer whatever the `Host`: probes and the metrics scrape, which orchestrators
-/// and Prometheus address by IP.
-const ANY_HOST: &[&str] = &["/healthz", "/readyz", "/metrics"];
+/// Routes that answer whatever the `Host`: probes, which orchestrators send to whatever name
+/// or address they use. (`/metrics` is checked: scrapers by IP pass anyway.)
+const ANY_HOST: &[&str] = &["/healthz", "/readyz"];
 
 /// The names and addresses this server answers to.
 #[derive(Debug, Clone)]
 pub struct AllowedHosts {
     bound: IpAddr,
+    port: u16,
     names: Vec<String>,
+    /// `scheme://host[:port]` of `AUTODEV_PUBLIC_URL`.
+    public_origin: Option<String>,
 }
 
 impl AllowedHosts {
@@ -48,8 +51,40 @@ impl AllowedHosts {
         names.extend(settings.allowed_hosts.iter().cloned());
         Self {
             bound: bound.ip(),
+            port: bound.port(),
             names,
+            public_origin: settings.public_url.as_deref().map(origin_of),
         }
+    }
+
+    /// Whether a browser's `Origin` is this server's own: `AUTODEV_PUBLIC_URL`'s origin, a name
+    /// from `AUTODEV_ALLOWED_HOSTS`, or `localhost` or an address of ours on the port it is
+    /// bound to (a page on another local port is another site).
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        if origin == "null" {
+            return false;
+        }
+        let origin = origin_of(origin);
+        if self.public_origin.as_deref() == Some(origin.as_str()) {
+            return true;
+        }
+        let Some(host) = url_host(&origin) else {
+            return false;
+        };
+        if self.names.iter().skip(1).any(|n| *n == host)
+            && self.public_origin.as_deref().and_then(url_host).as_deref() != Some(host.as_str())
+        {
+            return true;
+        }
+        let port = origin
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(if origin.starts_with("https:") {
+                443
+            } else {
+                80
+            });
+        origin.starts_with("http://") && port == self.port && self.allows(&host)
     }
 
     /// Whether `host` (a `Host` header: a name or address, with or without a port) is ours.
@@ -82,6 +117,19 @@ fn strip_port(host: &str) -> &str {
         }
         _ => host,
     }
+}
+
+/// `scheme://host[:port]` of a URL, lower-cased, without a default port.
+fn origin_of(url: &str) -> String {
+    let url = url.to_ascii_lowercase();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url.as_str()));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let authority = match (scheme, authority.rsplit_once(':')) {
+        ("http", Some((host, "80"))) | ("https", Some((host, "443"))) => host,
+        _ => authority,
+    };
+    format!("{scheme}://{authority}")
 }
 
 /// The host of a URL such as `https://autodev.example.com:8443/x`.
@@ -149,19 +197,21 @@ fn check(
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
-    if let Some(origin) = header(header::ORIGIN) {
-        let ours = origin != "null" && url_host(origin).is_some_and(|h| hosts.allows(&h));
-        if !ours {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                format!("requests from the web page at `{origin}` are refused"),
-            ));
-        }
-    }
-    if header(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+    if let Some(origin) = header(header::ORIGIN)
+        && !hosts.allows_origin(origin)
+    {
         return Err(refuse(
             StatusCode::FORBIDDEN,
-            "cross-site requests are refused".into(),
+            format!("requests from the web page at `{origin}` are refused"),
+        ));
+    }
+    // `same-site` too: a page on another port of this host is another origin.
+    if let Some(site) = header(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("requests from other sites are refused (Sec-Fetch-Site: {site})"),
         ));
     }
     // The webhook is authenticated by its signature, whatever its media type.
@@ -228,7 +278,38 @@ mod tests {
     fn hosts(bound: &str, names: &[&str]) -> AllowedHosts {
         AllowedHosts {
             bound: bound.parse().unwrap(),
+            port: 8000,
             names: names.iter().map(|s| (*s).to_owned()).collect(),
+            public_origin: None,
+        }
+    }
+
+    #[test]
+    fn origins_are_whole_origins() {
+        let mut h = hosts(
+            "127.0.0.1",
+            &["localhost", "autodev.example.com", "proxy.internal"],
+        );
+        h.public_origin = Some(origin_of("https://autodev.example.com/"));
+        for ok in [
+            "http://localhost:8000",
+            "http://127.0.0.1:8000",
+            "https://autodev.example.com",
+            "https://autodev.example.com:443",
+            "https://proxy.internal:9443",
+        ] {
+            assert!(h.allows_origin(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost:3000",
+            "http://127.0.0.1",
+            "https://localhost:8000",
+            "http://autodev.example.com",
+            "https://autodev.example.com:8443",
+            "https://attacker.example",
+            "null",
+        ] {
+            assert!(!h.allows_origin(bad), "{bad}");
         }
     }
 
@@ -288,6 +369,12 @@ mod tests {
             status(check(&h, &Method::POST, "/tasks", &headers)),
             Some(StatusCode::FORBIDDEN)
         );
+        headers.insert(header::ORIGIN, "http://localhost:3000".parse().unwrap());
+        assert_eq!(
+            status(check(&h, &Method::POST, "/tasks", &headers)),
+            Some(StatusCode::FORBIDDEN),
+            "another port is another site"
+        );
         headers.insert(header::ORIGIN, "http://localhost:8000".parse().unwrap());
         assert_eq!(status(check(&h, &Method::POST, "/tasks", &headers)), None);
         headers.insert(header::HOST, "attacker.example:8000".parse().unwrap());
@@ -296,5 +383,9 @@ mod tests {
             Some(StatusCode::MISDIRECTED_REQUEST)
         );
         assert_eq!(status(check(&h, &Method::GET, "/healthz", &headers)), None);
+        assert_eq!(
+            status(check(&h, &Method::GET, "/metrics", &headers)),
+            Some(StatusCode::MISDIRECTED_REQUEST)
+        );
     }
 }

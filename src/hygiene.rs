@@ -363,12 +363,13 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
                 continue;
             }
             let lease = now.and_then(|t| t.pushed_sha);
-            // Checked like the final push: a checkpoint must not carry what the end would not.
-            let Some(base) = task.base_branch.as_deref() else {
+            // Checked like the final push, against the base commit the run started from (a ref
+            // in the git directory is the agent's to move): a checkpoint must not carry what
+            // the end would not.
+            let Some(base_sha) = task.base_sha.as_deref() else {
                 continue;
             };
-            let base_ref = format!("refs/remotes/origin/{base}");
-            let guard = engine.push_guard(&task.repo, &base_ref);
+            let guard = engine.push_guard(&task.repo, base_sha);
             match engine
                 .git
                 .push(
@@ -527,7 +528,7 @@ async fn rebase_pushed(
     crate::db::set_pushed(&engine.pool, task.pk, &new).await?;
     // The mirror's own branch follows, unless something else moved it.
     let _ = git.move_branch(&mirror, &task.branch, &new, &head).await;
-    settle(engine, task, &base, &new, &failures).await?;
+    settle(engine, task, &base, &base_sha, &new, &failures).await?;
     outbox::push(
         &engine.pool,
         Effect::CheckRun { task: task.pk },
@@ -575,7 +576,7 @@ async fn rebase_local(engine: &Arc<Engine>, task: &crate::db::TaskRow) -> anyhow
         CatchUp::Done { new, failures } => (new, failures),
     };
     git.move_branch(&repo, &task.branch, &new, &head).await?;
-    settle(engine, task, &base, &new, &failures).await?;
+    settle(engine, task, &base, &base_sha, &new, &failures).await?;
     Ok(true)
 }
 
@@ -626,7 +627,7 @@ async fn catch_up(
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         // The gates as the base branch now has them (its `.github/autodev.yml`).
         let settings = engine
-            .task_settings(&spec, repo, base_sha)
+            .task_settings(&spec, crate::worker::spec_source(task), repo, base_sha)
             .await
             .map_err(anyhow::Error::msg)?;
         let workdir = tmp.join(&settings.target_dir);
@@ -702,6 +703,7 @@ async fn settle(
     engine: &Engine,
     task: &crate::db::TaskRow,
     base: &str,
+    base_sha: &str,
     new: &str,
     failures: &[String],
 ) -> anyhow::Result<()> {
@@ -713,7 +715,7 @@ async fn settle(
         )
         .await?;
     }
-    crate::db::set_head(&engine.pool, task.pk, new).await?;
+    crate::db::set_head(&engine.pool, task.pk, new, base_sha).await?;
     engine
         .record(
             task.pk,

@@ -219,6 +219,16 @@ pub struct Resolved {
     pub notes: Vec<String>,
 }
 
+/// Where a spec came from, as far as trust goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecSource {
+    /// The HTTP API or the CLI: whoever holds the server.
+    Operator,
+    /// An issue's block: only the keys `allowed_overrides` allows now (the server may have
+    /// narrowed them since the task was made).
+    Issue,
+}
+
 /// Resolves a run's settings: server defaults < role < repository file (top level, then the
 /// role's section; only allowed keys) < the spec; every budget capped by the server's limits.
 pub fn resolve(
@@ -227,8 +237,21 @@ pub fn resolve(
     role_defaults: &TaskOptions,
     repo_file: Option<&RepoFile>,
     spec: &TaskOptions,
+    source: SpecSource,
 ) -> Resolved {
     let mut notes = Vec::new();
+    let mut spec = spec.clone();
+    if source == SpecSource::Issue {
+        // The base branch was settled when the run's code was fetched.
+        for key in spec.keys() {
+            if key != "base_branch" && !policy.allows(key) {
+                spec.clear(key);
+                notes.push(format!(
+                    "the issue's block sets `{key}`, which this server does not let issues choose (allowed_overrides); not used"
+                ));
+            }
+        }
+    }
     let mut options = role_defaults.clone();
     let mut gates = policy.gates.clone();
     if let Some(file) = repo_file {
@@ -263,7 +286,7 @@ pub fn resolve(
             }
         }
     }
-    options.layer(spec);
+    options.layer(&spec);
     let mut timeout = options.timeout.unwrap_or(policy.default_timeout);
     if timeout > policy.limits.max_timeout {
         notes.push(format!(
@@ -388,6 +411,7 @@ roles:
             &TaskOptions::default(),
             Some(&file),
             &TaskOptions::default(),
+            SpecSource::Operator,
         );
         assert_eq!(r.target_dir, "svc");
         assert_eq!(r.acceptance.tests, ["make test"]);
@@ -417,6 +441,7 @@ roles:
             &TaskOptions::default(),
             Some(&file),
             &TaskOptions::default(),
+            SpecSource::Operator,
         );
         assert_eq!(front.target_dir, "web");
         assert_eq!(front.acceptance.tests, ["npm test"]);
@@ -431,8 +456,27 @@ roles:
             &TaskOptions::default(),
             Some(&file),
             &spec,
+            SpecSource::Operator,
         );
         assert_eq!(r.max_rounds, 2, "the spec wins");
+        let paid = TaskOptions {
+            model: Some("opus".into()),
+            ..Default::default()
+        };
+        let p = policy(&allowed, &limits);
+        let none_role = TaskOptions::default();
+        let r = resolve(&p, "backend", &none_role, None, &paid, SpecSource::Issue);
+        assert_eq!(
+            r.model, None,
+            "an issue's stored block meets today's allowed_overrides"
+        );
+        assert!(
+            r.notes.iter().any(|n| n.contains("`model`")),
+            "{:?}",
+            r.notes
+        );
+        let r = resolve(&p, "backend", &none_role, None, &paid, SpecSource::Operator);
+        assert_eq!(r.model.as_deref(), Some("opus"));
 
         let none: Vec<String> = Vec::new();
         let r = resolve(
@@ -441,6 +485,7 @@ roles:
             &TaskOptions::default(),
             Some(&file),
             &TaskOptions::default(),
+            SpecSource::Operator,
         );
         assert_eq!(
             r.acceptance,

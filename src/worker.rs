@@ -299,6 +299,15 @@ impl Run<'_> {
     }
 }
 
+/// Whose spec a task runs: an issue's (held to `allowed_overrides`), or the operator's.
+pub fn spec_source(row: &TaskRow) -> crate::trust::SpecSource {
+    if row.issue_number.is_some() {
+        crate::trust::SpecSource::Issue
+    } else {
+        crate::trust::SpecSource::Operator
+    }
+}
+
 /// `start + budget`, or as far ahead as the clock goes.
 fn deadline_after(start: Instant, budget: Duration) -> Instant {
     start
@@ -344,7 +353,7 @@ async fn pipeline(
     };
     // What the run may use is settled from the base branch, before the agent touches anything.
     let resolved = match engine
-        .task_settings(&spec, &source.repo, &source.base_sha)
+        .task_settings(&spec, spec_source(row), &source.repo, &source.base_sha)
         .await
     {
         Ok(r) => r,
@@ -391,6 +400,7 @@ async fn pipeline(
         row.pk,
         &engine.owner,
         &base,
+        &base_sha,
         &path.to_string_lossy(),
     )
     .await?;

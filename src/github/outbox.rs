@@ -650,7 +650,9 @@ async fn publish_local(
         )));
     }
     let full_name = remote.full_name();
-    let guard = engine.push_guard(&full_name, &base_sha);
+    // Checked from the base commit the task's run started from: the base branch here is in
+    // the agent's repository, and the agent can move it.
+    let guard = engine.push_guard(&full_name, t.base_sha.as_deref().unwrap_or(&base_sha));
     let url = &remote.push_url;
     db::set_local_remote(&engine.pool, t.pk, url)
         .await

@@ -433,6 +433,29 @@ async fn workflow_changes_are_found_in_every_commit_by_their_bytes() {
     let found = g.workflow_changes(&repo, "master", &bad).await.unwrap();
     assert_eq!(found, [".github/workflows/ci.yml"]);
 
+    // A merge made by hand whose tree drops the workflow while matching a parentless commit:
+    // `-c` alone would show nothing.
+    let (_d, repo) = workflow_repo();
+    git(&repo, &["rm", "-q", ".github/workflows/ci.yml"]);
+    let tree = git(&repo, &["write-tree"]);
+    git(&repo, &["reset", "-q", "--hard"]);
+    let orphan = git(&repo, &["commit-tree", &tree, "-m", "orphan"]);
+    let merge = git(
+        &repo,
+        &[
+            "commit-tree",
+            &tree,
+            "-p",
+            "HEAD",
+            "-p",
+            &orphan,
+            "-m",
+            "merge",
+        ],
+    );
+    let found = g.workflow_changes(&repo, "master", &merge).await.unwrap();
+    assert_eq!(found, [".github/workflows/ci.yml"], "{found:?}");
+
     // Merging the base in brings the base's own workflow changes: not the branch's.
     let (_d, repo) = workflow_repo();
     std::fs::write(repo.join("b.txt"), "b\n").unwrap();
@@ -449,11 +472,13 @@ async fn workflow_changes_are_found_in_every_commit_by_their_bytes() {
 
 #[tokio::test]
 async fn a_workflow_change_is_pushed_neither_by_a_checkpoint_nor_at_the_end() {
-    // The agent renames the workflow away (a plain diff shows only the new name), and keeps
-    // working long enough for checkpoints.
+    // The agent renames the workflow away (a plain diff shows only the new name), commits,
+    // moves the mirror's idea of the base onto its commit, and keeps working long enough for
+    // checkpoints.
     let a = app_with_setup(
         &format!(
-            "cat >/dev/null\ngit mv .github/workflows/ci.yml ci.yml\necho x > feature.txt\nsleep 4\necho '{CLAUDE_OK}'"
+            "cat >/dev/null\ngit mv .github/workflows/ci.yml ci.yml\ngit commit -qm moved\n\
+             git update-ref refs/remotes/origin/master HEAD\necho x > feature.txt\nsleep 4\necho '{CLAUDE_OK}'"
         ),
         |world, _| {
             std::fs::create_dir_all(world.repo.join(".github/workflows")).unwrap();
