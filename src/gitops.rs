@@ -334,7 +334,8 @@ impl Git {
 
     /// A bare mirror of `url` at `path`, fetched now. Remote branches land in
     /// `refs/remotes/origin/*`, so a fetch never moves the task branches worktrees have checked
-    /// out. Returns the commit of `origin/<base>`.
+    /// out. Returns the commit `<base>` points at on the server (asked of it, not read from
+    /// the mirror).
     pub async fn fetch_mirror(
         &self,
         path: &Path,
@@ -384,20 +385,24 @@ impl Git {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let sha = self
-            .run(
-                "rev-parse",
+        // The base as the server has it, not as a ref in the mirror says: running agents share
+        // the mirror's git directory and can move `refs/remotes/origin/*`.
+        let Some(sha) = self.remote_branch(path, url, base, token).await? else {
+            bail!("base branch `{base}` does not exist in {url}");
+        };
+        let present = self
+            .output(
                 path,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    &format!("refs/remotes/origin/{base}^{{commit}}"),
-                ],
+                &["cat-file", "-e", &format!("{sha}^{{commit}}")],
                 None,
             )
-            .await
-            .map_err(|_| anyhow::anyhow!("base branch `{base}` does not exist in {url}"))?;
-        Ok(sha.trim().to_owned())
+            .await?;
+        if !present.status.success() {
+            bail!(
+                "base branch `{base}` of {url} moved while it was fetched (now {sha}); try again"
+            );
+        }
+        Ok(sha)
     }
 
     /// Pushes the worktree's HEAD to `branch` on origin; every ref the server rejects is an
