@@ -241,6 +241,15 @@ async fn web_pages_cannot_drive_the_api() {
         "",
     );
     assert_eq!(status, 403, "{body}");
+    // A page served on another port of this machine is another site, too.
+    let (status, body) = send(
+        "POST",
+        retry,
+        &format!("localhost:{port}"),
+        &[("Origin", "http://localhost:3000")],
+        "",
+    );
+    assert_eq!(status, 403, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         server.get("/tasks/WEB-1").await.1["runs"],
