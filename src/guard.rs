@@ -231,7 +231,16 @@ fn check(
 
 /// Reads a request body of at most `limit` bytes within [`BODY_TIMEOUT`].
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+    read_body_by(body, limit, tokio::time::Instant::now() + BODY_TIMEOUT).await
+}
+
+/// Reads a request body of at most `limit` bytes by `deadline`.
+pub async fn read_body_by(
+    body: Body,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Refusal> {
+    match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
             // axum says so only in words (http-body-util's `LengthLimitError`).

@@ -335,21 +335,38 @@ async fn github_webhook(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
+    let unread = |outcome: &str, response: Response| {
+        engine
+            .metrics
+            .webhook_deliveries_total
+            .with_label_values(&["unverified", outcome])
+            .inc();
+        response
+    };
     if let Err(refused) = crate::guard::check_length(&headers, BODY_LIMIT) {
-        return refused.into_response();
+        return unread("too_large", refused.into_response());
     }
-    let permit = tokio::time::timeout(crate::guard::BODY_TIMEOUT, bodies.acquire_owned()).await;
+    // One deadline for waiting a turn and reading: GitHub gives up after ten seconds anyway.
+    let deadline = tokio::time::Instant::now() + crate::guard::BODY_TIMEOUT;
+    let permit = tokio::time::timeout_at(deadline, bodies.acquire_owned()).await;
     let Ok(Ok(_permit)) = permit else {
-        return (
+        let busy = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "10")],
             Json(json!({ "error": "too many deliveries are being received; try again" })),
-        )
-            .into_response();
+        );
+        return unread("busy", busy.into_response());
     };
-    let body: Bytes = match crate::guard::read_body(body, BODY_LIMIT).await {
+    let body: Bytes = match crate::guard::read_body_by(body, BODY_LIMIT, deadline).await {
         Ok(body) => body,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => {
+            let outcome = match refused.0 {
+                StatusCode::REQUEST_TIMEOUT => "timeout",
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                _ => "unreadable",
+            };
+            return unread(outcome, refused.into_response());
+        }
     };
     use crate::github::intake::{self, DeliveryHeaders, Intake, IntakeError};
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

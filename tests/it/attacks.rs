@@ -289,6 +289,13 @@ async fn a_stalled_webhook_upload_is_closed_after_ten_seconds() {
     .unwrap();
     let took = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            "autodev_webhook_deliveries_total{event=\"unverified\",outcome=\"timeout\"} 1"
+        ),
+        "{metrics}"
+    );
     assert!(
         took >= Duration::from_secs(9) && took < Duration::from_secs(20),
         "{took:?}"
