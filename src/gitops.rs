@@ -362,6 +362,12 @@ impl Git {
             )
             .await?;
         }
+        // The base as the server has it, asked before fetching (so the fetch brings it), not
+        // as a ref in the mirror says: running agents share the mirror's git directory and
+        // can move `refs/remotes/origin/*`.
+        let Some(sha) = self.remote_branch(path, url, base, token).await? else {
+            bail!("base branch `{base}` does not exist in {url}");
+        };
         self.ops.with_label_values(&["fetch"]).inc();
         // The explicit URL, not `origin`: the remote's settings live in a config the agent can
         // edit.
@@ -385,23 +391,7 @@ impl Git {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        // The base as the server has it, not as a ref in the mirror says: running agents share
-        // the mirror's git directory and can move `refs/remotes/origin/*`.
-        let Some(sha) = self.remote_branch(path, url, base, token).await? else {
-            bail!("base branch `{base}` does not exist in {url}");
-        };
-        let present = self
-            .output(
-                path,
-                &["cat-file", "-e", &format!("{sha}^{{commit}}")],
-                None,
-            )
-            .await?;
-        if !present.status.success() {
-            bail!(
-                "base branch `{base}` of {url} moved while it was fetched (now {sha}); try again"
-            );
-        }
+        self.ensure_commit(path, url, base, &sha, token).await?;
         Ok(sha)
     }
 
@@ -504,8 +494,18 @@ impl Git {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        // And the whole range at once: a merge whose result matches one parent (`-c` shows
-        // only what differs from every parent) can still change the tree against the base.
+        // And the whole range at once, from where the branch left the base: a merge whose
+        // result matches one parent (`-c` shows only what differs from every parent) can
+        // still change the tree. (From the merge base, not the base itself: a branch cut
+        // from an older base does not carry the base's newer workflow changes.)
+        let fork = self.output(dir, &["merge-base", base, head], None).await?;
+        let fork = String::from_utf8_lossy(&fork.stdout).trim().to_owned();
+        // No common history at all: everything in `head` counts.
+        let fork = if fork.is_empty() {
+            EMPTY_TREE
+        } else {
+            fork.as_str()
+        };
         let whole = self
             .output(
                 dir,
@@ -515,7 +515,7 @@ impl Git {
                     "-z",
                     "--no-renames",
                     "--name-only",
-                    base,
+                    fork,
                     head,
                 ],
                 None,
@@ -537,6 +537,43 @@ impl Git {
         touched.sort();
         touched.dedup();
         Ok(touched)
+    }
+
+    /// Makes sure `sha` (what `branch` of `url` pointed at) is in `dir`: fetched into no ref at
+    /// all when it is not there yet.
+    pub async fn ensure_commit(
+        &self,
+        dir: &Path,
+        url: &str,
+        branch: &str,
+        sha: &str,
+        token: &SecretString,
+    ) -> anyhow::Result<()> {
+        let check = format!("{sha}^{{commit}}");
+        let probe = ["cat-file", "-e", check.as_str()];
+        if self.output(dir, &probe, None).await?.status.success() {
+            return Ok(());
+        }
+        self.ops.with_label_values(&["fetch"]).inc();
+        let refspec = format!("refs/heads/{branch}");
+        let out = self
+            .output_with(
+                dir,
+                &["fetch", "--quiet", "--no-write-fetch-head", url, &refspec],
+                None,
+                Some((url, token)),
+            )
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "fetching {branch} from {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if !self.output(dir, &probe, None).await?.status.success() {
+            bail!("{branch} of {url} moved while it was fetched (it was {sha}); try again");
+        }
+        Ok(())
     }
 
     /// Where `branch` is at `url` (read with `token`); `None` when it is not there.
@@ -993,6 +1030,9 @@ impl Git {
         Ok(out.lines().map(str::to_owned).collect())
     }
 }
+
+/// git's empty tree, which every repository knows.
+const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 
 /// `.github/workflows/...`, or `.github/workflows` or `.github` themselves (a file or link put
 /// where the directory belongs), as raw bytes.

@@ -32,7 +32,6 @@ const ANY_HOST: &[&str] = &["/healthz", "/readyz"];
 #[derive(Debug, Clone)]
 pub struct AllowedHosts {
     bound: IpAddr,
-    port: u16,
     names: Vec<String>,
     /// `scheme://host[:port]` of `AUTODEV_PUBLIC_URL`.
     public_origin: Option<String>,
@@ -51,16 +50,15 @@ impl AllowedHosts {
         names.extend(settings.allowed_hosts.iter().cloned());
         Self {
             bound: bound.ip(),
-            port: bound.port(),
             names,
             public_origin: settings.public_url.as_deref().map(origin_of),
         }
     }
 
-    /// Whether a browser's `Origin` is this server's own: `AUTODEV_PUBLIC_URL`'s origin, a name
-    /// from `AUTODEV_ALLOWED_HOSTS`, or `localhost` or an address of ours on the port it is
-    /// bound to (a page on another local port is another site).
-    pub fn allows_origin(&self, origin: &str) -> bool {
+    /// Whether a browser's `Origin` is this server's own: `AUTODEV_PUBLIC_URL`'s origin, or the
+    /// very address the browser sent this request to (`Host`, already allow-listed): a page
+    /// on another site, another address or another port of this machine is another origin.
+    pub fn allows_origin(&self, origin: &str, host: Option<&str>) -> bool {
         if origin == "null" {
             return false;
         }
@@ -68,23 +66,18 @@ impl AllowedHosts {
         if self.public_origin.as_deref() == Some(origin.as_str()) {
             return true;
         }
-        let Some(host) = url_host(&origin) else {
+        let Some(host) = host else {
             return false;
         };
-        if self.names.iter().skip(1).any(|n| *n == host)
-            && self.public_origin.as_deref().and_then(url_host).as_deref() != Some(host.as_str())
-        {
-            return true;
-        }
-        let port = origin
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(if origin.starts_with("https:") {
-                443
-            } else {
-                80
-            });
-        origin.starts_with("http://") && port == self.port && self.allows(&host)
+        let Some((scheme, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        let host = match (scheme, host.rsplit_once(':')) {
+            ("http", Some((name, "80"))) | ("https", Some((name, "443"))) => name,
+            _ => host.as_str(),
+        };
+        authority == host && self.allows(host)
     }
 
     /// Whether `host` (a `Host` header: a name or address, with or without a port) is ours.
@@ -198,7 +191,7 @@ fn check(
         return Ok(());
     }
     if let Some(origin) = header(header::ORIGIN)
-        && !hosts.allows_origin(origin)
+        && !hosts.allows_origin(origin, header(header::HOST))
     {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -287,7 +280,6 @@ mod tests {
     fn hosts(bound: &str, names: &[&str]) -> AllowedHosts {
         AllowedHosts {
             bound: bound.parse().unwrap(),
-            port: 8000,
             names: names.iter().map(|s| (*s).to_owned()).collect(),
             public_origin: None,
         }
@@ -295,31 +287,29 @@ mod tests {
 
     #[test]
     fn origins_are_whole_origins() {
-        let mut h = hosts(
-            "127.0.0.1",
-            &["localhost", "autodev.example.com", "proxy.internal"],
-        );
+        let mut h = hosts("0.0.0.0", &["localhost", "autodev.example.com"]);
         h.public_origin = Some(origin_of("https://autodev.example.com/"));
-        for ok in [
-            "http://localhost:8000",
-            "http://127.0.0.1:8000",
-            "https://autodev.example.com",
-            "https://autodev.example.com:443",
-            "https://proxy.internal:9443",
+        for (origin, host) in [
+            ("http://localhost:8000", "localhost:8000"),
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://10.0.0.5:8000", "10.0.0.5:8000"),
+            ("https://autodev.example.com", "127.0.0.1:8000"),
+            ("https://autodev.example.com:443", "autodev.example.com"),
+            ("http://localhost", "localhost:80"),
         ] {
-            assert!(h.allows_origin(ok), "{ok}");
+            assert!(h.allows_origin(origin, Some(host)), "{origin} for {host}");
         }
-        for bad in [
-            "http://localhost:3000",
-            "http://127.0.0.1",
-            "https://localhost:8000",
-            "http://autodev.example.com",
-            "https://autodev.example.com:8443",
-            "https://attacker.example",
-            "null",
+        for (origin, host) in [
+            ("http://localhost:3000", "localhost:8000"),
+            ("http://203.0.113.9:8000", "10.0.0.5:8000"),
+            ("http://autodev.example.com", "127.0.0.1:8000"),
+            ("https://autodev.example.com:8443", "autodev.example.com"),
+            ("https://attacker.example", "attacker.example"),
+            ("null", "localhost:8000"),
         ] {
-            assert!(!h.allows_origin(bad), "{bad}");
+            assert!(!h.allows_origin(origin, Some(host)), "{origin} for {host}");
         }
+        assert!(!h.allows_origin("http://localhost:8000", None));
     }
 
     #[test]
@@ -384,7 +374,7 @@ mod tests {
             Some(StatusCode::FORBIDDEN),
             "another port is another site"
         );
-        headers.insert(header::ORIGIN, "http://localhost:8000".parse().unwrap());
+        headers.insert(header::ORIGIN, "http://127.0.0.1:8000".parse().unwrap());
         assert_eq!(status(check(&h, &Method::POST, "/tasks", &headers)), None);
         headers.insert(header::HOST, "attacker.example:8000".parse().unwrap());
         assert_eq!(

@@ -372,12 +372,6 @@ async fn pipeline(
     }
     let spec = &run.spec;
     let task = &run.settings;
-    // 1. The worktree, on the task branch, outside the repository: in local mode from the
-    // repository itself, in App mode from a mirror fetched with the installation's token.
-    let source = match Source::resolve(engine, row, spec).await {
-        Ok(s) => s,
-        Err(e) => return Ok(Outcome::ended(TaskState::Error, format!("{e:#}"))),
-    };
     let (repo, base, base_sha) = (&source.repo, source.base.clone(), source.base_sha.clone());
     let path = engine.worktree_path(&row.repo_name(), &row.task_id);
     let worktree = {

@@ -546,7 +546,12 @@ async fn pr_target(
             owner: owner.to_owned(),
             repo: repo.to_owned(),
             git_dir: engine.mirror_path(&t.repo_name()),
-            base_ref: format!("refs/remotes/origin/{base}"),
+            // The base commit the run took from GitHub: the mirror's refs are the agents' to
+            // move, and CODEOWNERS decides who is asked to review.
+            base_ref: t
+                .base_sha
+                .clone()
+                .unwrap_or_else(|| format!("refs/remotes/origin/{base}")),
             head,
         }));
     }
@@ -650,10 +655,27 @@ async fn publish_local(
         )));
     }
     let full_name = remote.full_name();
-    // Checked from the base commit the task's run started from: the base branch here is in
-    // the agent's repository, and the agent can move it.
-    let guard = engine.push_guard(&full_name, t.base_sha.as_deref().unwrap_or(&base_sha));
     let url = &remote.push_url;
+    // Checked from the base as GitHub has it: the base branch here is in the repository the
+    // agent worked in, and the agent can move it.
+    let transport = |e: anyhow::Error| ApiError::Transport {
+        method: "FETCH",
+        path: url.clone(),
+        message: format!("{e:#}"),
+    };
+    let Some(server_base) = git
+        .remote_branch(repo, url, base, token)
+        .await
+        .map_err(transport)?
+    else {
+        return Ok(Err(format!(
+            "base branch {base} is not on {full_name}: no pull request"
+        )));
+    };
+    git.ensure_commit(repo, url, base, &server_base, token)
+        .await
+        .map_err(transport)?;
+    let guard = engine.push_guard(&full_name, &server_base);
     db::set_local_remote(&engine.pool, t.pk, url)
         .await
         .map_err(internal)?;
