@@ -472,6 +472,21 @@ async fn workflow_changes_are_found_in_every_commit_by_their_bytes() {
     let found = g.workflow_changes(&repo, "master", &merge).await.unwrap();
     assert_eq!(found, [".github/workflows/ci.yml"], "{found:?}");
 
+    // A branch cut from an older base (a retry after the base moved on) does not carry the
+    // base's newer workflow changes either.
+    let (_d, repo) = workflow_repo();
+    std::fs::write(repo.join("c.txt"), "c\n").unwrap();
+    let head = commit_all(&repo, "work");
+    git(&repo, &["checkout", "-q", "master"]);
+    std::fs::write(
+        repo.join(".github/workflows/ci.yml"),
+        "on: [push, pull_request]\n",
+    )
+    .unwrap();
+    let newer_base = commit_all(&repo, "base moves on");
+    let found = g.workflow_changes(&repo, &newer_base, &head).await.unwrap();
+    assert!(found.is_empty(), "{found:?}");
+
     // Merging the base in brings the base's own workflow changes: not the branch's.
     let (_d, repo) = workflow_repo();
     std::fs::write(repo.join("b.txt"), "b\n").unwrap();
