@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 /// How long a group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
+/// How long output is still read after the child ended: a process it left behind (one that
+/// left the group with `setsid`) may hold the pipe open for ever.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct Job {
     pub program: PathBuf,
@@ -99,6 +103,8 @@ pub struct Started {
     started: Instant,
     stdout: tokio::task::JoinHandle<(Vec<u8>, usize)>,
     stderr: tokio::task::JoinHandle<(Vec<u8>, usize)>,
+    /// Tells the output readers to stop and hand over what they have.
+    stop_reading: CancellationToken,
 }
 
 /// Starts `job` in a new process group. Errors when the program cannot be started (not found,
@@ -128,8 +134,9 @@ pub fn start(job: Job) -> std::io::Result<Started> {
         });
     }
     let limit = job.output_limit.max(1);
-    let stdout = tokio::spawn(read_tail(child.stdout.take(), limit));
-    let stderr = tokio::spawn(read_tail(child.stderr.take(), limit));
+    let stop_reading = CancellationToken::new();
+    let stdout = tokio::spawn(read_tail(child.stdout.take(), limit, stop_reading.clone()));
+    let stderr = tokio::spawn(read_tail(child.stderr.take(), limit, stop_reading.clone()));
     Ok(Started {
         pgid,
         child,
@@ -137,6 +144,7 @@ pub fn start(job: Job) -> std::io::Result<Started> {
         started: Instant::now(),
         stdout,
         stderr,
+        stop_reading,
     })
 }
 
@@ -158,8 +166,26 @@ impl Started {
         } else {
             kill_group(self.pgid, libc::SIGKILL);
         }
+        // What left the group (`setsid`) but still carries the run's marker goes too.
+        if let Some(marker) = self
+            .job
+            .env
+            .iter()
+            .find(|(k, _)| k == MARKER_VAR)
+            .map(|(k, v)| format!("{k}={v}"))
+        {
+            kill_marked(&marker).await;
+        }
+        // Output is read for a moment more, then taken as it is: a pipe held open by a
+        // process that escaped must not hold the task.
+        let stop = self.stop_reading.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(OUTPUT_GRACE).await;
+            stop.cancel();
+        });
         let (out, out_cut) = self.stdout.await.unwrap_or_default();
         let (err, err_cut) = self.stderr.await.unwrap_or_default();
+        self.stop_reading.cancel();
         Output {
             ending,
             stdout: String::from_utf8_lossy(&out).into_owned(),
@@ -184,9 +210,10 @@ fn exit_ending(status: std::process::ExitStatus) -> Ending {
     }
 }
 
-/// SIGTERM to the group, then SIGKILL after a grace period if anything is left.
+/// SIGTERM to the group, then SIGKILL after a grace period if anything is left. Never
+/// autodev's own group.
 pub async fn terminate_group(pgid: i32) {
-    if !kill_group(pgid, libc::SIGTERM) {
+    if pgid == own_group() || !kill_group(pgid, libc::SIGTERM) {
         return;
     }
     let deadline = Instant::now() + KILL_GRACE;
@@ -201,7 +228,7 @@ pub async fn terminate_group(pgid: i32) {
 
 /// Sends `signal` to process group `pgid`; false when no such group exists.
 pub fn kill_group(pgid: i32, signal: i32) -> bool {
-    if pgid <= 1 {
+    if pgid <= 1 || pgid == own_group() {
         return false;
     }
     // SAFETY: killpg only sends a signal; a wrong pgid yields ESRCH, which we report.
@@ -260,7 +287,16 @@ async fn kill_marked_members(pgid: i32, marker: &str) -> bool {
 /// The `NAME=value` put in the environment of everything a run starts (agents, gates), by
 /// which a later worker finds what a dead one left running.
 pub fn run_marker(owner: &str, key: crate::ids::TaskKey, run_seq: i64) -> String {
-    format!("AUTODEV_RUN={owner}-{key}-{run_seq}")
+    format!("{MARKER_VAR}={owner}-{key}-{run_seq}")
+}
+
+/// The variable of the run marker.
+pub const MARKER_VAR: &str = "AUTODEV_RUN";
+
+/// autodev's own process group, which no clean-up may signal (a process can join it).
+fn own_group() -> i32 {
+    // SAFETY: getpgrp only reads this process's state.
+    unsafe { libc::getpgrp() }
 }
 
 /// Stops the process group of every process carrying `marker` in its environment: an agent
@@ -271,6 +307,7 @@ pub async fn kill_marked(marker: &str) -> bool {
         return false;
     };
     let mut groups = Vec::new();
+    let mut found_alone = false;
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -284,7 +321,12 @@ pub async fn kill_marked(marker: &str) -> bool {
         {
             // SAFETY: getpgid only reads process state.
             let pgid = unsafe { libc::getpgid(pid) };
-            if pgid > 1 && !groups.contains(&pgid) {
+            if pgid == own_group() {
+                // It joined autodev's own group: it goes alone.
+                // SAFETY: kill only sends a signal.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                found_alone = true;
+            } else if pgid > 1 && !groups.contains(&pgid) {
                 groups.push(pgid);
             }
         }
@@ -292,7 +334,7 @@ pub async fn kill_marked(marker: &str) -> bool {
     for pgid in &groups {
         terminate_group(*pgid).await;
     }
-    !groups.is_empty()
+    found_alone || !groups.is_empty()
 }
 
 fn environ_has(environ: &[u8], marker: &str) -> bool {
@@ -301,7 +343,11 @@ fn environ_has(environ: &[u8], marker: &str) -> bool {
         .any(|entry| entry == marker.as_bytes())
 }
 
-async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>, limit: usize) -> (Vec<u8>, usize) {
+async fn read_tail<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    limit: usize,
+    stop: CancellationToken,
+) -> (Vec<u8>, usize) {
     let Some(mut reader) = reader else {
         return (Vec::new(), 0);
     };
@@ -309,7 +355,11 @@ async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>, limit: usize) -> (Ve
     let mut dropped = 0usize;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match reader.read(&mut buf).await {
+        let read = tokio::select! {
+            read = reader.read(&mut buf) => read,
+            _ = stop.cancelled() => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 kept.extend(&buf[..n]);

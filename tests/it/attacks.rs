@@ -547,3 +547,48 @@ async fn a_workflow_change_is_pushed_neither_by_a_checkpoint_nor_at_the_end() {
     let branches = git(&bare, &["branch", "--list", "auto/*"]);
     assert_eq!(branches, "", "nothing reached the remote");
 }
+
+/// Processes whose command line is exactly `words`.
+fn processes(words: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == words)
+                .unwrap_or(false)
+                && crate::support::alive(*pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gate_that_leaves_its_group_ends_with_its_task() {
+    let world = World::new();
+    world.simple_claude("feature.txt", "done");
+    let server = world.serve();
+    // The escaped process keeps the gate's output pipe open, for ever.
+    let (status, body) = server
+        .post_spec(
+            "application/yaml",
+            &spec(
+                "SETSID-1",
+                "max_rounds: 1\nacceptance:\n  tests: [\"setsid sleep 3171 & sleep 1\"]\n",
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let t = server
+        .wait_for("SETSID-1", ENDED, Duration::from_secs(30))
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes("sleep 3171").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the escaped process outlived its task"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
