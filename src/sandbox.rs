@@ -155,12 +155,23 @@ impl Sandbox {
             }
         }
         let s = |p: &Path| p.display().to_string();
+        // The program by its full path: a bare name (`sh`) is looked up on the job's PATH,
+        // as the kernel would not.
+        let path_var = job
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let program = crate::exec::which(&job.program.to_string_lossy(), path_var)
+            .map(|p| real(&p))
+            .unwrap_or_else(|| job.program.clone());
+        // Its directory, wherever it lives (a private /tmp would hide it), bound before the
+        // hidden paths: bound after them, a program in HOME would uncover HOME's secrets.
+        if let Some(dir) = program.parent().filter(|d| d.is_absolute()) {
+            add(&["--ro-bind", &s(dir), &s(dir)]);
+        }
         for dir in self.hidden_dirs.iter().filter(|d| d.is_dir()) {
             add(&["--tmpfs", &s(dir)]);
-        }
-        // The program itself, wherever it lives (a private /tmp would hide it).
-        if let Some(dir) = real(&job.program).parent() {
-            add(&["--ro-bind", &s(dir), &s(dir)]);
         }
         let writable: Vec<PathBuf> = writable
             .iter()
@@ -218,7 +229,7 @@ impl Sandbox {
             "--chdir",
             &s(&job.cwd),
             "--",
-            &s(&job.program),
+            &s(&program),
         ]);
         args.extend(job.args);
         Job {

@@ -156,3 +156,103 @@ async fn asking_for_a_sandbox_that_cannot_run_stops_serve_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`bwrap` is not on PATH"), "{err}");
 }
+
+#[tokio::test]
+async fn an_agent_installed_in_home_does_not_uncover_homes_secrets() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let world = World::new();
+    let ssh = world.home.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("id_ed25519"), "PRIVATE KEY DATA\n").unwrap();
+    // The agent's program sits in HOME itself, so its directory is HOME.
+    let out = world.agent_dir.display().to_string();
+    let program = world.home.join("claude");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\ncat {ssh}/id_ed25519 > {out}/ssh.txt 2>&1\necho x > feature.txt\necho '{CLAUDE_OK}'\n",
+            ssh = ssh.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &world.config,
+        format!(
+            "providers:\n  order: [claude_cli]\n  claude_cli: {{mode: cli, binary: {program}}}\nworkers: {{concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{sandbox: bwrap, sandbox_writable: [{out}]}}\n",
+            program = program.display()
+        ),
+    )
+    .unwrap();
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("SBX-HOME", ""))
+        .await;
+    let task = server
+        .wait_for(
+            "SBX-HOME",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let read = std::fs::read_to_string(world.agent_dir.join("ssh.txt")).unwrap_or_default();
+    assert!(!read.contains("PRIVATE KEY DATA"), "{read}");
+}
+
+#[tokio::test]
+async fn the_tool_loops_commands_run_in_the_sandbox() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    use crate::fake_models::{FakeModels, Turn};
+    const KEY: &str = "sk-test-sandboxed";
+    let fake = FakeModels::start(
+        KEY,
+        vec![
+            Turn::Tools(vec![(
+                "run_command",
+                serde_json::json!({"command": "echo made > made.txt; cat /proc/1/cmdline | tr '\\0' ' '"}),
+            )]),
+            Turn::Done("Made it."),
+        ],
+    )
+    .await;
+    let mut world = World::new();
+    std::fs::write(
+        &world.config,
+        "providers:\n  order: [anthropic_api]\n  anthropic_api: {mode: api}\nworkers: {concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}\nagent: {sandbox: bwrap}\n",
+    )
+    .unwrap();
+    world.extra_env.extend([
+        ("ANTHROPIC_API_KEY".to_owned(), KEY.to_owned()),
+        ("ANTHROPIC_BASE_URL".to_owned(), fake.url.clone()),
+    ]);
+    let server = world.serve();
+    server
+        .post_spec(
+            "application/yaml",
+            &spec(
+                "SBX-API",
+                "acceptance:\n  tests: [\"grep -qx made made.txt\"]\n",
+            ),
+        )
+        .await;
+    let task = server
+        .wait_for(
+            "SBX-API",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    // The command's own PID namespace: its first process is the sandbox's, not the host's init.
+    let requests = fake.requests();
+    let result = requests[1].1["messages"].to_string();
+    assert!(result.contains("bwrap"), "{result}");
+}
