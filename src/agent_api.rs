@@ -434,6 +434,7 @@ impl Tools<'_> {
                     stdin: None,
                     timeout,
                     output_limit: self.output_limit,
+                    fd3: None,
                 };
                 let job = crate::sandbox::confine(self.jail, job, &[]);
                 let started = exec::start(job).map_err(|e| format!("could not start sh: {e}"))?;

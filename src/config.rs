@@ -254,7 +254,8 @@ pub struct AgentConfig {
     pub max_output_bytes: usize,
     pub git_user_name: String,
     pub git_user_email: String,
-    /// `off`, or `bwrap`: agents, gates and tool-loop commands run under bubblewrap.
+    /// `auto` (the default: bubblewrap where it works), `bwrap` (bubblewrap, or refuse to
+    /// start), or `off` (agents run as autodev's own user, unconfined).
     pub sandbox: SandboxMode,
     /// More paths agents may write to inside the sandbox (caches, for example).
     pub sandbox_writable: Vec<PathBuf>,
@@ -268,7 +269,7 @@ impl Default for AgentConfig {
             max_output_bytes: 1024 * 1024,
             git_user_name: "autodev".into(),
             git_user_email: "autodev@users.noreply.github.com".into(),
-            sandbox: SandboxMode::Off,
+            sandbox: SandboxMode::Auto,
             sandbox_writable: Vec::new(),
         }
     }
@@ -278,6 +279,9 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxMode {
+    /// Bubblewrap where it works; where it does not, App mode refuses to start and local mode
+    /// goes on without, with a warning.
+    Auto,
     /// As autodev's own OS user, with the allow-listed environment only.
     Off,
     /// Under bubblewrap (see `sandbox`).

@@ -30,6 +30,9 @@ pub struct Job {
     pub timeout: Duration,
     /// Bytes kept of each of stdout and stderr (the last ones).
     pub output_limit: usize,
+    /// Bytes the child reads on file descriptor 3 (the sandbox's options, which would show
+    /// in `/proc/*/cmdline` if they were arguments).
+    pub fd3: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +113,10 @@ pub struct Started {
 /// Starts `job` in a new process group. Errors when the program cannot be started (not found,
 /// not executable).
 pub fn start(job: Job) -> std::io::Result<Started> {
-    let mut cmd = Command::new(&job.program);
-    cmd.args(&job.args)
+    use std::os::unix::process::CommandExt;
+    let mut std_cmd = std::process::Command::new(&job.program);
+    std_cmd
+        .args(&job.args)
         .current_dir(&job.cwd)
         .env_clear()
         .envs(job.env.iter().map(|(k, v)| (k, v)))
@@ -122,9 +127,16 @@ pub fn start(job: Job) -> std::io::Result<Started> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
+    let fd3 = match &job.fd3 {
+        Some(data) => Some(pass_fd3(&mut std_cmd, data)?),
+        None => None,
+    };
+    let mut cmd = Command::from(std_cmd);
+    cmd.kill_on_drop(true);
     let mut child = cmd.spawn()?;
+    // The child has its copy; the parent's goes.
+    drop(fd3);
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     if let (Some(input), Some(mut stdin)) = (job.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
@@ -194,6 +206,52 @@ impl Started {
             duration: self.started.elapsed(),
         }
     }
+}
+
+/// Gives the child `data` to read on its file descriptor 3: a pipe that a thread fills (and
+/// gives up on when the child closes it). The returned read end must be kept until the child
+/// is spawned.
+pub fn pass_fd3(
+    cmd: &mut std::process::Command,
+    data: &[u8],
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two descriptors it creates; close-on-exec keeps them out of
+    // every other child.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (reader, mut writer) = unsafe {
+        (
+            OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let data = data.to_vec();
+    std::thread::spawn(move || {
+        let _ = writer.write_all(&data);
+    });
+    let raw = reader.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls: fcntl and dup2.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(raw, 3) == 3
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(reader)
 }
 
 /// Starts and waits.
@@ -406,6 +464,7 @@ mod tests {
             stdin: None,
             timeout,
             output_limit: 16,
+            fd3: None,
         }
     }
 

@@ -231,6 +231,7 @@ pub async fn run(
             stdin: None,
             timeout: config.timeout,
             output_limit: config.max_output_bytes,
+            fd3: None,
         };
         let job = crate::sandbox::confine(jail, job, &[]);
         let started = exec::start(job);

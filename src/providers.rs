@@ -379,6 +379,7 @@ async fn run_one(
         stdin,
         timeout,
         output_limit: req.output_limit,
+        fd3: None,
     };
     // In a sandbox, the CLI's own configuration in the real HOME stays writable (logins,
     // sessions).

@@ -13,6 +13,9 @@ use anyhow::{Context, bail};
 use crate::config::{SandboxMode, Settings};
 use crate::exec::Job;
 
+/// What App mode says at start and on `/readyz` when told to run agents unconfined.
+pub const UNCONFINED_WARNING: &str = "agent.sandbox is off: agents and gates run unconfined as autodev's own user, on the words of whoever opened the issue; they can read every file that user can";
+
 /// Directories in HOME that hold credentials, hidden from agents.
 const HIDDEN_HOME_DIRS: &[&str] = &[
     ".ssh",
@@ -52,14 +55,38 @@ fn real(path: &Path) -> PathBuf {
 
 impl Sandbox {
     /// The sandbox the configuration asks for; an error when it asks for one that cannot run
-    /// here (better to refuse to start than to run agents unconfined).
+    /// here (better to refuse to start than to run agents unconfined). `auto` in App mode,
+    /// where outsiders' issues reach agents, is such a request; in local mode it goes on
+    /// without a sandbox, with a warning.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
-        if settings.file.agent.sandbox == SandboxMode::Off {
-            return Ok(None);
+        match settings.file.agent.sandbox {
+            SandboxMode::Off => {
+                if settings.github.is_some() {
+                    tracing::warn!("{}", UNCONFINED_WARNING);
+                }
+                Ok(None)
+            }
+            SandboxMode::Bwrap => Self::make(settings).map(Some),
+            SandboxMode::Auto => match Self::make(settings) {
+                Ok(sandbox) => Ok(Some(sandbox)),
+                Err(e) if settings.github.is_some() => Err(e.context(
+                    "GitHub App mode runs agents on outsiders' words, so it needs the sandbox; \
+                     fix the cause, or set `agent: {sandbox: off}` to run agents unconfined",
+                )),
+                Err(e) => {
+                    tracing::warn!(
+                        "agents run without a sandbox ({e:#}); they can read what your user can"
+                    );
+                    Ok(None)
+                }
+            },
         }
+    }
+
+    fn make(settings: &Settings) -> anyhow::Result<Self> {
         let env = &settings.env;
         let bwrap = crate::exec::which("bwrap", env.get("PATH")).context(
-            "agent.sandbox is bwrap, but `bwrap` is not on PATH (install bubblewrap, e.g. `apt-get install bubblewrap`)",
+            "the agent sandbox needs `bwrap`, which is not on PATH (install bubblewrap, e.g. `apt-get install bubblewrap`)",
         )?;
         let mut hidden_dirs = vec![real(&settings.data_dir), real(&settings.worktrees_dir)];
         let mut hidden_files = Vec::new();
@@ -120,21 +147,25 @@ impl Sandbox {
                 stdin: None,
                 timeout: std::time::Duration::from_secs(30),
                 output_limit: 0,
+                fd3: None,
             },
             &[],
         );
-        let out = std::process::Command::new(&probe.program)
-            .args(&probe.args)
-            .env_clear()
-            .output()
-            .context("running bwrap")?;
+        let mut command = std::process::Command::new(&probe.program);
+        command.args(&probe.args).env_clear();
+        let fd3 = match &probe.fd3 {
+            Some(options) => Some(crate::exec::pass_fd3(&mut command, options)?),
+            None => None,
+        };
+        let out = command.output().context("running bwrap")?;
+        drop(fd3);
         if !out.status.success() {
             bail!(
-                "agent.sandbox is bwrap, but bwrap cannot make the sandbox here (user namespaces or mounts may be refused): {}",
+                "bwrap cannot make the agent sandbox here (user namespaces or mounts may be refused): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(Some(sandbox))
+        Ok(sandbox)
     }
 
     /// `job`, run inside the sandbox, where `writable` (and the configured extras) may be
@@ -228,13 +259,25 @@ impl Sandbox {
             "--new-session",
             "--chdir",
             &s(&job.cwd),
-            "--",
-            &s(&program),
         ]);
-        args.extend(job.args);
+        // The options go on file descriptor 3, not the command line: inside, the sandbox's
+        // first process is bwrap, and its command line would name every hidden path.
+        let mut options = Vec::new();
+        for arg in &args {
+            options.extend_from_slice(arg.as_bytes());
+            options.push(0);
+        }
+        let mut command = vec![
+            "--args".to_owned(),
+            "3".to_owned(),
+            "--".to_owned(),
+            s(&program),
+        ];
+        command.extend(job.args);
         Job {
             program: self.bwrap.clone(),
-            args,
+            args: command,
+            fd3: Some(options),
             ..job
         }
     }

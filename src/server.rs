@@ -458,7 +458,11 @@ async fn readyz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
             }),
         ));
     }
-    Ok(Json(json!({ "status": "ready" })))
+    let mut ready = json!({ "status": "ready" });
+    if engine.app_mode() && engine.sandbox.is_none() {
+        ready["warnings"] = json!([crate::sandbox::UNCONFINED_WARNING]);
+    }
+    Ok(Json(ready))
 }
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {

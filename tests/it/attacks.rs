@@ -52,7 +52,8 @@ async fn an_outsiders_block_neither_runs_its_command_nor_moves_the_base_but_a_wr
         },
     )
     .await;
-    let marker = a.world.root.path().join("gate-ran");
+    // Where the gate may write, sandboxed or not.
+    let marker = a.world.agent_dir.join("gate-ran");
     let body = format!(
         "Please fix it.\n\n```autodev\nacceptance:\n  tests: [\"touch {}\"]\nbase_branch: other\n```\n",
         marker.display()

@@ -542,7 +542,12 @@ async fn workflow_changes_are_not_pushed_and_the_task_says_why() {
 
 #[tokio::test]
 async fn cancel_by_command_stops_the_agent_and_concludes_the_check_run_cancelled() {
-    let a = app_with("cat >/dev/null\necho partial > partial.txt\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nsleep 600 &\nwait").await;
+    // The agent's process is watched from outside.
+    let a = app_with_setup(
+        "cat >/dev/null\necho partial > partial.txt\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nsleep 600 &\nwait",
+        |world, _| world.unconfine(),
+    )
+    .await;
     deliver(
         &a.server,
         "issues",

@@ -418,7 +418,12 @@ async fn a_rebased_local_branch_follows_on_origin_until_its_pull_request_is_clos
 
 #[tokio::test]
 async fn an_agent_that_rewrites_origin_does_not_redirect_its_push_or_pull_request() {
-    let l = local("{}").await;
+    let mut l = local("{}").await;
+    // Unconfined, the agent can rewrite the repository's config (the sandbox keeps it
+    // read-only): autodev must not follow it even then.
+    l.world.sandbox = "off";
+    l.world
+        .write_config("providers:\n  order: [claude_cli]\nhygiene: {}\n");
     let evil = "octo-org/elsewhere";
     l.git.publish(evil, &l.world.repo);
     l.world.agent(

@@ -202,7 +202,8 @@ async fn an_agent_that_commits_its_own_work_counts_as_a_change() {
 
 #[tokio::test]
 async fn a_hanging_agent_is_killed_at_the_timeout_with_nothing_left_behind() {
-    let world = World::new();
+    // The agent's processes are watched from outside.
+    let world = World::unconfined();
     world.agent(
         "claude",
         "cat >/dev/null\nsleep 600 &\necho $! > \"$FAKE_AGENT_DIR/child.pid\"\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nwait",
@@ -242,7 +243,8 @@ async fn a_hanging_agent_is_killed_at_the_timeout_with_nothing_left_behind() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_agent_at_once() {
-    let world = World::new();
+    // The agent's process is watched from outside.
+    let world = World::unconfined();
     world.agent(
         "claude",
         "cat >/dev/null\necho partial > partial.txt\nsleep 600 &\necho $! > \"$FAKE_AGENT_DIR/child.pid\"\nwait",

@@ -6,7 +6,8 @@ use crate::support::{CLAUDE_OK, World, alive, git, spec, wait_for_file};
 
 #[tokio::test]
 async fn a_killed_server_restarts_the_task_once_and_stops_the_old_agent() {
-    let world = World::new();
+    // Leftover agents are found and watched from outside; a sandbox would end them anyway.
+    let world = World::unconfined();
     // The first agent run hangs (it would never finish); later runs finish at once.
     world.agent(
         "claude",
@@ -73,7 +74,8 @@ async fn a_killed_server_restarts_the_task_once_and_stops_the_old_agent() {
 
 #[tokio::test]
 async fn cancel_reaches_an_agent_running_in_another_worker_process() {
-    let world = World::new();
+    // The agent's process is watched from outside.
+    let world = World::unconfined();
     world.agent(
         "claude",
         "cat >/dev/null\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nsleep 600 &\nwait",
@@ -113,7 +115,8 @@ async fn cancel_reaches_an_agent_running_in_another_worker_process() {
 
 #[tokio::test]
 async fn two_processes_on_one_database_run_each_task_once() {
-    let world = World::new();
+    // The agents' processes are counted from outside.
+    let world = World::unconfined();
     world.agent(
         "claude",
         &format!("cat >/dev/null\nbasename \"$PWD\" >> \"$FAKE_AGENT_DIR/runs.txt\"\nsleep 0.3\necho x > f.txt\necho '{CLAUDE_OK}'"),
@@ -143,7 +146,8 @@ async fn two_processes_on_one_database_run_each_task_once() {
 
 #[tokio::test]
 async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopped() {
-    let world = World::new();
+    // Leftover agents are found and watched from outside; a sandbox would end them anyway.
+    let world = World::unconfined();
     // The first run hangs; later runs finish.
     world.agent(
         "claude",
@@ -203,7 +207,8 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
 
 #[tokio::test]
 async fn a_rerun_after_a_crashed_foreground_run_stops_its_unrecorded_agent() {
-    let world = World::new();
+    // Leftover agents are found and watched from outside; a sandbox would end them anyway.
+    let world = World::unconfined();
     world.agent(
         "claude",
         &format!(
@@ -255,9 +260,10 @@ async fn cancelling_a_task_whose_worker_died_stops_the_agent_it_left() {
         "cat >/dev/null\necho $$ > \"$FAKE_AGENT_DIR/agent.pid\"\nsleep 600 &\nwait",
     );
     // Slow heartbeats: the periodic sweep would wait a minute, so only the cancel can stop it.
+    // Unconfined: the agent's process is watched from outside.
     std::fs::write(
         &world.config,
-        "providers:\n  order: [claude_cli]\nworkers: {concurrency: 1, heartbeat_seconds: 30, missed_heartbeats: 2}\nagent: {env: [FAKE_AGENT_DIR]}\n",
+        "providers:\n  order: [claude_cli]\nworkers: {concurrency: 1, heartbeat_seconds: 30, missed_heartbeats: 2}\nagent: {env: [FAKE_AGENT_DIR], sandbox: off}\n",
     )
     .unwrap();
     let spec_path = world.write_spec("task.yaml", &spec("CXL-1", ""));

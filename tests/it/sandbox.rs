@@ -139,22 +139,55 @@ async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_datab
 }
 
 #[tokio::test]
-async fn asking_for_a_sandbox_that_cannot_run_stops_serve_with_the_reason() {
+async fn a_sandbox_that_cannot_run_stops_serve_unless_it_may_go_without() {
+    // A PATH without bwrap on it.
+    let start = |world: &World| {
+        world
+            .command(&["serve", "--bind", "127.0.0.1:0"])
+            .env("PATH", world.bin.display().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let world = World::new();
     std::fs::write(
         &world.config,
         "providers:\n  order: [claude_cli]\nagent: {sandbox: bwrap}\n",
     )
     .unwrap();
-    // A PATH without bwrap on it.
-    let out = world
-        .command(&["serve", "--bind", "127.0.0.1:0"])
-        .env("PATH", world.bin.display().to_string())
-        .output()
-        .unwrap();
+    let out = start(&world).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`bwrap` is not on PATH"), "{err}");
+    assert!(err.contains("`bwrap`, which is not on PATH"), "{err}");
+
+    // The default, `auto`, in App mode: outsiders' words reach agents, so no sandbox, no start.
+    let app = crate::webhooks::app_world();
+    app.write_config("providers:\n  order: [claude_cli]\n");
+    let out = start(&app).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("App mode runs agents on outsiders' words") && err.contains("sandbox: off"),
+        "{err}"
+    );
+
+    // In local mode it starts, and says what it lacks.
+    let local = World::new();
+    let mut child = start(&local);
+    let stderr = child.stderr.take().unwrap();
+    let warned = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("listening on"))
+            .any(|l| l.contains("agents run without a sandbox"))
+    });
+    let warned = warned.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "local mode warns when it goes without a sandbox");
 }
 
 #[tokio::test]

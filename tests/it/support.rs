@@ -39,6 +39,8 @@ pub struct World {
     pub agent_dir: PathBuf,
     pub config: PathBuf,
     pub extra_env: Vec<(String, String)>,
+    /// `agent.sandbox` in the config `write_config` writes: the default `auto`, or `off`.
+    pub sandbox: &'static str,
 }
 
 impl World {
@@ -68,15 +70,35 @@ impl World {
             agent_dir,
             config,
             extra_env: Vec::new(),
+            sandbox: "auto",
         };
         world.write_config("providers:\n  order: [claude_cli]\n");
         world
     }
 
+    /// A world whose agents run without the sandbox (`agent.sandbox: off`), for tests that
+    /// watch an agent's processes from outside: inside the sandbox's PID namespace an agent's
+    /// pid means nothing out here.
+    pub fn unconfined() -> Self {
+        let mut world = Self::new();
+        world.unconfine();
+        world
+    }
+
+    /// Switches this world's agents to `agent.sandbox: off` (see [`World::unconfined`]).
+    pub fn unconfine(&mut self) {
+        self.sandbox = "off";
+        self.write_config("providers:\n  order: [claude_cli]\n");
+    }
+
     /// Writes the config: `providers_yaml` plus fast heartbeats and the fake agents' variable.
+    /// The sandbox is the default (`auto`); the fake agents' own directory, where they leave
+    /// what they saw, is writable in it.
     pub fn write_config(&self, providers_yaml: &str) {
         let text = format!(
-            "{providers_yaml}\nworkers: {{concurrency: 2, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{env: [FAKE_AGENT_DIR]}}\n"
+            "{providers_yaml}\nworkers: {{concurrency: 2, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{env: [FAKE_AGENT_DIR], sandbox: {}, sandbox_writable: [{}]}}\n",
+            self.sandbox,
+            self.agent_dir.display()
         );
         std::fs::write(&self.config, text).unwrap();
     }
