@@ -162,7 +162,8 @@ async fn a_sandbox_that_cannot_run_stops_serve_unless_it_may_go_without() {
     assert!(err.contains("`bwrap`, which is not on PATH"), "{err}");
 
     // The default, `auto`, in App mode: outsiders' words reach agents, so no sandbox, no start.
-    let app = crate::webhooks::app_world();
+    let mut app = crate::webhooks::app_world();
+    app.sandbox = "auto";
     app.write_config("providers:\n  order: [claude_cli]\n");
     let out = start(&app).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -173,7 +174,9 @@ async fn a_sandbox_that_cannot_run_stops_serve_unless_it_may_go_without() {
     );
 
     // In local mode it starts, and says what it lacks.
-    let local = World::new();
+    let mut local = World::new();
+    local.sandbox = "auto";
+    local.write_config("providers:\n  order: [claude_cli]\n");
     let mut child = start(&local);
     let stderr = child.stderr.take().unwrap();
     let warned = std::thread::spawn(move || {

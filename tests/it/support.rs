@@ -70,7 +70,7 @@ impl World {
             agent_dir,
             config,
             extra_env: Vec::new(),
-            sandbox: "auto",
+            sandbox: default_sandbox(),
         };
         world.write_config("providers:\n  order: [claude_cli]\n");
         world
@@ -210,6 +210,25 @@ impl World {
         std::fs::write(&path, text).unwrap();
         path
     }
+}
+
+/// `auto` where bubblewrap can make a sandbox (CI installs it), else `off`: App mode refuses
+/// to start without the sandbox unless told `off`, and a machine without user namespaces
+/// should still run the suite, unconfined, saying so.
+fn default_sandbox() -> &'static str {
+    static MODE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    MODE.get_or_init(|| {
+        let works = Command::new("bwrap")
+            .args(["--ro-bind", "/", "/", "--unshare-pid", "--", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if works {
+            "auto"
+        } else {
+            eprintln!("bubblewrap cannot make a sandbox here: the suite's agents run unconfined");
+            "off"
+        }
+    })
 }
 
 /// A running `autodev serve` on a free port; killed (whole process group) on drop.
