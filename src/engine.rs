@@ -48,6 +48,24 @@ pub struct Engine {
     running: Mutex<HashMap<TaskKey, CancellationToken>>,
 }
 
+/// The HOMEs of one run, removed when dropped.
+#[derive(Debug)]
+pub struct Homes(pub std::path::PathBuf);
+
+impl Homes {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Homes {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!("removing {}: {e}", self.0.display());
+        }
+    }
+}
+
 /// The queues a process serves and whether each has a live worker now.
 #[derive(Debug, Default)]
 pub struct WorkerHealth(Mutex<std::collections::BTreeMap<&'static str, bool>>);
@@ -145,6 +163,7 @@ impl Engine {
     pub async fn sandbox_writable(
         &self,
         worktree: &std::path::Path,
+        homes: &std::path::Path,
     ) -> anyhow::Result<Vec<std::path::PathBuf>> {
         if self.sandbox.is_none() {
             return Ok(Vec::new());
@@ -152,8 +171,22 @@ impl Engine {
         Ok(vec![
             worktree.to_owned(),
             self.git.common_dir(worktree).await?,
-            self.settings.data_dir.join("homes"),
+            homes.to_owned(),
         ])
+    }
+
+    /// A fresh directory for the HOMEs of one run of a task (`homes/<name>`): its agents' and
+    /// its gates'. Nothing in it outlives the run ([`Homes`] removes it), so nothing one task
+    /// writes there reaches another.
+    pub fn fresh_homes(&self, name: &str) -> anyhow::Result<Homes> {
+        let path = self.settings.data_dir.join("homes").join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing stale homes {}", path.display()))?;
+        }
+        std::fs::create_dir_all(path.join("gates"))
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Homes(path))
     }
 
     /// The sandbox of a task whose writable paths are `writable`, if there is a sandbox.

@@ -632,8 +632,8 @@ async fn catch_up(
             .map_err(anyhow::Error::msg)?;
         let workdir = tmp.join(&settings.target_dir);
         std::fs::create_dir_all(&workdir)?;
-        let homes = engine.settings.data_dir.join("homes");
-        std::fs::create_dir_all(homes.join("gates"))?;
+        let run_homes = engine.fresh_homes(&format!("rebase-{}", task.pk))?;
+        let homes = run_homes.path().to_owned();
         let env = crate::providers::base_env(
             &engine.settings.env,
             &homes.join("gates"),
@@ -656,7 +656,7 @@ async fn catch_up(
         let cancel = tokio_util::sync::CancellationToken::new();
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
-        let writable = engine.sandbox_writable(&tmp).await?;
+        let writable = engine.sandbox_writable(&tmp, &homes).await?;
         let results = crate::gates::run(
             &planned,
             &workdir,

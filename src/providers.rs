@@ -135,13 +135,40 @@ impl Provider {
     }
 
     /// The entries of the real HOME that hold this CLI's own configuration and login.
-    fn home_entries(&self) -> &'static [&'static str] {
+    /// The files of the CLI's login and settings, copied from the real HOME into the task's
+    /// (never its sessions or history: those are other tasks' and other projects').
+    fn home_files(&self) -> &'static [&'static str] {
         match self.kind {
-            CliKind::Claude => &[".claude", ".claude.json"],
-            CliKind::Codex => &[".codex"],
-            CliKind::Gemini => &[".gemini"],
-            CliKind::Cursor => &[".cursor", ".config/cursor"],
+            CliKind::Claude => &[
+                ".claude.json",
+                ".claude/.credentials.json",
+                ".claude/settings.json",
+                ".claude/CLAUDE.md",
+            ],
+            CliKind::Codex => &[".codex/auth.json", ".codex/config.toml"],
+            CliKind::Gemini => &[
+                ".gemini/oauth_creds.json",
+                ".gemini/google_accounts.json",
+                ".gemini/settings.json",
+            ],
+            CliKind::Cursor => &[
+                ".cursor/cli-config.json",
+                ".config/cursor/auth.json",
+                ".config/cursor/cli-config.json",
+            ],
             CliKind::Generic => &[],
+        }
+    }
+
+    /// The file a subscription login rewrites when it refreshes its token: copied back to the
+    /// real HOME after a run, when it still parses.
+    fn credential_file(&self) -> Option<&'static str> {
+        match self.kind {
+            CliKind::Claude => Some(".claude/.credentials.json"),
+            CliKind::Codex => Some(".codex/auth.json"),
+            CliKind::Gemini => Some(".gemini/oauth_creds.json"),
+            CliKind::Cursor => Some(".config/cursor/auth.json"),
+            CliKind::Generic => None,
         }
     }
 }
@@ -381,24 +408,14 @@ async fn run_one(
         output_limit: req.output_limit,
         fd3: None,
     };
-    // In a sandbox, the CLI's own configuration in the real HOME stays writable (logins,
-    // sessions).
-    let own: Vec<PathBuf> = env
-        .get("HOME")
-        .map(|h| {
-            provider
-                .home_entries()
-                .iter()
-                .map(|e| Path::new(h).join(e))
-                .collect()
-        })
-        .unwrap_or_default();
-    let job = crate::sandbox::confine(req.jail, job, &own);
+    // Nothing of the real HOME is writable: the CLI works on its copies in the task's HOME.
+    let job = crate::sandbox::confine(req.jail, job, &[]);
     let started = exec::start(job)
         .map_err(|e| failure(format!("could not start {}: {e}", binary.display())))?;
     record(Some(started.pgid)).await;
     let out = started.wait(cancel).await;
     record(None).await;
+    copy_back_login(provider, env, &home);
     match out.ending {
         Ending::TimedOut => {
             return Err((
@@ -542,8 +559,8 @@ pub fn base_env(env: &Env, home: &Path, extra: &[String]) -> Vec<(String, String
     out
 }
 
-/// `homes/<provider>/` with links to the CLI's own configuration in the real HOME, and
-/// nothing else of it.
+/// `<task homes>/<provider>/`, holding copies of the CLI's login and settings files from the
+/// real HOME, file by file, and nothing else of it. The task's homes are the task's alone.
 fn prepare_home(provider: &Provider, env: &Env, homes_dir: &Path) -> std::io::Result<PathBuf> {
     let home = homes_dir.join(&provider.name);
     std::fs::create_dir_all(home.join(".config"))?;
@@ -553,17 +570,69 @@ fn prepare_home(provider: &Provider, env: &Env, homes_dir: &Path) -> std::io::Re
     if real_home == home {
         return Ok(home);
     }
-    for entry in provider.home_entries() {
-        let source = real_home.join(entry);
-        let link = home.join(entry);
-        if source.exists() && std::fs::symlink_metadata(&link).is_err() {
-            if let Some(parent) = link.parent() {
+    for file in provider.home_files() {
+        let source = real_home.join(file);
+        // Regular files only: a link in the real HOME is not followed out of it.
+        let regular = std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_file());
+        let copy = home.join(file);
+        if regular && std::fs::symlink_metadata(&copy).is_err() {
+            if let Some(parent) = copy.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::os::unix::fs::symlink(&source, &link)?;
+            std::fs::copy(&source, &copy)?;
         }
     }
     Ok(home)
+}
+
+/// After a run: the CLI's credential file goes back to the real HOME when the CLI refreshed
+/// it (it changed) and it still parses as JSON; nothing else does.
+fn copy_back_login(provider: &Provider, env: &Env, home: &Path) {
+    let (Some(file), Some(real_home)) = (provider.credential_file(), env.get("HOME")) else {
+        return;
+    };
+    let real = Path::new(real_home).join(file);
+    let copy = home.join(file);
+    if real == copy || !std::fs::symlink_metadata(&copy).is_ok_and(|m| m.is_file()) {
+        return;
+    }
+    let Ok(new) = std::fs::read(&copy) else {
+        return;
+    };
+    if std::fs::read(&real).is_ok_and(|old| old == new) {
+        return;
+    }
+    if serde_json::from_slice::<Value>(&new).is_err() {
+        tracing::warn!(
+            "{}: {file} no longer parses after the run; the login in {real_home} is left as it was",
+            provider.name
+        );
+        return;
+    }
+    let written = (|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(parent) = real.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = real.with_extension("autodev-tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&new)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &real)
+    })();
+    if let Err(e) = written {
+        tracing::warn!(
+            "{}: copying the refreshed login back to {}: {e}",
+            provider.name,
+            real.display()
+        );
+    }
 }
 
 /// Reads a CLI's output: `Ok((summary, cost, turns))` when it reports success.

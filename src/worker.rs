@@ -416,7 +416,10 @@ async fn pipeline(
     let workdir = worktree.path.join(&task.target_dir);
     std::fs::create_dir_all(&workdir)
         .with_context(|| format!("creating target_dir {}", workdir.display()))?;
-    let writable = engine.sandbox_writable(&worktree.path).await?;
+    // The run's own HOMEs (its agents', its gates'), gone when the run ends.
+    let run_homes = engine.fresh_homes(&format!("task-{}", row.pk))?;
+    let homes = run_homes.path().to_owned();
+    let writable = engine.sandbox_writable(&worktree.path, &homes).await?;
 
     // 2. Rounds: agent, then gates; failures go back to the agent.
     let providers =
@@ -424,13 +427,11 @@ async fn pipeline(
             Ok(p) => p,
             Err(e) => return Ok(Outcome::ended(TaskState::Error, e)),
         };
-    let homes = settings.data_dir.join("homes");
     let mut gate_env = providers::base_env(
         &settings.env,
         &homes.join("gates"),
         &settings.file.agent.env,
     );
-    std::fs::create_dir_all(homes.join("gates")).context("creating the gates' HOME")?;
     let path_env = gate_env
         .iter()
         .find(|(k, _)| k == "PATH")

@@ -593,3 +593,64 @@ async fn a_gate_that_leaves_its_group_ends_with_its_task() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn an_agent_changes_neither_the_operators_login_nor_another_tasks_home() {
+    let world = World::new();
+    let claude = world.home.join(".claude");
+    std::fs::create_dir_all(&claude).unwrap();
+    std::fs::write(claude.join("CLAUDE.md"), "operator rules\n").unwrap();
+    std::fs::write(claude.join(".credentials.json"), r#"{"token":"old"}"#).unwrap();
+    std::fs::create_dir_all(claude.join("projects/secret-project")).unwrap();
+    std::fs::write(
+        claude.join("projects/secret-project/session.jsonl"),
+        "other work",
+    )
+    .unwrap();
+    let out = world.agent_dir.display();
+    world.agent(
+        "claude",
+        &format!(
+            "prompt=$(cat)\n\
+             case \"$prompt\" in\n\
+             *HOME-A*) echo INJECTED >> \"$HOME/.claude/CLAUDE.md\"; echo planted > \"$HOME/planted.txt\"\n\
+               printf '{{\"token\":\"refreshed\"}}' > \"$HOME/.claude/.credentials.json\" ;;\n\
+             *HOME-B*) ls -A \"$HOME\" \"$HOME/.claude\" > {out}/b-home.txt; cat \"$HOME/.claude/CLAUDE.md\" > {out}/b-rules.txt ;;\n\
+             *HOME-C*) printf 'not json' > \"$HOME/.claude/.credentials.json\" ;;\n\
+             esac\n\
+             echo x > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    for id in ["HOME-A", "HOME-B", "HOME-C"] {
+        let (status, _) = server.post_spec("application/yaml", &spec(id, "")).await;
+        assert_eq!(status, 201);
+        let t = server.wait_for(id, ENDED, Duration::from_secs(30)).await;
+        assert_eq!(t["state"], "passed", "{t:#}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(claude.join("CLAUDE.md")).unwrap(),
+        "operator rules\n",
+        "the operator's own instructions were changed"
+    );
+    let seen = std::fs::read_to_string(world.agent_dir.join("b-home.txt")).unwrap();
+    assert!(!seen.contains("planted.txt"), "{seen}");
+    assert!(
+        !seen.contains("projects"),
+        "other sessions are not copied: {seen}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(world.agent_dir.join("b-rules.txt")).unwrap(),
+        "operator rules\n",
+        "another task's agent saw what the first one wrote"
+    );
+    assert_eq!(
+        std::fs::read_to_string(claude.join(".credentials.json")).unwrap(),
+        r#"{"token":"refreshed"}"#,
+        "a refreshed login comes back; one that does not parse does not"
+    );
+    let homes: Vec<_> = std::fs::read_dir(world.data.join("homes"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(homes.is_empty(), "homes outlived their runs: {homes:?}");
+}
