@@ -112,7 +112,7 @@ impl Git {
     ) -> anyhow::Result<std::process::Output> {
         let name = format!("user.name={}", self.user_name);
         let email = format!("user.email={}", self.user_email);
-        let mut cmd = tokio::process::Command::new("git");
+        let mut cmd = std::process::Command::new("git");
         cmd.arg("-C")
             .arg(dir)
             .args(["-c", &name, "-c", &email, "-c", "commit.gpgsign=false"])
@@ -123,8 +123,21 @@ impl Git {
                 "core.hooksPath=/dev/null",
                 "-c",
                 "core.fsmonitor=false",
-            ])
-            .args(args)
+            ]);
+        // The token reaches git on a pipe (its file descriptor 3), read by a credential helper
+        // that answers only for the clone URL's host: never in an environment (which a
+        // process of the same user could read in /proc) or on a command line.
+        let mut token_pipe = None;
+        if let Some((url, token)) = auth {
+            let helper = credential_helper(url);
+            // An empty helper first: no configured helper may store or offer credentials.
+            cmd.args(["-c", "credential.helper=", "-c", &helper]);
+            token_pipe = Some(
+                crate::exec::pass_fd3(&mut cmd, token.expose_secret().as_bytes())
+                    .context("handing git its token")?,
+            );
+        }
+        cmd.args(args)
             // Only what git needs of autodev's environment: never its secrets.
             .env_clear()
             .envs(
@@ -145,23 +158,9 @@ impl Git {
         if let Some(index) = index {
             cmd.env("GIT_INDEX_FILE", index);
         }
-        if let Some((url, token)) = auth {
-            use base64::Engine as _;
-            let basic = base64::engine::general_purpose::STANDARD
-                .encode(format!("x-access-token:{}", token.expose_secret()));
-            // Scoped to the clone URL: a URL rewritten by the repository's config (which the
-            // agent can edit) does not get the header.
-            cmd.env("GIT_CONFIG_COUNT", "2")
-                .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
-                .env(
-                    "GIT_CONFIG_VALUE_0",
-                    format!("Authorization: Basic {basic}"),
-                )
-                // No helper may store or offer other credentials.
-                .env("GIT_CONFIG_KEY_1", "credential.helper")
-                .env("GIT_CONFIG_VALUE_1", "");
-        }
+        let mut cmd = tokio::process::Command::from(cmd);
         let mut child = cmd.spawn().context("running git (is it installed?)")?;
+        drop(token_pipe);
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(text.as_bytes()).await?;
             drop(pipe);
@@ -1031,6 +1030,27 @@ impl Git {
     }
 }
 
+/// A git credential helper (`!sh`) that answers a `get` for `url`'s scheme and host only,
+/// with the token it reads from file descriptor 3. A URL rewritten by a repository's config
+/// (`insteadOf`, which an agent can write outside a sandbox) gets nothing.
+fn credential_helper(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // Scheme and host come from autodev's own configuration (a clone URL GitHub sent, or
+    // `origin` read before the agent ran); quoted for the shell all the same.
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    format!(
+        "credential.helper=!f() {{ test \"$1\" = get || exit 0; p=; h=; \
+         while IFS= read -r l && test -n \"$l\"; do case \"$l\" in \
+         protocol=*) p=${{l#protocol=}};; host=*) h=${{l#host=}};; esac; done; \
+         test \"$p\" = {scheme} && test \"$h\" = {host} || exit 0; \
+         printf 'username=x-access-token\\npassword=%s\\n' \"$(cat <&3)\"; }}; f",
+        scheme = quote(scheme),
+        host = quote(host),
+    )
+}
+
 /// git's empty tree, which every repository knows.
 const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 
@@ -1153,6 +1173,36 @@ mod tests {
         assert!(!push_may_pass_later(
             "pushing auto/backend/T-1 failed: ! refs/heads/auto/backend/T-1 [rejected] (stale info)"
         ));
+    }
+
+    #[test]
+    fn the_credential_helper_answers_its_own_host_only() {
+        let helper = credential_helper("http://127.0.0.1:8000/acme/web.git");
+        let script = helper.strip_prefix("credential.helper=!").unwrap();
+        let ask = |request: &str| {
+            use std::io::Write;
+            let mut cmd = std::process::Command::new("sh");
+            // git runs a `!` helper through the shell with the action appended.
+            cmd.args(["-c", &format!("{script} get")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            let fd3 = crate::exec::pass_fd3(&mut cmd, b"s3cret").unwrap();
+            let mut child = cmd.spawn().unwrap();
+            drop(fd3);
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(request.as_bytes())
+                .unwrap();
+            String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+        };
+        assert_eq!(
+            ask("protocol=http\nhost=127.0.0.1:8000\n\n"),
+            "username=x-access-token\npassword=s3cret\n"
+        );
+        assert_eq!(ask("protocol=http\nhost=evil.example\n\n"), "");
+        assert_eq!(ask("protocol=https\nhost=127.0.0.1:8000\n\n"), "");
     }
 
     #[test]

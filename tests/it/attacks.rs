@@ -654,3 +654,114 @@ async fn an_agent_changes_neither_the_operators_login_nor_another_tasks_home() {
         .unwrap_or_default();
     assert!(homes.is_empty(), "homes outlived their runs: {homes:?}");
 }
+
+#[tokio::test]
+async fn no_git_process_autodev_starts_holds_the_token_in_its_environment() {
+    // Every git autodev runs goes through this wrapper, which keeps its environment.
+    let a = app_with_setup(
+        &format!("cat >/dev/null\necho x > feature.txt\necho '{CLAUDE_OK}'"),
+        |world, _| {
+            let log = world.root.path().join("git-envs");
+            std::fs::create_dir_all(&log).unwrap();
+            world.agent(
+                "git",
+                &format!(
+                    "env > {}/env-$$.txt\necho \"$@\" >> {}/args-$$.txt\nexec /usr/bin/git \"$@\"",
+                    log.display(),
+                    log.display()
+                ),
+            );
+        },
+    )
+    .await;
+    deliver(
+        &a.server,
+        "issues",
+        "GE-1",
+        &a.labeled("autodev:backend", "Codertocat"),
+    )
+    .await;
+    let t = a
+        .server
+        .wait_for("issue-1", ENDED, Duration::from_secs(60))
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    assert!(t["pushed_sha"].is_string(), "the branch was pushed: {t:#}");
+    let tokens = a.fake.state.lock().unwrap().all_tokens();
+    assert!(!tokens.is_empty());
+    let log = a.world.root.path().join("git-envs");
+    let mut pushes = 0;
+    for entry in std::fs::read_dir(&log).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        if text.contains("push") {
+            pushes += 1;
+        }
+        for token in &tokens {
+            assert!(
+                !text.contains(token.as_str()),
+                "{} holds the token:\n{text}",
+                entry.path().display()
+            );
+        }
+        assert!(!text.contains("Authorization"), "{text}");
+    }
+    assert!(pushes > 0, "no push went through the wrapper");
+}
+
+#[tokio::test]
+async fn another_process_of_autodevs_user_cannot_read_its_environment() {
+    // Run as an unprivileged user (root may read anything); the test itself, as root, then
+    // looks at who owns autodev's /proc files.
+    if unsafe { libc::geteuid() } != 0 || crate::support::which("setpriv").is_none() {
+        eprintln!("skipped: needs root and setpriv to run autodev as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir_all(dir.path().join("repo")).unwrap();
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            crate::support::BIN,
+        ])
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .env("AUTODEV_DATA_DIR", dir.path().join("data"))
+        .env("REPO_PATH", dir.path().join("repo"))
+        .env("AUTODEV_API_TOKEN", "a-secret-in-the-environment")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let started = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("listening on"))
+    })
+    .join()
+    .unwrap();
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(format!("/proc/{pid}/environ")).map(|m| m.uid());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "autodev did not start as another user");
+    assert!(status.contains("Uid:\t65534"), "{status}");
+    assert_eq!(
+        owner.unwrap(),
+        0,
+        "autodev's /proc/<pid>/environ belongs to its user, who could read its secrets"
+    );
+}

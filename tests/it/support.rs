@@ -424,3 +424,12 @@ pub async fn wait_for_file(path: &Path, within: Duration) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Where `program` is on this machine's PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
