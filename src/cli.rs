@@ -99,11 +99,31 @@ pub enum Command {
     Checkpoint,
     /// Open pull requests now for passed tasks that have none: App tasks through the App, local ones by pushing to a GitHub `origin` with GITHUB_TOKEN
     Prize,
+    /// Inside the agent sandbox: passes connections on the sandbox's loopback to autodev's
+    /// egress proxy, and runs the command (autodev starts this itself)
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Parses arguments, runs the command, and returns the process exit code.
 pub async fn main() -> i32 {
     let cli = Cli::parse();
+    // Inside the sandbox: no configuration, no logging, just the relay.
+    if let Command::Relay {
+        socket,
+        port,
+        command,
+    } = &cli.command
+    {
+        return crate::egress::relay(socket, *port, command);
+    }
     let env = Env::from_process();
     let bind = match &cli.command {
         Command::Serve { bind, .. } => bind.clone(),
@@ -165,6 +185,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
         Command::Prize => prize(settings).await,
+        Command::Relay { .. } => unreachable!("the relay runs before configuration is read"),
         Command::Checkpoint => {
             let engine = Engine::open(settings).await?;
             let n = crate::hygiene::checkpoint(&engine).await?;

@@ -228,6 +228,8 @@ pub struct GatesConfig {
     pub timeout: Duration,
     /// Bytes of output kept per gate (the tail).
     pub max_output_bytes: usize,
+    /// Hosts sandboxed gates may connect to (package registries, say); none by default.
+    pub egress: Vec<String>,
 }
 
 impl Default for GatesConfig {
@@ -237,6 +239,7 @@ impl Default for GatesConfig {
             typecheck: None,
             timeout: Duration::from_secs(15 * 60),
             max_output_bytes: 64 * 1024,
+            egress: Vec::new(),
         }
     }
 }
@@ -259,6 +262,9 @@ pub struct AgentConfig {
     pub sandbox: SandboxMode,
     /// More paths agents may write to inside the sandbox (caches, for example).
     pub sandbox_writable: Vec<PathBuf>,
+    /// Hosts sandboxed agents may connect to (`host`, `host:port`, `*.domain`); default: the
+    /// configured providers' API and login hosts.
+    pub egress: Option<Vec<String>>,
 }
 
 impl Default for AgentConfig {
@@ -271,6 +277,7 @@ impl Default for AgentConfig {
             git_user_email: "autodev@users.noreply.github.com".into(),
             sandbox: SandboxMode::Auto,
             sandbox_writable: Vec::new(),
+            egress: None,
         }
     }
 }

@@ -189,14 +189,58 @@ impl Engine {
         Ok(Homes(path))
     }
 
-    /// The sandbox of a task whose writable paths are `writable`, if there is a sandbox.
+    /// The sandbox of a task whose writable paths are `writable` and whose network is `net`,
+    /// if there is a sandbox.
     pub fn jail<'a>(
         &'a self,
         writable: &'a [std::path::PathBuf],
+        net: crate::sandbox::Net<'a>,
     ) -> Option<crate::sandbox::Jail<'a>> {
-        self.sandbox
-            .as_ref()
-            .map(|sandbox| crate::sandbox::Jail { sandbox, writable })
+        self.sandbox.as_ref().map(|sandbox| crate::sandbox::Jail {
+            sandbox,
+            writable,
+            net,
+        })
+    }
+
+    /// The hosts sandboxed agents may reach: `agent.egress`, else the configured providers'
+    /// API and login hosts, and the base URLs they are pointed at.
+    pub fn agent_egress(&self) -> Vec<String> {
+        let config = &self.settings.file;
+        if let Some(list) = &config.agent.egress {
+            return list.clone();
+        }
+        let mut hosts: Vec<String> = Vec::new();
+        for name in &config.providers.order {
+            let Some(entry) = config.providers.entry(name) else {
+                continue;
+            };
+            let kind = entry
+                .kind
+                .or_else(|| crate::config::kind_from_name(name))
+                .unwrap_or(crate::config::CliKind::Generic);
+            hosts.extend(
+                crate::egress::provider_hosts(kind)
+                    .iter()
+                    .map(|h| (*h).to_owned()),
+            );
+            if let Some(entry) = entry.base_url.as_deref().and_then(crate::egress::url_entry) {
+                hosts.push(entry);
+            }
+        }
+        for var in ["ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"] {
+            if let Some(entry) = self
+                .settings
+                .env
+                .get(var)
+                .and_then(crate::egress::url_entry)
+            {
+                hosts.push(entry);
+            }
+        }
+        hosts.sort();
+        hosts.dedup();
+        hosts
     }
 
     /// The settings a run of `spec` uses: the server's, the role's, the repository's

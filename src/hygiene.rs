@@ -657,6 +657,7 @@ async fn catch_up(
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
         let writable = engine.sandbox_writable(&tmp, &homes).await?;
+        let egress = crate::worker::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
         let results = crate::gates::run(
             &planned,
             &workdir,
@@ -664,9 +665,10 @@ async fn catch_up(
             &gates_config,
             &cancel,
             &no_record,
-            engine.jail(&writable),
+            engine.jail(&writable, egress.gates_net()),
         )
         .await;
+        egress.finish().await;
         let round = task.rounds + 1;
         for r in &results {
             crate::db::add_gate_result(

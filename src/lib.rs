@@ -6,6 +6,7 @@ pub mod cli;
 pub mod codeowners;
 pub mod config;
 pub mod db;
+pub mod egress;
 pub mod engine;
 pub mod exec;
 pub mod gates;

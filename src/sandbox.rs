@@ -40,9 +40,21 @@ const SECRET_FILE_VARS: &[&str] = &[
     "OPENAI_API_KEY_FILE",
 ];
 
+/// What network a sandboxed job has.
+#[derive(Debug, Clone, Copy)]
+pub enum Net<'a> {
+    /// None: a namespace of its own with only a loopback.
+    None,
+    /// A namespace of its own, where `autodev relay` puts the egress proxy at this Unix socket
+    /// on the loopback (`egress::RELAY_PORT`), with the proxy variables set.
+    Proxy(&'a Path),
+}
+
 #[derive(Debug)]
 pub struct Sandbox {
     bwrap: PathBuf,
+    /// autodev's own program, which relays the egress proxy inside the sandbox.
+    relay: PathBuf,
     hidden_dirs: Vec<PathBuf>,
     hidden_files: Vec<PathBuf>,
     writable: Vec<PathBuf>,
@@ -131,8 +143,12 @@ impl Sandbox {
                 );
             }
         }
+        let relay = std::env::current_exe()
+            .map(|p| real(&p))
+            .context("finding autodev's own program (it relays the egress proxy)")?;
         let sandbox = Self {
             bwrap,
+            relay,
             hidden_dirs,
             hidden_files,
             writable,
@@ -150,6 +166,7 @@ impl Sandbox {
                 fd3: None,
             },
             &[],
+            Net::None,
         );
         let mut command = std::process::Command::new(&probe.program);
         command.args(&probe.args).env_clear();
@@ -170,7 +187,8 @@ impl Sandbox {
 
     /// `job`, run inside the sandbox, where `writable` (and the configured extras) may be
     /// written to.
-    pub fn wrap(&self, job: Job, writable: &[PathBuf]) -> Job {
+    pub fn wrap(&self, job: Job, writable: &[PathBuf], net: Net<'_>) -> Job {
+        let mut job = job;
         let mut args: Vec<String> = Vec::new();
         let mut add = |parts: &[&str]| args.extend(parts.iter().map(|p| (*p).to_owned()));
         // A private /tmp and IPC namespace: no other process's sockets (ssh-agent, say).
@@ -199,6 +217,13 @@ impl Sandbox {
         // Its directory, wherever it lives (a private /tmp would hide it), bound before the
         // hidden paths: bound after them, a program in HOME would uncover HOME's secrets.
         if let Some(dir) = program.parent().filter(|d| d.is_absolute()) {
+            add(&["--ro-bind", &s(dir), &s(dir)]);
+        }
+        // A network of its own: only a loopback, and on it the relay to the egress proxy.
+        add(&["--unshare-net"]);
+        if let Net::Proxy(_) = net
+            && let Some(dir) = self.relay.parent()
+        {
             add(&["--ro-bind", &s(dir), &s(dir)]);
         }
         for dir in self.hidden_dirs.iter().filter(|d| d.is_dir()) {
@@ -267,13 +292,23 @@ impl Sandbox {
             options.extend_from_slice(arg.as_bytes());
             options.push(0);
         }
-        let mut command = vec![
-            "--args".to_owned(),
-            "3".to_owned(),
-            "--".to_owned(),
-            s(&program),
-        ];
-        command.extend(job.args);
+        let mut command = vec!["--args".to_owned(), "3".to_owned(), "--".to_owned()];
+        if let Net::Proxy(socket) = net {
+            command.extend([
+                s(&self.relay),
+                "relay".to_owned(),
+                "--socket".to_owned(),
+                s(socket),
+                "--port".to_owned(),
+                crate::egress::RELAY_PORT.to_string(),
+                "--".to_owned(),
+            ]);
+            job.env
+                .retain(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy"));
+            job.env.extend(crate::egress::proxy_env());
+        }
+        command.push(s(&program));
+        command.extend(std::mem::take(&mut job.args));
         Job {
             program: self.bwrap.clone(),
             args: command,
@@ -283,18 +318,19 @@ impl Sandbox {
     }
 }
 
-/// A task's sandbox: the sandbox and the paths this task may write to.
+/// A task's sandbox: the sandbox, the paths this task may write to, and its network.
 #[derive(Debug, Clone, Copy)]
 pub struct Jail<'a> {
     pub sandbox: &'a Sandbox,
     pub writable: &'a [PathBuf],
+    pub net: Net<'a>,
 }
 
 impl Jail<'_> {
     /// `job` inside the sandbox, `extra` writable besides the task's own paths.
     pub fn wrap(&self, job: Job, extra: &[PathBuf]) -> Job {
         let writable: Vec<PathBuf> = self.writable.iter().chain(extra).cloned().collect();
-        self.sandbox.wrap(job, &writable)
+        self.sandbox.wrap(job, &writable, self.net)
     }
 }
 

@@ -299,6 +299,93 @@ impl Run<'_> {
     }
 }
 
+/// Egress for one run, in the sandbox: the agent reaches its providers' hosts
+/// (`agent.egress`), the gates only `gates.egress` (no network at all when it is empty); each
+/// host refused goes on the task's timeline, once.
+pub struct RunEgress {
+    agent: Option<crate::egress::Proxy>,
+    gates: Option<crate::egress::Proxy>,
+    refusals: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunEgress {
+    pub fn start(
+        engine: &Arc<Engine>,
+        homes: &std::path::Path,
+        key: crate::ids::TaskKey,
+        run_seq: i64,
+    ) -> anyhow::Result<Self> {
+        if engine.sandbox.is_none() {
+            return Ok(Self {
+                agent: None,
+                gates: None,
+                refusals: None,
+            });
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = |file: &str, who, allowed| {
+            crate::egress::Proxy::start(&homes.join(file), who, allowed, tx.clone())
+                .with_context(|| format!("starting the {who} egress proxy"))
+        };
+        let agent = Some(start("egress-agent.sock", "agent", engine.agent_egress())?);
+        let gates_list = engine.settings.file.gates.egress.clone();
+        let gates = match gates_list.is_empty() {
+            true => None,
+            false => Some(start("egress-gates.sock", "gates", gates_list)?),
+        };
+        drop(tx);
+        let engine = engine.clone();
+        let refusals = tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            while let Some((who, host)) = rx.recv().await {
+                if seen.insert((who, host.clone())) {
+                    let list = if who == "agent" {
+                        "agent.egress"
+                    } else {
+                        "gates.egress"
+                    };
+                    engine
+                        .record(
+                            key,
+                            run_seq,
+                            "egress",
+                            &format!("refused the {who}'s connection to {host}: not in {list}"),
+                        )
+                        .await;
+                }
+            }
+        });
+        Ok(Self {
+            agent,
+            gates,
+            refusals: Some(refusals),
+        })
+    }
+
+    pub fn agent_net(&self) -> crate::sandbox::Net<'_> {
+        match &self.agent {
+            Some(p) => crate::sandbox::Net::Proxy(p.socket()),
+            None => crate::sandbox::Net::None,
+        }
+    }
+
+    pub fn gates_net(&self) -> crate::sandbox::Net<'_> {
+        match &self.gates {
+            Some(p) => crate::sandbox::Net::Proxy(p.socket()),
+            None => crate::sandbox::Net::None,
+        }
+    }
+
+    /// Stops the proxies and waits (briefly) until every refusal is on the timeline.
+    pub async fn finish(mut self) {
+        self.agent.take();
+        self.gates.take();
+        if let Some(refusals) = self.refusals.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), refusals).await;
+        }
+    }
+}
+
 /// Whose spec a task runs: an issue's (held to `allowed_overrides`), or the operator's.
 pub fn spec_source(row: &TaskRow) -> crate::trust::SpecSource {
     if row.issue_number.is_some() {
@@ -420,6 +507,8 @@ async fn pipeline(
     let run_homes = engine.fresh_homes(&format!("task-{}", row.pk))?;
     let homes = run_homes.path().to_owned();
     let writable = engine.sandbox_writable(&worktree.path, &homes).await?;
+    let egress = RunEgress::start(engine, &homes, row.pk, row.run_seq)?;
+    let (agent_net, gates_net) = (egress.agent_net(), egress.gates_net());
 
     // 2. Rounds: agent, then gates; failures go back to the agent.
     let providers =
@@ -498,7 +587,7 @@ async fn pipeline(
         )
         .await;
         let request = AgentRequest {
-            jail: engine.jail(&writable),
+            jail: engine.jail(&writable, agent_net),
             prompt: &text,
             cwd: &workdir,
             model: task.model.as_deref(),
@@ -590,7 +679,7 @@ async fn pipeline(
             &gate_config,
             cancel,
             &record,
-            engine.jail(&writable),
+            engine.jail(&writable, gates_net),
         )
         .await;
         for r in &results {
@@ -646,6 +735,8 @@ async fn pipeline(
             "stopped: another worker took the task over",
         ));
     }
+
+    egress.finish().await;
 
     // 3. Commit whatever the agent left, so a retry continues from it and nothing is lost.
     let message = gitops::commit_message(&spec.role, &spec.title, spec.id.as_str(), passed);

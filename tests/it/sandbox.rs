@@ -292,3 +292,100 @@ async fn the_tool_loops_commands_run_in_the_sandbox() {
     let result = requests[1].1["messages"].to_string();
     assert!(result.contains("bwrap"), "{result}");
 }
+
+/// A plain HTTP server on 127.0.0.1 that answers every request with `body`.
+async fn http_server(body: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn agents_reach_their_providers_hosts_and_nothing_else() {
+    if !bwrap_works() || crate::support::which("curl").is_none() {
+        eprintln!("not run: needs bubblewrap able to make a sandbox, and curl");
+        return;
+    }
+    let model = http_server("hello-from-the-model").await;
+    let other = http_server("hello-from-another-service").await;
+    let mut world = World::new();
+    // The provider is pointed at the fake model, which puts it on the agent's allow-list.
+    world.extra_env.push((
+        "ANTHROPIC_BASE_URL".to_owned(),
+        format!("http://127.0.0.1:{model}"),
+    ));
+    let server = world.serve();
+    let api = server.url.rsplit(':').next().unwrap().to_owned();
+    let out = world.agent_dir.display();
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             curl -sS -p http://127.0.0.1:{model}/ > {out}/model.txt 2>&1\n\
+             curl -sS -p http://127.0.0.1:{other}/ > {out}/other.txt 2>&1\n\
+             curl -sS -p http://127.0.0.1:{api}/healthz > {out}/api.txt 2>&1\n\
+             curl -sS -p https://example.com/ > {out}/web.txt 2>&1\n\
+             curl -sS --noproxy '*' http://127.0.0.1:{model}/ > {out}/direct.txt 2>&1\n\
+             echo x > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    server
+        .post_spec("application/yaml", &spec("NET-1", ""))
+        .await;
+    let task = server
+        .wait_for(
+            "NET-1",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
+    assert!(
+        read("model.txt").contains("hello-from-the-model"),
+        "{}",
+        read("model.txt")
+    );
+    assert!(
+        !read("other.txt").contains("hello"),
+        "{}",
+        read("other.txt")
+    );
+    assert!(
+        !read("api.txt").contains("ok"),
+        "autodev's own API: {}",
+        read("api.txt")
+    );
+    assert!(
+        !read("direct.txt").contains("hello"),
+        "{}",
+        read("direct.txt")
+    );
+    let events = task["events"].to_string();
+    for host in [
+        format!("127.0.0.1:{other}"),
+        format!("127.0.0.1:{api}"),
+        "example.com:443".to_owned(),
+    ] {
+        assert!(
+            events.contains(&format!(
+                "refused the agent's connection to {host}: not in agent.egress"
+            )),
+            "{host}: {events}"
+        );
+    }
+}
