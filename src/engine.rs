@@ -158,20 +158,19 @@ impl Engine {
         }))
     }
 
-    /// What a sandboxed agent or gate working in `worktree` may write to: the worktree, the
-    /// git directory it shares, and the agents' HOMEs. Empty without a sandbox.
+    /// What a sandboxed agent or gate working in `worktree` may write to, besides its own
+    /// HOME: the worktree and the git directory it shares. Empty without a sandbox.
     pub async fn sandbox_writable(
         &self,
         worktree: &std::path::Path,
-        homes: &std::path::Path,
     ) -> anyhow::Result<Vec<std::path::PathBuf>> {
         if self.sandbox.is_none() {
             return Ok(Vec::new());
         }
+        // Each job adds its own HOME (see `sandbox::Jail::wrap`).
         Ok(vec![
             worktree.to_owned(),
             self.git.common_dir(worktree).await?,
-            homes.to_owned(),
         ])
     }
 

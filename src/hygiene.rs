@@ -656,7 +656,7 @@ async fn catch_up(
         let cancel = tokio_util::sync::CancellationToken::new();
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
-        let writable = engine.sandbox_writable(&tmp, &homes).await?;
+        let writable = engine.sandbox_writable(&tmp).await?;
         let egress = crate::worker::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
         let results = crate::gates::run(
             &planned,

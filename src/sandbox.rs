@@ -27,8 +27,19 @@ const HIDDEN_HOME_DIRS: &[&str] = &[
     ".config/gh",
     ".config/gcloud",
 ];
-/// Files in HOME that hold credentials, hidden from agents.
-const HIDDEN_HOME_FILES: &[&str] = &[".git-credentials", ".netrc", ".pgpass"];
+/// Files in HOME that hold credentials, hidden from agents: the agent CLIs' logins too (each
+/// run's HOME has its own copy of its own CLI's).
+const HIDDEN_HOME_FILES: &[&str] = &[
+    ".git-credentials",
+    ".netrc",
+    ".pgpass",
+    ".claude.json",
+    ".claude/.credentials.json",
+    ".codex/auth.json",
+    ".gemini/oauth_creds.json",
+    ".gemini/google_accounts.json",
+    ".config/cursor/auth.json",
+];
 /// Variables naming files that hold autodev's secrets.
 const SECRET_FILE_VARS: &[&str] = &[
     "GITHUB_PRIVATE_KEY_PATH",
@@ -194,14 +205,15 @@ impl Sandbox {
         // A private /tmp and IPC namespace: no other process's sockets (ssh-agent, say).
         add(&["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
         add(&["--tmpfs", "/tmp", "--unshare-ipc"]);
-        // Session buses and container sockets would run commands outside.
-        if Path::new("/run/user").is_dir() {
-            add(&["--tmpfs", "/run/user"]);
+        // Host services listen on Unix sockets under /run (session and system buses,
+        // container engines, databases), which a network namespace does not cut off.
+        if Path::new("/run").is_dir() {
+            add(&["--tmpfs", "/run"]);
         }
-        for sock in ["/run/docker.sock", "/var/run/docker.sock"] {
-            if Path::new(sock).exists() {
-                add(&["--ro-bind", "/dev/null", sock]);
-            }
+        // Where /var/run is a directory of its own (not a link to /run), its Docker socket.
+        let var_run_own = std::fs::symlink_metadata("/var/run").is_ok_and(|m| m.is_dir());
+        if var_run_own && Path::new("/var/run/docker.sock").exists() {
+            add(&["--ro-bind", "/dev/null", "/var/run/docker.sock"]);
         }
         let s = |p: &Path| p.display().to_string();
         // The program by its full path: a bare name (`sh`) is looked up on the job's PATH,
@@ -238,11 +250,21 @@ impl Sandbox {
         for path in &writable {
             add(&["--bind", &s(path), &s(path)]);
         }
+        // The egress proxy's socket, and nothing else of where it lives.
+        if let Net::Proxy(socket) = net {
+            add(&["--bind", &s(socket), &s(socket)]);
+        }
         // What git would execute or follow stays read-only: a git directory's config, hooks
         // and info (filters and hooks run later in autodev's own git, outside), and a
-        // worktree's `.git` file (which says where its git directory is).
+        // worktree's `.git` file (which says where its git directory is). Only what is itself
+        // and where it says: bwrap follows links on both sides of a bind, so a link planted
+        // there would mount whatever it points at (a hidden path) back into sight.
+        let plain = |p: &Path| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink())
+                && p.canonicalize().is_ok_and(|c| c == p)
+        };
         for path in &writable {
-            let is_git_dir = path.join("HEAD").is_file() && path.join("objects").is_dir();
+            let is_git_dir = plain(&path.join("HEAD")) && plain(&path.join("objects"));
             if is_git_dir {
                 let mut fixed: Vec<PathBuf> = ["config", "hooks", "info"]
                     .iter()
@@ -258,12 +280,12 @@ impl Sandbox {
                         fixed.push(wt.path().join(part));
                     }
                 }
-                for p in fixed.iter().filter(|p| p.exists()) {
+                for p in fixed.iter().filter(|p| plain(p)) {
                     add(&["--ro-bind", &s(p), &s(p)]);
                 }
             }
             let dot_git = path.join(".git");
-            if dot_git.is_file() {
+            if plain(&dot_git) && dot_git.is_file() {
                 add(&["--ro-bind", &s(&dot_git), &s(&dot_git)]);
             }
         }
@@ -278,7 +300,11 @@ impl Sandbox {
         // A session of its own (no typing into autodev's terminal). The outer bwrap stays in
         // the job's process group, and `--die-with-parent` takes the sandbox down with it, so
         // a timeout or a cancel that kills the group still ends everything inside.
+        // No capability inside, even when autodev runs as root: no unmounting what hides the
+        // secrets, no remounting the file system writable.
         add(&[
+            "--cap-drop",
+            "ALL",
             "--unshare-pid",
             "--die-with-parent",
             "--new-session",
@@ -327,9 +353,23 @@ pub struct Jail<'a> {
 }
 
 impl Jail<'_> {
-    /// `job` inside the sandbox, `extra` writable besides the task's own paths.
+    /// `job` inside the sandbox, `extra` writable besides the task's own paths and the job's
+    /// own HOME (its `HOME`, which autodev makes for each run and each kind of job: an
+    /// agent's, the gates'), and no other job's.
     pub fn wrap(&self, job: Job, extra: &[PathBuf]) -> Job {
-        let writable: Vec<PathBuf> = self.writable.iter().chain(extra).cloned().collect();
+        let home = job
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "HOME")
+            .map(|(_, v)| PathBuf::from(v));
+        let writable: Vec<PathBuf> = self
+            .writable
+            .iter()
+            .chain(extra)
+            .cloned()
+            .chain(home)
+            .collect();
         self.sandbox.wrap(job, &writable, self.net)
     }
 }

@@ -506,7 +506,7 @@ async fn pipeline(
     // The run's own HOMEs (its agents', its gates'), gone when the run ends.
     let run_homes = engine.fresh_homes(&format!("task-{}", row.pk))?;
     let homes = run_homes.path().to_owned();
-    let writable = engine.sandbox_writable(&worktree.path, &homes).await?;
+    let writable = engine.sandbox_writable(&worktree.path).await?;
     let egress = RunEgress::start(engine, &homes, row.pk, row.run_seq)?;
     let (agent_net, gates_net) = (egress.agent_net(), egress.gates_net());
 

@@ -389,3 +389,94 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
         );
     }
 }
+
+#[tokio::test]
+async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let world = World::new();
+    let ssh = world.home.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("id_ed25519"), "PRIVATE KEY DATA\n").unwrap();
+    std::fs::create_dir_all(world.home.join(".claude")).unwrap();
+    std::fs::write(
+        world.home.join(".claude/.credentials.json"),
+        r#"{"token":"OPERATOR-LOGIN"}"#,
+    )
+    .unwrap();
+    // A host service's socket directory under /run.
+    let run_marker = format!("/run/autodev-test-{}", std::process::id());
+    std::fs::create_dir_all(&run_marker).unwrap();
+    let out = world.agent_dir.display().to_string();
+    let data = world.data.display().to_string();
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             gd=$(git rev-parse --path-format=absolute --git-common-dir)\n\
+             mkdir -p \"$gd/worktrees/planted-a\" \"$gd/worktrees/planted-b\"\n\
+             ln -s / \"$gd/worktrees/planted-a/gitdir\"\n\
+             ln -s {ssh}/id_ed25519 \"$gd/worktrees/planted-b/commondir\"\n\
+             grep CapEff /proc/self/status > {out}/caps.txt\n\
+             ls /run > {out}/run.txt 2>&1\n\
+             cat {home}/.claude/.credentials.json > {out}/operator-login.txt 2>&1\n\
+             echo x > feature.txt\necho '{CLAUDE_OK}'",
+            ssh = ssh.display(),
+            home = world.home.display(),
+        ),
+    );
+    let server = world.serve();
+    // The gate runs after the links are planted: the next sandbox is made with them there.
+    let gate = format!(
+        "ls {data} > {out}/gate-data.txt 2>&1; cat {ssh}/id_ed25519 > {out}/gate-ssh.txt 2>&1; ls -A \"$HOME/..\" > {out}/gate-homes.txt 2>&1; true",
+        ssh = ssh.display()
+    );
+    server
+        .post_spec(
+            "application/yaml",
+            &spec("SBX-LINK", &format!("acceptance:\n  tests: [{gate:?}]\n")),
+        )
+        .await;
+    let task = server
+        .wait_for(
+            "SBX-LINK",
+            &["passed", "failed", "error"],
+            Duration::from_secs(60),
+        )
+        .await;
+    let _ = std::fs::remove_dir_all(&run_marker);
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
+    assert!(
+        !read("gate-data.txt").contains("autodev.db"),
+        "{}",
+        read("gate-data.txt")
+    );
+    assert!(
+        !read("gate-ssh.txt").contains("PRIVATE KEY"),
+        "{}",
+        read("gate-ssh.txt")
+    );
+    assert!(
+        read("caps.txt").contains("0000000000000000"),
+        "{}",
+        read("caps.txt")
+    );
+    assert!(
+        !read("run.txt").contains("autodev-test-"),
+        "{}",
+        read("run.txt")
+    );
+    assert!(
+        !read("operator-login.txt").contains("OPERATOR-LOGIN"),
+        "{}",
+        read("operator-login.txt")
+    );
+    let homes = read("gate-homes.txt");
+    assert!(
+        !homes.contains("egress") && !homes.contains("claude_cli"),
+        "the gates see the agents' HOME or proxy: {homes}"
+    );
+}
