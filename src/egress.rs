@@ -20,6 +20,15 @@ pub const RELAY_PORT: u16 = 3128;
 /// How long a client has to send its `CONNECT`, and the proxy to reach the host.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tunnels one proxy holds open at once: a job cannot spend autodev's file descriptors.
+const MAX_TUNNELS: usize = 64;
+
+/// A tunnel with no traffic either way for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest host name a refusal reports (DNS allows 253 characters).
+const MAX_HOST: usize = 253;
+
 /// The variables that point clients at the relay.
 pub fn proxy_env() -> Vec<(String, String)> {
     let url = format!("http://127.0.0.1:{RELAY_PORT}");
@@ -66,7 +75,8 @@ pub fn allows(list: &[String], host: &str, port: u16) -> bool {
 /// A running proxy for one run; it stops, and its socket goes, when dropped.
 pub struct Proxy {
     socket: PathBuf,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends the accept loop and every tunnel.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Proxy {
@@ -81,19 +91,44 @@ impl Proxy {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
         let allowed = Arc::new(allowed);
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tunnels = Arc::new(tokio::sync::Semaphore::new(MAX_TUNNELS));
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stopped.cancelled() => return,
+                };
+                let Ok((conn, _)) = accepted else {
+                    // One failed accept (out of descriptors, say) is not the end of the proxy.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                // Over the limit, a client waits its turn (or gives up).
+                let permit = tokio::select! {
+                    p = tunnels.clone().acquire_owned() => p,
+                    _ = stopped.cancelled() => return,
+                };
+                let Ok(permit) = permit else { return };
                 let (allowed, refused) = (allowed.clone(), refused.clone());
+                let stopped = stopped.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = tunnel(conn, who, &allowed, &refused).await {
-                        tracing::debug!("egress proxy: {e}");
+                    let _permit = permit;
+                    tokio::select! {
+                        r = tunnel(conn, who, &allowed, &refused) => {
+                            if let Err(e) = r {
+                                tracing::debug!("egress proxy: {e}");
+                            }
+                        }
+                        _ = stopped.cancelled() => {}
                     }
                 });
             }
         });
         Ok(Self {
             socket: socket.to_owned(),
-            task,
+            stop,
         })
     }
 
@@ -104,7 +139,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -134,12 +169,16 @@ async fn tunnel(
     };
     let _ = head_len;
     let addrs = if allows(allowed, &host, port) {
-        addresses(&host, port).await
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, addresses(&host, port))
+            .await
+            .ok()
+            .flatten()
     } else {
         None
     };
     let Some(addrs) = addrs else {
-        let _ = refused.send((who, format!("{host}:{port}")));
+        let shown: String = host.chars().take(MAX_HOST).collect();
+        let _ = refused.send((who, format!("{shown}:{port}")));
         conn.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             .await?;
         return Ok(());
@@ -162,14 +201,56 @@ async fn tunnel(
     if !early.is_empty() {
         upstream.write_all(&early).await?;
     }
-    tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
-    Ok(())
+    copy_until_idle(conn, upstream).await
 }
 
-/// Where an allowed host is. A name that resolves to this machine (its loopback) or nowhere
-/// is not a host on the internet: autodev's own API and other local services stay out of
-/// reach, whatever a name's DNS says. An address written as such in the allow-list is taken
-/// as meant.
+/// Copies both ways until both sides are done, or nothing moves for [`IDLE_TIMEOUT`].
+async fn copy_until_idle(conn: UnixStream, upstream: TcpStream) -> std::io::Result<()> {
+    let (mut conn_read, mut conn_write) = conn.into_split();
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let last = std::sync::Mutex::new(tokio::time::Instant::now());
+    let moved = || *last.lock().expect("lock") = tokio::time::Instant::now();
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = conn_read.read(&mut buf).await?;
+            moved();
+            if n == 0 {
+                return up_write.shutdown().await;
+            }
+            up_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = up_read.read(&mut buf).await?;
+            moved();
+            if n == 0 {
+                return conn_write.shutdown().await;
+            }
+            conn_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let idle = async {
+        loop {
+            let wake = *last.lock().expect("lock") + IDLE_TIMEOUT;
+            if tokio::time::Instant::now() >= wake {
+                return;
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(up, down).map(|_| ()) } => r,
+        _ = idle => Ok(()),
+    }
+}
+
+/// Where an allowed host is. A name that resolves to this machine, its networks or nowhere
+/// is not a host on the internet: autodev's own API, other local services and a cloud's
+/// metadata service stay out of reach, whatever a name's DNS says. An address written as
+/// such in the allow-list is taken as meant.
 async fn addresses(host: &str, port: u16) -> Option<Vec<std::net::SocketAddr>> {
     if let Ok(ip) = host
         .trim_start_matches('[')
@@ -179,12 +260,34 @@ async fn addresses(host: &str, port: u16) -> Option<Vec<std::net::SocketAddr>> {
         return Some(vec![std::net::SocketAddr::new(ip, port)]);
     }
     let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
-    let public = !addrs.is_empty()
-        && addrs.iter().all(|a| {
-            let ip = a.ip();
-            !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
-        });
+    let public = !addrs.is_empty() && addrs.iter().all(|a| !is_internal(a.ip()));
     public.then_some(addrs)
+}
+
+/// This machine, private and link-local networks, and what is not an address at all.
+fn is_internal(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                // Carrier-grade NAT, 100.64.0.0/10.
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // Unique local fc00::/7 and link-local fe80::/10.
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// The request head (up to the blank line, at most 8 KiB) and whatever came after it.
@@ -341,6 +444,21 @@ mod tests {
             url_entry("http://127.0.0.1:9999/v1").as_deref(),
             Some("127.0.0.1:9999")
         );
+        for internal in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+            "100.64.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
         assert_eq!(
             url_entry("https://api.example.com").as_deref(),
             Some("api.example.com")

@@ -132,6 +132,19 @@ impl Git {
             let helper = credential_helper(url);
             // An empty helper first: no configured helper may store or offer credentials.
             cmd.args(["-c", "credential.helper=", "-c", &helper]);
+            // What a repository's config (an agent's, without the sandbox) could use to take
+            // the token: an askpass program, a proxy or a relaxed TLS check for this very URL,
+            // a transport that runs commands. The most specific key, given last, wins.
+            for setting in [
+                "core.askPass=".to_owned(),
+                format!("http.{url}.proxy="),
+                format!("http.{url}.sslVerify=true"),
+                "protocol.allow=never".to_owned(),
+                "protocol.https.allow=always".to_owned(),
+                "protocol.http.allow=always".to_owned(),
+            ] {
+                cmd.args(["-c", &setting]);
+            }
             token_pipe = Some(
                 crate::exec::pass_fd3(&mut cmd, token.expose_secret().as_bytes())
                     .context("handing git its token")?,

@@ -586,25 +586,49 @@ fn prepare_home(provider: &Provider, env: &Env, homes_dir: &Path) -> std::io::Re
 }
 
 /// After a run: the CLI's credential file goes back to the real HOME when the CLI refreshed
-/// it (it changed) and it still parses as JSON; nothing else does.
+/// it, and only then: the file is a plain file (no link anywhere under the task's HOME), at
+/// most 1 MiB, parses as JSON of the same shape as the operator's (the same keys), and any
+/// expiry in it moved forward. Anything else an agent left there stays there.
 fn copy_back_login(provider: &Provider, env: &Env, home: &Path) {
+    const MAX_LOGIN: u64 = 1024 * 1024;
     let (Some(file), Some(real_home)) = (provider.credential_file(), env.get("HOME")) else {
         return;
     };
     let real = Path::new(real_home).join(file);
     let copy = home.join(file);
-    if real == copy || !std::fs::symlink_metadata(&copy).is_ok_and(|m| m.is_file()) {
+    if real == copy {
         return;
     }
-    let Ok(new) = std::fs::read(&copy) else {
+    // Every component under the task's HOME is what it says, not a link out of it.
+    let mut at = home.to_owned();
+    for part in Path::new(file).components() {
+        at.push(part);
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| !m.file_type().is_symlink()) {
+            return;
+        }
+    }
+    let Ok(meta) = std::fs::symlink_metadata(&copy) else {
         return;
     };
-    if std::fs::read(&real).is_ok_and(|old| old == new) {
+    if !meta.is_file() || meta.len() > MAX_LOGIN {
         return;
     }
-    if serde_json::from_slice::<Value>(&new).is_err() {
+    let (Ok(new), Ok(old)) = (std::fs::read(&copy), std::fs::read(&real)) else {
+        return;
+    };
+    if new == old {
+        return;
+    }
+    let refreshed = match (
+        serde_json::from_slice::<Value>(&old),
+        serde_json::from_slice::<Value>(&new),
+    ) {
+        (Ok(old), Ok(new)) => same_shape(&old, &new) && !expiry_went_back(&old, &new),
+        _ => false,
+    };
+    if !refreshed {
         tracing::warn!(
-            "{}: {file} no longer parses after the run; the login in {real_home} is left as it was",
+            "{}: {file} changed during the run but does not look like a refreshed login; the login in {real_home} is left as it was",
             provider.name
         );
         return;
@@ -612,9 +636,6 @@ fn copy_back_login(provider: &Provider, env: &Env, home: &Path) {
     let written = (|| {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        if let Some(parent) = real.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
         let tmp = real.with_extension("autodev-tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -632,6 +653,38 @@ fn copy_back_login(provider: &Provider, env: &Env, home: &Path) {
             provider.name,
             real.display()
         );
+    }
+}
+
+/// The same object keys at every level (values may differ).
+fn same_shape(old: &Value, new: &Value) -> bool {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, v)| b.get(k).is_some_and(|w| same_shape(v, w)))
+        }
+        (Value::Object(_), _) | (_, Value::Object(_)) => false,
+        _ => true,
+    }
+}
+
+/// Whether an expiry field (`expiresAt`, `expires_at`, `expiry_date`, `expiry`) is earlier
+/// in `new` than in `old`.
+fn expiry_went_back(old: &Value, new: &Value) -> bool {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => a.iter().any(|(k, v)| {
+            let Some(w) = b.get(k) else { return false };
+            let is_expiry = matches!(
+                k.as_str(),
+                "expiresAt" | "expires_at" | "expiry_date" | "expiry"
+            );
+            match (v.as_f64(), w.as_f64()) {
+                (Some(before), Some(after)) if is_expiry => after < before,
+                _ => expiry_went_back(v, w),
+            }
+        }),
+        _ => false,
     }
 }
 

@@ -336,9 +336,27 @@ impl RunEgress {
         drop(tx);
         let engine = engine.clone();
         let refusals = tokio::spawn(async move {
+            // Each host once, and not more than a timeline can hold.
+            const MAX_REPORTED: usize = 20;
             let mut seen = std::collections::HashSet::new();
             while let Some((who, host)) = rx.recv().await {
-                if seen.insert((who, host.clone())) {
+                if seen.contains(&(who, host.clone())) {
+                    continue;
+                }
+                if seen.len() == MAX_REPORTED {
+                    seen.insert((who, host));
+                    engine
+                        .record(
+                            key,
+                            run_seq,
+                            "egress",
+                            &format!("more refused connections; only the first {MAX_REPORTED} hosts are listed"),
+                        )
+                        .await;
+                    continue;
+                }
+                if seen.len() < MAX_REPORTED {
+                    seen.insert((who, host.clone()));
                     let list = if who == "agent" {
                         "agent.egress"
                     } else {

@@ -617,12 +617,15 @@ async fn an_agent_changes_neither_the_operators_login_nor_another_tasks_home() {
                printf '{{\"token\":\"refreshed\"}}' > \"$HOME/.claude/.credentials.json\" ;;\n\
              *HOME-B*) ls -A \"$HOME\" \"$HOME/.claude\" > {out}/b-home.txt; cat \"$HOME/.claude/CLAUDE.md\" > {out}/b-rules.txt ;;\n\
              *HOME-C*) printf 'not json' > \"$HOME/.claude/.credentials.json\" ;;\n\
+             *HOME-D*) printf '{{}}' > \"$HOME/.claude/.credentials.json\" ;;\n\
+             *HOME-E*) mkdir -p {out}/elsewhere; printf '{{\"token\":\"planted\"}}' > {out}/elsewhere/.credentials.json\n\
+               rm -rf \"$HOME/.claude\"; ln -s {out}/elsewhere \"$HOME/.claude\" ;;\n\
              esac\n\
              echo x > feature.txt\necho '{CLAUDE_OK}'"
         ),
     );
     let server = world.serve();
-    for id in ["HOME-A", "HOME-B", "HOME-C"] {
+    for id in ["HOME-A", "HOME-B", "HOME-C", "HOME-D", "HOME-E"] {
         let (status, _) = server.post_spec("application/yaml", &spec(id, "")).await;
         assert_eq!(status, 201);
         let t = server.wait_for(id, ENDED, Duration::from_secs(30)).await;
@@ -647,7 +650,7 @@ async fn an_agent_changes_neither_the_operators_login_nor_another_tasks_home() {
     assert_eq!(
         std::fs::read_to_string(claude.join(".credentials.json")).unwrap(),
         r#"{"token":"refreshed"}"#,
-        "a refreshed login comes back; one that does not parse does not"
+        "a refreshed login comes back; one that does not parse, has another shape, or lies behind a link does not"
     );
     let homes: Vec<_> = std::fs::read_dir(world.data.join("homes"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
