@@ -99,6 +99,13 @@ pub enum Command {
     Checkpoint,
     /// Open pull requests now for passed tasks that have none: App tasks through the App, local ones by pushing to a GitHub `origin` with GITHUB_TOKEN
     Prize,
+    /// Without a sandbox: runs the command and, when it ends, ends everything it started
+    /// (autodev starts this itself)
+    #[command(hide = true)]
+    Reap {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Inside the agent sandbox: passes connections on the sandbox's loopback to autodev's
     /// egress proxy, and runs the command (autodev starts this itself)
     #[command(hide = true)]
@@ -115,7 +122,10 @@ pub enum Command {
 /// Parses arguments, runs the command, and returns the process exit code.
 pub async fn main() -> i32 {
     let cli = Cli::parse();
-    // Inside the sandbox: no configuration, no logging, just the relay.
+    // Around a job: no configuration, no logging, just the shim.
+    if let Command::Reap { command } = &cli.command {
+        return crate::exec::reap(command);
+    }
     if let Command::Relay {
         socket,
         port,
@@ -143,6 +153,8 @@ pub async fn main() -> i32 {
         }
     };
     init_logging(&settings, cli.log_format);
+    // Jobs this process runs without a sandbox run under `autodev reap`.
+    crate::sandbox::use_reaper();
     match dispatch(cli.command, settings).await {
         Ok(code) => code,
         Err(e) => {
@@ -185,7 +197,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
         Command::Prize => prize(settings).await,
-        Command::Relay { .. } => unreachable!("the relay runs before configuration is read"),
+        Command::Relay { .. } | Command::Reap { .. } => {
+            unreachable!("the shims run before configuration is read")
+        }
         Command::Checkpoint => {
             let engine = Engine::open(settings).await?;
             let n = crate::hygiene::checkpoint(&engine).await?;

@@ -254,6 +254,71 @@ pub fn pass_fd3(
     Ok(reader)
 }
 
+/// The per-job shim without a sandbox (`autodev reap`): runs `command` as a child subreaper,
+/// so everything it starts, even what leaves its group and clears its environment, becomes
+/// the shim's when orphaned; when the command ends, all of that is killed; exits as the
+/// command did.
+pub fn reap(command: &[String]) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("autodev reap: no command to run");
+        return 2;
+    };
+    // SAFETY: prctl only changes this process's own flag.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    let code = match std::process::Command::new(program).args(args).status() {
+        Ok(status) => status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Err(e) => {
+            eprintln!("autodev reap: running {program}: {e}");
+            127
+        }
+    };
+    kill_descendants();
+    code
+}
+
+/// Kills every child of this process (the orphans a subreaper inherits included) until none
+/// is left, reaping them.
+fn kill_descendants() {
+    for _ in 0..200 {
+        let children = own_children();
+        // SAFETY: waitpid with WNOHANG only collects children that have ended.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        if children.is_empty() {
+            return;
+        }
+        for pid in children {
+            // SAFETY: kill only sends a signal, to a child of this process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The pids of this process's children, from every thread's `children` list.
+fn own_children() -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// Starts and waits.
 pub async fn run(job: Job, cancel: &CancellationToken) -> std::io::Result<Output> {
     Ok(start(job)?.wait(cancel).await)

@@ -374,10 +374,33 @@ impl Jail<'_> {
     }
 }
 
-/// Wraps `job` when there is a jail.
+/// autodev's own program, as the shim for jobs run without a sandbox; set once by the
+/// processes that run tasks.
+static REAPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes this process run its unsandboxed jobs under `<autodev> reap`.
+pub fn use_reaper() {
+    if let Ok(program) = std::env::current_exe() {
+        let _ = REAPER.set(real(&program));
+    }
+}
+
+/// Wraps `job` in the jail when there is one. Without, it runs under `autodev reap` (when
+/// this process set it up), which ends whatever the job leaves behind when it ends: the
+/// sandbox's PID namespace does that inside.
 pub fn confine(jail: Option<Jail<'_>>, job: Job, extra: &[PathBuf]) -> Job {
-    match jail {
-        Some(j) => j.wrap(job, extra),
-        None => job,
+    match (jail, REAPER.get()) {
+        (Some(j), _) => j.wrap(job, extra),
+        (None, Some(shim)) => {
+            let mut args = vec!["reap".to_owned(), "--".to_owned()];
+            args.push(job.program.display().to_string());
+            args.extend(job.args);
+            Job {
+                program: shim.clone(),
+                args,
+                ..job
+            }
+        }
+        (None, None) => job,
     }
 }

@@ -768,3 +768,33 @@ async fn another_process_of_autodevs_user_cannot_read_its_environment() {
         "autodev's /proc/<pid>/environ belongs to its user, who could read its secrets"
     );
 }
+
+#[tokio::test]
+async fn without_a_sandbox_a_gate_that_leaves_its_group_and_its_marker_still_ends_with_its_task() {
+    // No PID namespace here: the per-job shim is what ends it.
+    let world = World::unconfined();
+    world.simple_claude("feature.txt", "done");
+    let server = world.serve();
+    let (status, body) = server
+        .post_spec(
+            "application/yaml",
+            &spec(
+                "ESCAPE-1",
+                "max_rounds: 1\nacceptance:\n  tests: [\"setsid env -i sleep 3172 & sleep 1\"]\n",
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let t = server
+        .wait_for("ESCAPE-1", ENDED, Duration::from_secs(30))
+        .await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes("sleep 3172").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a process that cleared its environment outlived its task"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
