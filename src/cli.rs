@@ -25,7 +25,7 @@ use crate::spec::{self, SpecFormat};
     version,
     about = "Turns task specs and GitHub issues into branches written by AI coding agents and checked by acceptance gates.",
     after_help = "Environment: AUTODEV_CONFIG, AUTODEV_BIND, AUTODEV_DATA_DIR, AUTODEV_DATABASE_URL, AUTODEV_API_TOKEN, \
-AUTODEV_URL, AUTODEV_PUBLIC_URL, AUTODEV_LOG, AUTODEV_LOG_FORMAT, REPO_PATH, DEV_BRANCH; GitHub App mode: \
+AUTODEV_URL, AUTODEV_PUBLIC_URL, AUTODEV_ALLOWED_HOSTS, AUTODEV_LOG, AUTODEV_LOG_FORMAT, REPO_PATH, DEV_BRANCH; GitHub App mode: \
 GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH (or GITHUB_PRIVATE_KEY), GITHUB_WEBHOOK_SECRET, GITHUB_API_URL; \
 local-mode pull requests: GITHUB_TOKEN; API providers: ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, OPENAI_API_KEY, \
 OPENAI_BASE_URL. Secrets may also be given as <NAME>_FILE.\n\
