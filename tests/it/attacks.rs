@@ -719,20 +719,28 @@ async fn another_process_of_autodevs_user_cannot_read_its_environment() {
         eprintln!("skipped: needs root and setpriv to run autodev as another user");
         return;
     }
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(crate::support::BIN)
+            .args(args);
+        cmd
+    };
+    let reachable = as_nobody(&["--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !reachable {
+        eprintln!(
+            "skipped: the unprivileged user cannot run {} here",
+            crate::support::BIN
+        );
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::create_dir_all(dir.path().join("repo")).unwrap();
-    let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            crate::support::BIN,
-        ])
-        .args(["serve", "--bind", "127.0.0.1:0"])
+    let mut child = as_nobody(&["serve", "--bind", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
