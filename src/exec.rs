@@ -264,9 +264,16 @@ pub fn reap(command: &[String]) -> i32 {
         eprintln!("autodev reap: no command to run");
         return 2;
     };
-    // SAFETY: prctl only changes this process's own flag.
+    // SAFETY: prctl only changes this process's own flag; the handler does nothing, so a
+    // SIGTERM to the job's group (a timeout, a cancel) ends the command but not the shim,
+    // which then ends what the command left. (A handler, unlike an ignored signal, is reset
+    // for the command by exec.)
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::signal(
+            libc::SIGTERM,
+            on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
     let code = match std::process::Command::new(program).args(args).status() {
         Ok(status) => status
@@ -280,6 +287,8 @@ pub fn reap(command: &[String]) -> i32 {
     kill_descendants();
     code
 }
+
+extern "C" fn on_sigterm(_: libc::c_int) {}
 
 /// Kills every child of this process (the orphans a subreaper inherits included) until none
 /// is left, reaping them.

@@ -806,3 +806,37 @@ async fn without_a_sandbox_a_gate_that_leaves_its_group_and_its_marker_still_end
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn without_a_sandbox_a_gate_that_times_out_leaves_nothing_behind() {
+    let world = World::unconfined();
+    world.simple_claude("feature.txt", "done");
+    std::fs::write(
+        &world.config,
+        "providers:\n  order: [claude_cli]\nworkers: {concurrency: 2, heartbeat_seconds: 1, missed_heartbeats: 2}\nagent: {env: [FAKE_AGENT_DIR], sandbox: off}\ngates: {timeout: 2s}\n",
+    )
+    .unwrap();
+    let server = world.serve();
+    let (status, body) = server
+        .post_spec(
+            "application/yaml",
+            &spec(
+                "ESCAPE-2",
+                "max_rounds: 1\nacceptance:\n  tests: [\"setsid env -i sleep 3173 & sleep 100\"]\n",
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let t = server
+        .wait_for("ESCAPE-2", ENDED, Duration::from_secs(30))
+        .await;
+    assert_eq!(t["state"], "failed", "{t:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes("sleep 3173").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a process left by a timed-out gate outlived its task"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
