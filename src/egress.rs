@@ -80,8 +80,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Serves the proxy on `socket` for `who` (`agent`, `gates`); every refused `host:port`
-    /// is sent to `refused` with `who`.
+    /// Serves the proxy on `socket` for `who` (`agent`, `gates`); every refused connection
+    /// is sent to `refused` as `who` and `host:port: why`.
     pub fn start(
         socket: &Path,
         who: &'static str,
@@ -159,16 +159,23 @@ async fn tunnel(
         return Ok(());
     };
     let (request, early) = target;
-    let Some((host, port)) = connect_target(&request) else {
-        // Plain `GET http://...` and anything else: only tunnels are offered.
-        conn.write_all(
-            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\nonly CONNECT is served",
-        )
-        .await?;
-        return Ok(());
+    // A tunnel (`CONNECT host:port`), or a plain-HTTP request in absolute form
+    // (`GET http://host:port/path`), which clients send through a proxy for http:// URLs (a
+    // model server on the local network, say): passed on in origin form.
+    let (host, port, forward) = match connect_target(&request) {
+        Some((host, port)) => (host, port, None),
+        None => match absolute_target(&request) {
+            Some((host, port, origin_form)) => (host, port, Some(origin_form)),
+            None => {
+                conn.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                    .await?;
+                return Ok(());
+            }
+        },
     };
     let _ = head_len;
-    let addrs = if allows(allowed, &host, port) {
+    let listed = allows(allowed, &host, port);
+    let addrs = if listed {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, addresses(&host, port))
             .await
             .ok()
@@ -178,7 +185,12 @@ async fn tunnel(
     };
     let Some(addrs) = addrs else {
         let shown: String = host.chars().take(MAX_HOST).collect();
-        let _ = refused.send((who, format!("{shown}:{port}")));
+        let why = if listed {
+            "it is allowed, but has no address on the internet (it resolves nowhere, or to this machine or its networks)".to_owned()
+        } else {
+            format!("not in {who}.egress")
+        };
+        let _ = refused.send((who, format!("{shown}:{port}: {why}")));
         conn.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             .await?;
         return Ok(());
@@ -196,8 +208,13 @@ async fn tunnel(
             return Err(e);
         }
     };
-    conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        .await?;
+    match forward {
+        None => {
+            conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await?
+        }
+        Some(head) => upstream.write_all(head.as_bytes()).await?,
+    }
     if !early.is_empty() {
         upstream.write_all(&early).await?;
     }
@@ -311,6 +328,38 @@ async fn read_head(conn: &mut UnixStream) -> std::io::Result<Head> {
             return Ok(None);
         }
     }
+}
+
+/// `METHOD http://host[:port]/path HTTP/1.1` plus headers → (host, port, the same head in
+/// origin form, ending with its blank line).
+fn absolute_target(head: &str) -> Option<(String, u16, String)> {
+    let (line, rest) = head.split_once("\r\n").unwrap_or((head, ""));
+    let mut parts = line.splitn(3, ' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let after = target.strip_prefix("http://")?;
+    let (authority, path) = match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h, p),
+            Err(_) if authority.starts_with('[') && authority.ends_with(']') => (authority, 80),
+            Err(_) => return None,
+        },
+        _ => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut out = format!("{method} {path} {version}\r\n");
+    if !rest.is_empty() {
+        out.push_str(rest);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    Some((host.to_owned(), port, out))
 }
 
 /// `CONNECT host:port HTTP/1.1` → (host, port).
@@ -440,6 +489,20 @@ mod tests {
             Some(("api.anthropic.com".into(), 443))
         );
         assert_eq!(connect_target("GET http://x/ HTTP/1.1"), None);
+        assert_eq!(
+            absolute_target("GET http://127.0.0.1:9/v1/x?y HTTP/1.1\r\nHost: 127.0.0.1:9"),
+            Some((
+                "127.0.0.1".into(),
+                9,
+                "GET /v1/x?y HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n".into()
+            ))
+        );
+        assert_eq!(
+            absolute_target("POST http://models.lan HTTP/1.1").map(|t| (t.0, t.1)),
+            Some(("models.lan".into(), 80))
+        );
+        assert_eq!(absolute_target("GET https://x/ HTTP/1.1"), None);
+        assert_eq!(absolute_target("GET /x HTTP/1.1"), None);
         assert_eq!(
             url_entry("http://127.0.0.1:9999/v1").as_deref(),
             Some("127.0.0.1:9999")

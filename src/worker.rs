@@ -357,17 +357,12 @@ impl RunEgress {
                 }
                 if seen.len() < MAX_REPORTED {
                     seen.insert((who, host.clone()));
-                    let list = if who == "agent" {
-                        "agent.egress"
-                    } else {
-                        "gates.egress"
-                    };
                     engine
                         .record(
                             key,
                             run_seq,
                             "egress",
-                            &format!("refused the {who}'s connection to {host}: not in {list}"),
+                            &format!("refused the {who}'s connection to {host}"),
                         )
                         .await;
                 }

@@ -336,6 +336,8 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
         &format!(
             "cat >/dev/null\n\
              curl -sS -p http://127.0.0.1:{model}/ > {out}/model.txt 2>&1\n\
+             curl -sS http://127.0.0.1:{model}/plain > {out}/model-plain.txt 2>&1\n\
+             curl -sS http://127.0.0.1:{other}/plain > {out}/other-plain.txt 2>&1\n\
              curl -sS -p http://127.0.0.1:{other}/ > {out}/other.txt 2>&1\n\
              curl -sS -p http://127.0.0.1:{api}/healthz > {out}/api.txt 2>&1\n\
              curl -sS -p https://example.com/ > {out}/web.txt 2>&1\n\
@@ -364,6 +366,17 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
         !read("other.txt").contains("hello"),
         "{}",
         read("other.txt")
+    );
+    // Plain HTTP through the proxy (absolute form), as clients send it for http:// URLs.
+    assert!(
+        read("model-plain.txt").contains("hello-from-the-model"),
+        "{}",
+        read("model-plain.txt")
+    );
+    assert!(
+        !read("other-plain.txt").contains("hello"),
+        "{}",
+        read("other-plain.txt")
     );
     assert!(
         !read("api.txt").contains("ok"),
