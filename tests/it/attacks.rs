@@ -565,36 +565,6 @@ fn processes(words: &str) -> Vec<i32> {
 }
 
 #[tokio::test]
-async fn a_gate_that_leaves_its_group_ends_with_its_task() {
-    let world = World::new();
-    world.simple_claude("feature.txt", "done");
-    let server = world.serve();
-    // The escaped process keeps the gate's output pipe open, for ever.
-    let (status, body) = server
-        .post_spec(
-            "application/yaml",
-            &spec(
-                "SETSID-1",
-                "max_rounds: 1\nacceptance:\n  tests: [\"setsid sleep 3171 & sleep 1\"]\n",
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let t = server
-        .wait_for("SETSID-1", ENDED, Duration::from_secs(30))
-        .await;
-    assert_eq!(t["state"], "passed", "{t:#}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes("sleep 3171").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the escaped process outlived its task"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[tokio::test]
 async fn an_agent_changes_neither_the_operators_login_nor_another_tasks_home() {
     let world = World::new();
     let claude = world.home.join(".claude");
@@ -777,66 +747,50 @@ async fn another_process_of_autodevs_user_cannot_read_its_environment() {
     );
 }
 
-#[tokio::test]
-async fn without_a_sandbox_a_gate_that_leaves_its_group_and_its_marker_still_ends_with_its_task() {
-    // No PID namespace here: the per-job shim is what ends it.
-    let world = World::unconfined();
-    world.simple_claude("feature.txt", "done");
+/// Runs task `id` whose one gate is `gate`, expects it to end `state`, and then no process
+/// whose command line is `left` (the gate's escapee) to be alive for long.
+async fn gate_leaves_nothing(world: &World, id: &str, gate: &str, left: &str, state: &str) {
     let server = world.serve();
+    let extra = format!("max_rounds: 1\nacceptance:\n  tests: [{gate:?}]\n");
     let (status, body) = server
-        .post_spec(
-            "application/yaml",
-            &spec(
-                "ESCAPE-1",
-                "max_rounds: 1\nacceptance:\n  tests: [\"setsid env -i sleep 3172 & sleep 1\"]\n",
-            ),
-        )
+        .post_spec("application/yaml", &spec(id, &extra))
         .await;
     assert_eq!(status, 201, "{body}");
-    let t = server
-        .wait_for("ESCAPE-1", ENDED, Duration::from_secs(30))
-        .await;
-    assert_eq!(t["state"], "passed", "{t:#}");
+    let t = server.wait_for(id, ENDED, Duration::from_secs(30)).await;
+    assert_eq!(t["state"], state, "{t:#}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes("sleep 3172").is_empty() {
+    while !processes(left).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "a process that cleared its environment outlived its task"
+            "`{left}`, left by the gate, outlived its task"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test]
+async fn a_gate_that_leaves_its_group_ends_with_its_task() {
+    let world = World::new();
+    world.simple_claude("feature.txt", "done");
+    // The escaped process keeps the gate's output pipe open, for ever.
+    let gate = "setsid sleep 3171 & sleep 1";
+    gate_leaves_nothing(&world, "SETSID-1", gate, "sleep 3171", "passed").await;
+}
+
+#[tokio::test]
+async fn without_a_sandbox_a_gate_that_leaves_its_group_and_its_marker_still_ends_with_its_task() {
+    // No PID namespace here: the per-job shim is what ends it.
+    let world = World::unconfined();
+    world.simple_claude("feature.txt", "done");
+    let gate = "setsid env -i sleep 3172 & sleep 1";
+    gate_leaves_nothing(&world, "ESCAPE-1", gate, "sleep 3172", "passed").await;
+}
+
+#[tokio::test]
 async fn without_a_sandbox_a_gate_that_times_out_leaves_nothing_behind() {
     let world = World::unconfined();
     world.simple_claude("feature.txt", "done");
-    std::fs::write(
-        &world.config,
-        "providers:\n  order: [claude_cli]\nworkers: {concurrency: 2, heartbeat_seconds: 1, missed_heartbeats: 2}\nagent: {env: [FAKE_AGENT_DIR], sandbox: off}\ngates: {timeout: 2s}\n",
-    )
-    .unwrap();
-    let server = world.serve();
-    let (status, body) = server
-        .post_spec(
-            "application/yaml",
-            &spec(
-                "ESCAPE-2",
-                "max_rounds: 1\nacceptance:\n  tests: [\"setsid env -i sleep 3173 & sleep 100\"]\n",
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let t = server
-        .wait_for("ESCAPE-2", ENDED, Duration::from_secs(30))
-        .await;
-    assert_eq!(t["state"], "failed", "{t:#}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes("sleep 3173").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "a process left by a timed-out gate outlived its task"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.write_config("providers:\n  order: [claude_cli]\ngates: {timeout: 2s}\n");
+    let gate = "setsid env -i sleep 3173 & sleep 100";
+    gate_leaves_nothing(&world, "ESCAPE-2", gate, "sleep 3173", "failed").await;
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{CLAUDE_OK, World, spec};
+use crate::support::{CLAUDE_OK, World, assert_holds, assert_lacks, spec};
 
 const TOKEN: &str = "ghp_sandboxProbeSecret42";
 const API_TOKEN: &str = "sk-ant-key-from-a-file-7";
@@ -356,38 +356,13 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
         )
         .await;
     assert_eq!(task["state"], "passed", "{task:#}");
-    let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
-    assert!(
-        read("model.txt").contains("hello-from-the-model"),
-        "{}",
-        read("model.txt")
-    );
-    assert!(
-        !read("other.txt").contains("hello"),
-        "{}",
-        read("other.txt")
-    );
+    assert_holds(&world.left("model.txt"), "hello-from-the-model");
+    assert_lacks(&world.left("other.txt"), "hello");
     // Plain HTTP through the proxy (absolute form), as clients send it for http:// URLs.
-    assert!(
-        read("model-plain.txt").contains("hello-from-the-model"),
-        "{}",
-        read("model-plain.txt")
-    );
-    assert!(
-        !read("other-plain.txt").contains("hello"),
-        "{}",
-        read("other-plain.txt")
-    );
-    assert!(
-        !read("api.txt").contains("ok"),
-        "autodev's own API: {}",
-        read("api.txt")
-    );
-    assert!(
-        !read("direct.txt").contains("hello"),
-        "{}",
-        read("direct.txt")
-    );
+    assert_holds(&world.left("model-plain.txt"), "hello-from-the-model");
+    assert_lacks(&world.left("other-plain.txt"), "hello");
+    assert_lacks(&world.left("api.txt"), "ok");
+    assert_lacks(&world.left("direct.txt"), "hello");
     let events = task["events"].to_string();
     for host in [
         format!("127.0.0.1:{other}"),
@@ -461,33 +436,12 @@ async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
         .await;
     let _ = std::fs::remove_dir_all(&run_marker);
     assert_eq!(task["state"], "passed", "{task:#}");
-    let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
-    assert!(
-        !read("gate-data.txt").contains("autodev.db"),
-        "{}",
-        read("gate-data.txt")
-    );
-    assert!(
-        !read("gate-ssh.txt").contains("PRIVATE KEY"),
-        "{}",
-        read("gate-ssh.txt")
-    );
-    assert!(
-        read("caps.txt").contains("0000000000000000"),
-        "{}",
-        read("caps.txt")
-    );
-    assert!(
-        !read("run.txt").contains("autodev-test-"),
-        "{}",
-        read("run.txt")
-    );
-    assert!(
-        !read("operator-login.txt").contains("OPERATOR-LOGIN"),
-        "{}",
-        read("operator-login.txt")
-    );
-    let homes = read("gate-homes.txt");
+    assert_lacks(&world.left("gate-data.txt"), "autodev.db");
+    assert_lacks(&world.left("gate-ssh.txt"), "PRIVATE KEY");
+    assert_holds(&world.left("caps.txt"), "0000000000000000");
+    assert_lacks(&world.left("run.txt"), "autodev-test-");
+    assert_lacks(&world.left("operator-login.txt"), "OPERATOR-LOGIN");
+    let homes = world.left("gate-homes.txt");
     assert!(
         !homes.contains("egress") && !homes.contains("claude_cli"),
         "the gates see the agents' HOME or proxy: {homes}"

@@ -433,3 +433,22 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
 }
+
+/// Asserts that `text` holds `needle`, showing `text` when it does not.
+#[track_caller]
+pub fn assert_holds(text: &str, needle: &str) {
+    assert!(text.contains(needle), "`{needle}` is missing from:\n{text}");
+}
+
+/// Asserts that `text` does not hold `needle`, showing `text` when it does.
+#[track_caller]
+pub fn assert_lacks(text: &str, needle: &str) {
+    assert!(!text.contains(needle), "`{needle}` is in:\n{text}");
+}
+
+impl World {
+    /// What the fake agents and gates left in `name` in their directory (empty if nothing).
+    pub fn left(&self, name: &str) -> String {
+        std::fs::read_to_string(self.agent_dir.join(name)).unwrap_or_default()
+    }
+}
