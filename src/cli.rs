@@ -251,10 +251,14 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
         );
         let app = crate::server::router(engine.clone(), listener.local_addr()?);
         let stop = shutdown.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("HTTP server")?;
+        // Peers' addresses, so one client cannot take every turn to send a webhook body.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("HTTP server")?;
     }
     shutdown.cancelled().await;
     if let Some(workers) = workers {

@@ -24,6 +24,88 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// until their signature is checked).
 pub const UNAUTHENTICATED_BODIES: usize = 8;
 
+/// How many of those one peer may have read at once: one client holding its uploads open
+/// cannot take every turn.
+pub const UNAUTHENTICATED_BODIES_PER_PEER: usize = 2;
+
+/// Turns to read unauthenticated bodies: a few at a time in all, fewer from any one peer.
+#[derive(Debug)]
+pub struct Bodies {
+    all: Arc<tokio::sync::Semaphore>,
+    peers: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// A turn to read a body; given back when dropped.
+pub struct Turn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bodies: Arc<Bodies>,
+    peer: Option<IpAddr>,
+}
+
+impl Bodies {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            all: Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_BODIES)),
+            peers: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// Waits for a turn for `peer` until `deadline`; `None` when none came.
+    pub async fn turn(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Turn> {
+        if let Some(ip) = peer {
+            loop {
+                {
+                    let mut peers = self.peers.lock().expect("lock");
+                    let n = peers.entry(ip).or_insert(0);
+                    if *n < UNAUTHENTICATED_BODIES_PER_PEER {
+                        *n += 1;
+                        break;
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // From here on, the peer's share is given back by `Turn`'s drop, or now.
+        match tokio::time::timeout_at(deadline, self.all.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(Turn {
+                _permit: permit,
+                bodies: self.clone(),
+                peer,
+            }),
+            _ => {
+                Turn::release_peer(self, peer);
+                None
+            }
+        }
+    }
+}
+
+impl Turn {
+    fn release_peer(bodies: &Bodies, peer: Option<IpAddr>) {
+        let Some(ip) = peer else { return };
+        let mut peers = bodies.peers.lock().expect("lock");
+        if let Some(n) = peers.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        Turn::release_peer(&self.bodies, self.peer);
+    }
+}
+
 /// Routes that answer whatever the `Host`: probes, which orchestrators send to whatever name
 /// or address they use. (`/metrics` is checked: scrapers by IP pass anyway.)
 const ANY_HOST: &[&str] = &["/healthz", "/readyz"];

@@ -55,9 +55,7 @@ const SPEC_LIMIT: usize = 1024 * 1024;
 /// The routes, for a server bound to `bound`.
 pub fn router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
     let hosts = Arc::new(crate::guard::AllowedHosts::new(&engine.settings, bound));
-    let bodies = Arc::new(tokio::sync::Semaphore::new(
-        crate::guard::UNAUTHENTICATED_BODIES,
-    ));
+    let bodies = crate::guard::Bodies::new();
     let tasks = Router::new()
         .route("/tasks", post(create_task).get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -330,10 +328,14 @@ async fn retry(engine: &Engine, row: TaskRow) -> ApiResult<Response> {
 /// read at once, so slow or stalled uploads cannot hold the server's memory.
 async fn github_webhook(
     State(engine): State<Arc<Engine>>,
-    axum::Extension(bodies): axum::Extension<Arc<tokio::sync::Semaphore>>,
+    axum::Extension(bodies): axum::Extension<Arc<crate::guard::Bodies>>,
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let headers = parts.headers;
     let unread = |outcome: &str, response: Response| {
         engine
@@ -348,8 +350,7 @@ async fn github_webhook(
     }
     // One deadline for waiting a turn and reading: GitHub gives up after ten seconds anyway.
     let deadline = tokio::time::Instant::now() + crate::guard::BODY_TIMEOUT;
-    let permit = tokio::time::timeout_at(deadline, bodies.acquire_owned()).await;
-    let Ok(Ok(_permit)) = permit else {
+    let Some(_turn) = bodies.turn(peer, deadline).await else {
         let busy = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "10")],

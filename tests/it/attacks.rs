@@ -794,3 +794,52 @@ async fn without_a_sandbox_a_gate_that_times_out_leaves_nothing_behind() {
     let gate = "setsid env -i sleep 3173 & sleep 100";
     gate_leaves_nothing(&world, "ESCAPE-2", gate, "sleep 3173", "failed").await;
 }
+
+#[tokio::test]
+async fn one_client_holding_uploads_open_cannot_keep_githubs_deliveries_waiting() {
+    let world = crate::webhooks::app_world();
+    let server = world.serve();
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    // Eight stalled uploads from one address: as many as autodev reads at once in all.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        conn.write_all(
+            format!(
+                "POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A delivery from another address is read at once.
+    let body = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    let sig = autodev::github::webhook::sign(crate::webhooks::SECRET.as_bytes(), body);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    let started = Instant::now();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nX-GitHub-Event: ping\r\nX-GitHub-Delivery: PEER-1\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(15), conn.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the delivery waited {took:?} behind another client's stalled uploads"
+    );
+    drop(stalled);
+}

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, World};
 
-const SECRET: &str = "webhook-secret-for-tests";
+pub const SECRET: &str = "webhook-secret-for-tests";
 
 pub fn fixture(name: &str) -> Value {
     let path = format!(
