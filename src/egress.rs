@@ -223,32 +223,10 @@ async fn tunnel(
 
 /// Copies both ways until both sides are done, or nothing moves for [`IDLE_TIMEOUT`].
 async fn copy_until_idle(conn: UnixStream, upstream: TcpStream) -> std::io::Result<()> {
-    let (mut conn_read, mut conn_write) = conn.into_split();
-    let (mut up_read, mut up_write) = upstream.into_split();
+    let (conn_read, conn_write) = conn.into_split();
+    let (up_read, up_write) = upstream.into_split();
     let last = std::sync::Mutex::new(tokio::time::Instant::now());
     let moved = || *last.lock().expect("lock") = tokio::time::Instant::now();
-    let up = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = conn_read.read(&mut buf).await?;
-            moved();
-            if n == 0 {
-                return up_write.shutdown().await;
-            }
-            up_write.write_all(&buf[..n]).await?;
-        }
-    };
-    let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = up_read.read(&mut buf).await?;
-            moved();
-            if n == 0 {
-                return conn_write.shutdown().await;
-            }
-            conn_write.write_all(&buf[..n]).await?;
-        }
-    };
     let idle = async {
         loop {
             let wake = *last.lock().expect("lock") + IDLE_TIMEOUT;
@@ -259,8 +237,28 @@ async fn copy_until_idle(conn: UnixStream, upstream: TcpStream) -> std::io::Resu
         }
     };
     tokio::select! {
-        r = async { tokio::try_join!(up, down).map(|_| ()) } => r,
+        r = async {
+            tokio::try_join!(pump(conn_read, up_write, &moved), pump(up_read, conn_write, &moved))
+                .map(|_| ())
+        } => r,
         _ = idle => Ok(()),
+    }
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`; `moved` is told of every read.
+async fn pump(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    moved: &impl Fn(),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        moved();
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
     }
 }
 

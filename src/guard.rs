@@ -2,7 +2,7 @@
 //! re-points its own name at this server, DNS rebinding, is refused), state-changing requests
 //! only with JSON or YAML bodies and never from a foreign `Origin` (cross-site requests), and
 //! request bodies that must arrive within a time limit, few at a time while unauthenticated.
-//! Imports configuration only; the routes are `server`'s.
+//! Imports configuration and the spec's media types only; the routes are `server`'s.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -118,20 +118,28 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     }
     engine
         .metrics
-        .tasks_total
-        .with_label_values(&[&row.role, outcome.state.as_str()])
-        .inc();
-    engine
-        .metrics
         .task_duration_seconds
         .with_label_values(&[&row.role])
         .observe(started.elapsed().as_secs_f64());
-    let message = match &outcome.error {
-        Some(e) => format!("{}: {e}", outcome.state),
-        None => outcome.state.to_string(),
+    announce_end(engine, &row, outcome.state, outcome.error.as_deref()).await;
+    Ok(outcome.state)
+}
+
+/// What follows a run's final state, once written: the metric, the timeline, and on GitHub
+/// the check run's conclusion and, for a passed task, its pull request.
+async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: Option<&str>) {
+    let key = row.pk;
+    engine
+        .metrics
+        .tasks_total
+        .with_label_values(&[&row.role, state.as_str()])
+        .inc();
+    let message = match error {
+        Some(e) => format!("{state}: {e}"),
+        None => state.to_string(),
     };
     engine
-        .record(key, run_seq, outcome.state.as_str(), &message)
+        .record(key, row.run_seq, state.as_str(), &message)
         .await;
     if let Some(gh) = &engine.github
         && let Ok(Some(t)) = db::get_task(&engine.pool, key).await
@@ -145,7 +153,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         // again when a task with an open PR passes anew.
         let local = t.repo_name().is_local() && gh.personal_token().is_some();
         let wanted = engine.settings.file.hygiene.pr_on_pass || (local && t.pr_number.is_some());
-        if outcome.state == TaskState::Passed && wanted && (t.pushed_sha.is_some() || local) {
+        if state == TaskState::Passed && wanted && (t.pushed_sha.is_some() || local) {
             effects.push(Effect::OpenPr { task: key });
         }
         for effect in effects {
@@ -154,7 +162,6 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
             }
         }
     }
-    Ok(outcome.state)
 }
 
 /// Stops renewing a run's lease and forgets the run, however the run ends.
@@ -195,28 +202,7 @@ pub async fn finish_after_panic(engine: &Arc<Engine>, job: RunTask, message: &st
     )
     .await
     {
-        Ok(true) => {
-            engine
-                .metrics
-                .tasks_total
-                .with_label_values(&[&row.role, TaskState::Error.as_str()])
-                .inc();
-            engine
-                .record(
-                    job.task,
-                    job.run,
-                    TaskState::Error.as_str(),
-                    &format!("error: {why}"),
-                )
-                .await;
-            if engine.github.is_some() && row.pushed_sha.is_some() {
-                use crate::github::outbox::{self, Effect};
-                let effect = Effect::CheckRun { task: job.task };
-                if let Err(e) = outbox::push(&engine.pool, effect, 0, Duration::ZERO).await {
-                    tracing::warn!("queueing a GitHub update: {e:#}");
-                }
-            }
-        }
+        Ok(true) => announce_end(engine, &row, TaskState::Error, Some(&why)).await,
         Ok(false) => {}
         Err(e) => tracing::error!("finishing task {} after a panic: {e:#}", job.task),
     }
@@ -339,33 +325,19 @@ impl RunEgress {
             // Each host once, and not more than a timeline can hold.
             const MAX_REPORTED: usize = 20;
             let mut seen = std::collections::HashSet::new();
-            while let Some((who, host)) = rx.recv().await {
-                if seen.contains(&(who, host.clone())) {
+            while let Some(refusal) = rx.recv().await {
+                if seen.len() > MAX_REPORTED || !seen.insert(refusal.clone()) {
                     continue;
                 }
-                if seen.len() == MAX_REPORTED {
-                    seen.insert((who, host));
-                    engine
-                        .record(
-                            key,
-                            run_seq,
-                            "egress",
-                            &format!("more refused connections; only the first {MAX_REPORTED} hosts are listed"),
-                        )
-                        .await;
-                    continue;
-                }
-                if seen.len() < MAX_REPORTED {
-                    seen.insert((who, host.clone()));
-                    engine
-                        .record(
-                            key,
-                            run_seq,
-                            "egress",
-                            &format!("refused the {who}'s connection to {host}"),
-                        )
-                        .await;
-                }
+                let (who, host) = refusal;
+                let message = if seen.len() > MAX_REPORTED {
+                    format!(
+                        "more refused connections; only the first {MAX_REPORTED} hosts are listed"
+                    )
+                } else {
+                    format!("refused the {who}'s connection to {host}")
+                };
+                engine.record(key, run_seq, "egress", &message).await;
             }
         });
         Ok(Self {

@@ -2,9 +2,7 @@
 //! it, it can read autodev's environment through `/proc`, credential files and the database;
 //! inside, none of these, while its own work, git and the gates still run.
 
-use std::time::Duration;
-
-use crate::support::{CLAUDE_OK, World, assert_holds, assert_lacks, spec};
+use crate::support::{CLAUDE_OK, World, assert_holds, assert_lacks};
 
 const TOKEN: &str = "ghp_sandboxProbeSecret42";
 const API_TOKEN: &str = "sk-ant-key-from-a-file-7";
@@ -68,18 +66,8 @@ async fn probe(sandbox: bool) -> Probe {
         ),
     ]);
     let server = world.serve();
-    server
-        .post_spec(
-            "application/yaml",
-            &spec("SBX-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n"),
-        )
-        .await;
     let task = server
-        .wait_for(
-            "SBX-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
+        .run_to_end("SBX-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n")
         .await;
     assert_eq!(task["state"], "passed", "sandbox {sandbox}: {task:#}");
     let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
@@ -225,16 +213,7 @@ async fn an_agent_installed_in_home_does_not_uncover_homes_secrets() {
     )
     .unwrap();
     let server = world.serve();
-    server
-        .post_spec("application/yaml", &spec("SBX-HOME", ""))
-        .await;
-    let task = server
-        .wait_for(
-            "SBX-HOME",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let task = server.run_to_end("SBX-HOME", "").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     let read = std::fs::read_to_string(world.agent_dir.join("ssh.txt")).unwrap_or_default();
     assert!(!read.contains("PRIVATE KEY DATA"), "{read}");
@@ -270,20 +249,10 @@ async fn the_tool_loops_commands_run_in_the_sandbox() {
         ("ANTHROPIC_BASE_URL".to_owned(), fake.url.clone()),
     ]);
     let server = world.serve();
-    server
-        .post_spec(
-            "application/yaml",
-            &spec(
-                "SBX-API",
-                "acceptance:\n  tests: [\"grep -qx made made.txt\"]\n",
-            ),
-        )
-        .await;
     let task = server
-        .wait_for(
+        .run_to_end(
             "SBX-API",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
+            "acceptance:\n  tests: [\"grep -qx made made.txt\"]\n",
         )
         .await;
     assert_eq!(task["state"], "passed", "{task:#}");
@@ -345,16 +314,7 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
              echo x > feature.txt\necho '{CLAUDE_OK}'"
         ),
     );
-    server
-        .post_spec("application/yaml", &spec("NET-1", ""))
-        .await;
-    let task = server
-        .wait_for(
-            "NET-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let task = server.run_to_end("NET-1", "").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_holds(&world.left("model.txt"), "hello-from-the-model");
     assert_lacks(&world.left("other.txt"), "hello");
@@ -421,18 +381,8 @@ async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
         "ls {data} > {out}/gate-data.txt 2>&1; cat {ssh}/id_ed25519 > {out}/gate-ssh.txt 2>&1; ls -A \"$HOME/..\" > {out}/gate-homes.txt 2>&1; true",
         ssh = ssh.display()
     );
-    server
-        .post_spec(
-            "application/yaml",
-            &spec("SBX-LINK", &format!("acceptance:\n  tests: [{gate:?}]\n")),
-        )
-        .await;
     let task = server
-        .wait_for(
-            "SBX-LINK",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
+        .run_to_end("SBX-LINK", &format!("acceptance:\n  tests: [{gate:?}]\n"))
         .await;
     let _ = std::fs::remove_dir_all(&run_marker);
     assert_eq!(task["state"], "passed", "{task:#}");

@@ -452,3 +452,17 @@ impl World {
         std::fs::read_to_string(self.agent_dir.join(name)).unwrap_or_default()
     }
 }
+
+impl Server {
+    /// Submits `spec(id, extra)` and waits until the task has ended; the task.
+    pub async fn run_to_end(&self, id: &str, extra: &str) -> Value {
+        let (status, body) = self.post_spec("application/yaml", &spec(id, extra)).await;
+        assert_eq!(status, 201, "{body}");
+        self.wait_for(
+            id,
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(60),
+        )
+        .await
+    }
+}
