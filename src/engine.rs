@@ -159,19 +159,13 @@ impl Engine {
     }
 
     /// What a sandboxed agent or gate working in `worktree` may write to, besides its own
-    /// HOME: the worktree and the git directory it shares. Empty without a sandbox.
-    pub async fn sandbox_writable(
-        &self,
-        worktree: &std::path::Path,
-    ) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    /// HOME: the worktree, whose `.git` is the task's own repository. Empty without a sandbox.
+    pub fn sandbox_writable(&self, worktree: &std::path::Path) -> Vec<std::path::PathBuf> {
         if self.sandbox.is_none() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         // Each job adds its own HOME (see `sandbox::Jail::wrap`).
-        Ok(vec![
-            worktree.to_owned(),
-            self.git.common_dir(worktree).await?,
-        ])
+        vec![worktree.to_owned()]
     }
 
     /// A fresh directory for the HOMEs of one run of a task (`homes/<name>`): its agents' and
@@ -545,6 +539,16 @@ impl Engine {
             .await
             .unwrap_or(0);
         self.metrics.active_worktrees.set(count as i64);
+    }
+
+    /// The repository a task's branch lives in: the user's own in local mode, else the
+    /// repository's mirror.
+    pub fn home_repo(&self, repo: &RepoName) -> std::path::PathBuf {
+        if repo.is_local() {
+            self.settings.repo_path.clone()
+        } else {
+            self.mirror_path(repo)
+        }
     }
 
     /// The bare mirror of a GitHub repository.

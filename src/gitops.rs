@@ -1,7 +1,9 @@
-//! Git for tasks: base branch resolution, a worktree per task outside the repository, change
-//! detection and commits. Reads go through git2; worktree creation and commits use the git CLI,
-//! which checks out large trees much faster than libgit2 and runs the repository's filters
-//! (e.g. LFS) the way the user's own git would.
+//! Git for tasks: base branch resolution; a repository of its own per task (its worktree's
+//! `.git`, borrowing the objects of the repository the task's branch lives in); snapshots
+//! that read the agent's work from outside with autodev's own git; commits, pushes and the
+//! workflow guard. Reads go through git2; the rest uses the git CLI, which checks out large
+//! trees much faster than libgit2 and runs the repository's filters (e.g. LFS) the way the
+//! user's own git would. Owns no task state: it never imports the database or the engine.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,6 +19,24 @@ pub struct Git {
     ops: IntCounterVec,
     user_name: String,
     user_email: String,
+}
+
+/// What a task's working tree holds at one moment (see [`Git::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The tip of the task repository's branch.
+    pub tip: String,
+    /// The tree of all its files.
+    pub tree: String,
+    /// Why the tip is the branch autodev keeps, not the one read from the task's repository.
+    pub unread: Option<String>,
+}
+
+impl Snapshot {
+    /// The same tip and the same files (however each was read).
+    pub fn same_as(&self, other: &Snapshot) -> bool {
+        self.tip == other.tip && self.tree == other.tree
+    }
 }
 
 /// A prepared task worktree.
@@ -110,14 +130,31 @@ impl Git {
         auth: Option<(&str, &SecretString)>,
         index: Option<&Path>,
     ) -> anyhow::Result<std::process::Output> {
+        self.output_tree(dir, None, args, stdin, auth, index).await
+    }
+
+    /// Runs git in the git directory `dir`; with `work_tree`, on that directory's files (a
+    /// task's, whose own `.git` autodev's git never reads).
+    async fn output_tree(
+        &self,
+        dir: &Path,
+        work_tree: Option<&Path>,
+        args: &[&str],
+        stdin: Option<&str>,
+        auth: Option<(&str, &SecretString)>,
+        index: Option<&Path>,
+    ) -> anyhow::Result<std::process::Output> {
         let name = format!("user.name={}", self.user_name);
         let email = format!("user.email={}", self.user_email);
         let mut cmd = std::process::Command::new("git");
-        cmd.arg("-C")
-            .arg(dir)
-            .args(["-c", &name, "-c", &email, "-c", "commit.gpgsign=false"])
-            // The agent can write to this repository's config and hooks: none of its hooks or
-            // file monitors run in autodev's git.
+        cmd.arg("-C").arg(dir);
+        if let Some(tree) = work_tree {
+            cmd.arg(format!("--git-dir={}", dir.display()))
+                .arg(format!("--work-tree={}", tree.display()));
+        }
+        cmd.args(["-c", &name, "-c", &email, "-c", "commit.gpgsign=false"])
+            // Without a sandbox the agent can write to the repository's config and hooks:
+            // none of its hooks or file monitors run in autodev's git.
             .args([
                 "-c",
                 "core.hooksPath=/dev/null",
@@ -230,118 +267,319 @@ impl Git {
         .await?
     }
 
-    /// The worktree at `path` on `branch`: reused when it is already there (a retry), else
-    /// added from the existing branch, else a new branch from `base_sha`.
+    /// The task's working tree at `path`, on `branch`: a repository of its own (its `.git` a
+    /// directory, made for this run) that borrows `home`'s objects. The branch in `home` (the
+    /// user's repository, or the mirror) continues when it exists (a retry), else the one
+    /// pushed earlier, else starts at `base_sha`; it stays in `home` while the task lives,
+    /// which keeps what the task's repository borrows from being pruned there. The files of
+    /// an earlier run's tree are kept (a retry continues with them); its git directory is not.
     pub async fn prepare_worktree(
         &self,
-        repo: &Path,
+        home: &Path,
         path: &Path,
         branch: &str,
         base_sha: &str,
     ) -> anyhow::Result<Worktree> {
-        if path.join(".git").exists() {
-            match self
-                .run(
-                    "rev-parse",
-                    path,
-                    &["symbolic-ref", "--short", "HEAD"],
-                    None,
-                )
-                .await
+        let home_git = self.common_dir(home).await?;
+        let local = format!("refs/heads/{branch}");
+        let exists = self.rev(&home_git, &local).await?;
+        let start = match exists.clone() {
+            Some(sha) => sha,
+            // A task branch pushed earlier but missing here (a new mirror) continues from origin.
+            None => match self
+                .rev(&home_git, &format!("refs/remotes/origin/{branch}"))
+                .await?
             {
-                Ok(current) if current.trim() == branch => {
-                    let head = self.head(path).await?;
-                    return Ok(Worktree {
-                        path: path.to_owned(),
-                        branch: branch.to_owned(),
-                        reused_branch: true,
-                        head,
-                    });
-                }
-                _ => {
-                    // Left half-made by a crash, or on another branch: start it again.
-                    let _ = self
-                        .run(
-                            "worktree_remove",
-                            repo,
-                            &["worktree", "remove", "--force", &path.to_string_lossy()],
-                            None,
-                        )
-                        .await;
-                    if path.exists() {
-                        std::fs::remove_dir_all(path).with_context(|| {
-                            format!("removing stale worktree {}", path.display())
-                        })?;
-                    }
-                }
-            }
-        } else if path.exists() {
-            std::fs::remove_dir_all(path)
-                .with_context(|| format!("removing stale directory {}", path.display()))?;
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        self.run("worktree_prune", repo, &["worktree", "prune"], None)
-            .await?;
-        // A task branch pushed earlier but missing here (a new mirror) continues from origin.
-        let remote_branch = format!("refs/remotes/origin/{branch}");
-        let on_origin = self
-            .output(
-                repo,
-                &["show-ref", "--verify", "--quiet", &remote_branch],
-                None,
-            )
-            .await?
-            .status
-            .success();
-        let base_sha = if on_origin {
-            remote_branch.as_str()
-        } else {
-            base_sha
+                Some(sha) => sha,
+                None => base_sha.to_owned(),
+            },
         };
-        let exists = self
-            .output(
-                repo,
-                &[
-                    "show-ref",
-                    "--verify",
-                    "--quiet",
-                    &format!("refs/heads/{branch}"),
-                ],
-                None,
-            )
-            .await?
-            .status
-            .success();
-        let path_s = path.to_string_lossy();
-        if exists {
+        if exists.is_none() {
             self.run(
-                "worktree_add",
-                repo,
-                &["worktree", "add", "--quiet", &path_s, branch],
-                None,
-            )
-            .await?;
-        } else {
-            self.run(
-                "worktree_add",
-                repo,
-                &[
-                    "worktree", "add", "--quiet", "-b", branch, &path_s, base_sha,
-                ],
+                "update-ref",
+                &home_git,
+                &["update-ref", &local, &start, ""],
                 None,
             )
             .await?;
         }
-        let head = self.head(path).await?;
+        // Worktrees that earlier versions added to the repository itself.
+        let _ = self.output(&home_git, &["worktree", "prune"], None).await;
+        let earlier = std::fs::symlink_metadata(path.join(".git")).is_ok();
+        self.make_task_repo(&home_git, path, branch, &start, earlier)
+            .await?;
         Ok(Worktree {
             path: path.to_owned(),
             branch: branch.to_owned(),
-            reused_branch: exists,
-            head,
+            reused_branch: exists.is_some(),
+            head: start,
         })
+    }
+
+    /// A repository of its own at `path`, on `branch` at `start`, borrowing the objects of
+    /// `home_git` (listed in its `objects/info/alternates`). Whatever `.git` was there goes;
+    /// the files go too unless `keep_files`, else `start` is checked out.
+    pub async fn make_task_repo(
+        &self,
+        home_git: &Path,
+        path: &Path,
+        branch: &str,
+        start: &str,
+        keep_files: bool,
+    ) -> anyhow::Result<()> {
+        let dot_git = path.join(".git");
+        match std::fs::symlink_metadata(&dot_git) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dot_git),
+            Ok(_) => std::fs::remove_file(&dot_git),
+            Err(_) => Ok(()),
+        }
+        .with_context(|| format!("removing {}", dot_git.display()))?;
+        if !keep_files && path.exists() {
+            std::fs::remove_dir_all(path)
+                .with_context(|| format!("removing stale directory {}", path.display()))?;
+        }
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        self.run("worktree_add", path, &["init", "--quiet"], None)
+            .await?;
+        let objects = home_git.join("objects");
+        let objects = objects.canonicalize().unwrap_or(objects);
+        std::fs::write(
+            dot_git.join("objects/info/alternates"),
+            format!("{}\n", objects.display()),
+        )
+        .context("writing the task repository's alternates")?;
+        // What the agent's own git would otherwise try to write where it cannot (the sandbox
+        // keeps `objects/info` read-only).
+        for (key, value) in [
+            ("gc.auto", "0"),
+            ("maintenance.auto", "false"),
+            ("gc.writeCommitGraph", "false"),
+            ("fetch.writeCommitGraph", "false"),
+        ] {
+            self.run("config", path, &["config", key, value], None)
+                .await?;
+        }
+        let local = format!("refs/heads/{branch}");
+        self.run("update-ref", path, &["update-ref", &local, start], None)
+            .await?;
+        self.run(
+            "symbolic-ref",
+            path,
+            &["symbolic-ref", "HEAD", &local],
+            None,
+        )
+        .await?;
+        if keep_files {
+            self.run("read-tree", path, &["read-tree", "HEAD"], None)
+                .await?;
+        } else {
+            self.run(
+                "checkout",
+                path,
+                &["read-tree", "--reset", "-u", "HEAD"],
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// What `worktree` holds now, as autodev's own git in `home_git` sees it: the tip of the
+    /// task repository's `branch` (with `fetch_ref`, fetched from it into that ref; else, or
+    /// when it cannot be fetched, `branch` in `home_git`), and the tree of every file in the
+    /// working tree, untracked ones included, built in `index` (autodev's, kept between calls
+    /// for its stat data). Nothing the agent wrote in its `.git` (config, hooks, pointers) is
+    /// read except by the fetch, whose `upload-pack` runs none of a repository's commands;
+    /// and that only when no process of the agent's is left to change it meanwhile (the
+    /// caller's word) and nothing in it is a link, which autodev's git would follow out of
+    /// the sandbox (to another repository's objects and refs).
+    pub async fn snapshot(
+        &self,
+        home_git: &Path,
+        worktree: &Path,
+        branch: &str,
+        fetch_ref: Option<&str>,
+        index: &Path,
+    ) -> anyhow::Result<Snapshot> {
+        self.ops.with_label_values(&["snapshot"]).inc();
+        let agent = worktree.join(".git");
+        let mut unread = None;
+        let readable = match fetch_ref {
+            Some(_) => {
+                let dir = agent.clone();
+                tokio::task::spawn_blocking(move || plain_git_dir(&dir)).await?
+            }
+            None => Err("not read while the agent may be writing it".to_owned()),
+        };
+        if let (Err(why), Some(_)) = (&readable, fetch_ref) {
+            unread = Some(why.clone());
+        }
+        if let (Ok(()), Some(fetch_ref)) = (&readable, fetch_ref) {
+            let refspec = format!("+refs/heads/{branch}:{fetch_ref}");
+            let agent_s = agent.to_string_lossy();
+            let out = self
+                .output(
+                    home_git,
+                    &[
+                        "-c",
+                        "protocol.allow=never",
+                        "-c",
+                        "protocol.file.allow=always",
+                        "-c",
+                        "fetch.fsckObjects=true",
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        "--no-write-fetch-head",
+                        "--no-recurse-submodules",
+                        &agent_s,
+                        &refspec,
+                    ],
+                    None,
+                )
+                .await?;
+            if !out.status.success() {
+                unread = Some(format!(
+                    "fetching it failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        let tip = match fetch_ref {
+            Some(r) if unread.is_none() => self.rev(home_git, r).await?,
+            _ => None,
+        };
+        let tip = match tip {
+            Some(t) => t,
+            None => self
+                .rev(home_git, &format!("refs/heads/{branch}"))
+                .await?
+                .with_context(|| format!("{branch} is gone from {}", home_git.display()))?,
+        };
+        let in_tree = |args: &'static [&'static str]| async move {
+            self.output_tree(home_git, Some(worktree), args, None, None, Some(index))
+                .await
+        };
+        // The index keeps the stat data of files that match the tip: only changed files are
+        // read again.
+        let kept = index.exists() && {
+            let out = self
+                .output_tree(
+                    home_git,
+                    Some(worktree),
+                    &["read-tree", "-m", &tip],
+                    None,
+                    None,
+                    Some(index),
+                )
+                .await?;
+            out.status.success()
+        };
+        if !kept {
+            let _ = std::fs::remove_file(index);
+            let out = self
+                .output_tree(
+                    home_git,
+                    Some(worktree),
+                    &["read-tree", &tip],
+                    None,
+                    None,
+                    Some(index),
+                )
+                .await?;
+            if !out.status.success() {
+                bail!(
+                    "reading {tip} into an index: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        for args in [&["add", "--all"][..], &["write-tree"][..]] {
+            let out = in_tree(args).await?;
+            if !out.status.success() {
+                bail!(
+                    "`git {}` on {}: {}",
+                    args.join(" "),
+                    worktree.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            if args[0] == "write-tree" {
+                let tree = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                return Ok(Snapshot { tip, tree, unread });
+            }
+        }
+        unreachable!("write-tree returns")
+    }
+
+    /// A commit of `snap`'s files on top of its tip, in `home_git`; `None` when the tip
+    /// already has those files.
+    pub async fn commit_snapshot(
+        &self,
+        home_git: &Path,
+        snap: &Snapshot,
+        message: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let tip_tree = self
+            .run(
+                "rev-parse",
+                home_git,
+                &["rev-parse", &format!("{}^{{tree}}", snap.tip)],
+                None,
+            )
+            .await?;
+        if tip_tree.trim() == snap.tree {
+            return Ok(None);
+        }
+        let commit = self
+            .run(
+                "commit",
+                home_git,
+                &["commit-tree", &snap.tree, "-p", &snap.tip, "-F", "-"],
+                Some(message),
+            )
+            .await?;
+        Ok(Some(commit.trim().to_owned()))
+    }
+
+    /// Points `refs/heads/<branch>` in `home_git` at `sha`, wherever it was.
+    pub async fn set_branch(&self, home_git: &Path, branch: &str, sha: &str) -> anyhow::Result<()> {
+        self.run(
+            "update-ref",
+            home_git,
+            &["update-ref", &format!("refs/heads/{branch}"), sha],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes `name` in `home_git`, if it is there.
+    pub async fn delete_ref(&self, home_git: &Path, name: &str) -> anyhow::Result<()> {
+        let _ = self
+            .output(home_git, &["update-ref", "-d", name], None)
+            .await?;
+        Ok(())
+    }
+
+    /// The commit `name` points at in `dir`, if it exists.
+    pub async fn rev(&self, dir: &Path, name: &str) -> anyhow::Result<Option<String>> {
+        let out = self
+            .output(
+                dir,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{name}^{{commit}}"),
+                ],
+                None,
+            )
+            .await?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
     }
 
     /// A bare mirror of `url` at `path`, fetched now. Remote branches land in
@@ -683,128 +921,49 @@ impl Git {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
-    /// Files changed between `base` and HEAD.
-    pub async fn changed_files(&self, dir: &Path, base: &str) -> anyhow::Result<Vec<String>> {
-        let out = self
-            .run(
-                "diff",
-                dir,
-                &["diff", "--name-only", &format!("{base}...HEAD")],
-                None,
-            )
-            .await?;
-        Ok(out.lines().map(str::to_owned).collect())
-    }
-
-    /// A work-in-progress commit of everything in the worktree, made with an index of its own
-    /// and recorded only under `side_ref`: the worktree, its index and HEAD are never touched,
-    /// so an agent may keep writing files and running git meanwhile. `None` when there is
-    /// nothing new since HEAD or the last checkpoint.
+    /// A work-in-progress commit of everything in `worktree` on top of the branch autodev
+    /// keeps, made in `home_git` (the task's repository, index and HEAD untouched, so the agent may
+    /// keep working meanwhile) and recorded only under `side_ref`. `None` when there is
+    /// nothing new since the tip or the last checkpoint.
     pub async fn checkpoint(
         &self,
+        home_git: &Path,
         worktree: &Path,
+        branch: &str,
         index: &Path,
         side_ref: &str,
         message: &str,
     ) -> anyhow::Result<Option<String>> {
-        let _ = std::fs::remove_file(index);
-        let in_index = |args: &'static [&'static str]| async move {
-            let out = self
-                .output_full(worktree, args, None, None, Some(index))
-                .await?;
-            if !out.status.success() {
-                bail!(
-                    "`git {}` failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            anyhow::Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        };
         self.ops.with_label_values(&["checkpoint"]).inc();
-        // Seeded from the worktree's own index, whose stat data spares hashing every unchanged
-        // file again; from HEAD when that is not possible or fails.
-        let seeded = self.seed_index(worktree, index).await;
-        let mut tree = None;
-        if seeded && in_index(&["add", "--all"]).await.is_ok() {
-            tree = in_index(&["write-tree"]).await.ok();
-        }
-        let tree = match tree {
-            Some(t) => t,
-            None => {
-                let _ = std::fs::remove_file(index);
-                in_index(&["read-tree", "HEAD"]).await?;
-                in_index(&["add", "--all"]).await?;
-                in_index(&["write-tree"]).await?
-            }
-        };
-        let _ = std::fs::remove_file(index);
-        let head = self.head(worktree).await?;
-        let head_tree = self
-            .run("rev-parse", worktree, &["rev-parse", "HEAD^{tree}"], None)
+        // The agent is at work: its files are read, its repository is not.
+        let snap = self
+            .snapshot(home_git, worktree, branch, None, index)
             .await?;
-        if tree == head_tree.trim() {
-            return Ok(None);
-        }
-        let last_tree = self
-            .output(
-                worktree,
-                &[
+        let last_tree = self.rev(home_git, side_ref).await?;
+        if let Some(last) = last_tree {
+            let tree = self
+                .run(
                     "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("{side_ref}^{{tree}}"),
-                ],
-                None,
-            )
-            .await?;
-        if String::from_utf8_lossy(&last_tree.stdout).trim() == tree {
-            return Ok(None);
+                    home_git,
+                    &["rev-parse", &format!("{last}^{{tree}}")],
+                    None,
+                )
+                .await?;
+            if tree.trim() == snap.tree {
+                return Ok(None);
+            }
         }
-        let commit = self
-            .run(
-                "commit",
-                worktree,
-                &["commit-tree", &tree, "-p", &head, "-F", "-"],
-                Some(message),
-            )
-            .await?;
-        let commit = commit.trim().to_owned();
+        let Some(commit) = self.commit_snapshot(home_git, &snap, message).await? else {
+            return Ok(None);
+        };
         self.run(
             "update-ref",
-            worktree,
+            home_git,
             &["update-ref", side_ref, &commit],
             None,
         )
         .await?;
         Ok(Some(commit))
-    }
-
-    /// Copies the worktree's index to `to`, keeping its modification time: git trusts an
-    /// entry's stat data only when the entry is older than the index file, so a copy that
-    /// looked newer would hide changes made in the same second as the original was written.
-    /// Git replaces an index by renaming a finished one over it, so the copy is whole.
-    async fn seed_index(&self, worktree: &Path, to: &Path) -> bool {
-        let Ok(out) = self
-            .output(worktree, &["rev-parse", "--git-path", "index"], None)
-            .await
-        else {
-            return false;
-        };
-        let rel = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !out.status.success() || rel.is_empty() {
-            return false;
-        }
-        let from = worktree.join(rel);
-        let copied = (|| {
-            let modified = std::fs::metadata(&from)?.modified()?;
-            std::fs::copy(&from, to)?;
-            std::fs::File::options()
-                .write(true)
-                .open(to)?
-                .set_modified(modified)
-        })();
-        copied.is_ok()
     }
 
     /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
@@ -987,60 +1146,6 @@ impl Git {
             .trim()
             .to_owned())
     }
-
-    /// Whether anything changed since `since`: new commits (agents often commit their own
-    /// work) or uncommitted changes, untracked files included.
-    pub async fn changed_since(&self, dir: &Path, since: &str) -> anyhow::Result<bool> {
-        if self.head(dir).await? != since {
-            return Ok(true);
-        }
-        let status = self
-            .run(
-                "status",
-                dir,
-                &["status", "--porcelain", "--untracked-files=all"],
-                None,
-            )
-            .await?;
-        Ok(!status.trim().is_empty())
-    }
-
-    /// Commits everything in the worktree; the new head, or `None` when there was nothing.
-    pub async fn commit_all(&self, dir: &Path, message: &str) -> anyhow::Result<Option<String>> {
-        self.run("add", dir, &["add", "--all"], None).await?;
-        let staged = self
-            .output(dir, &["diff", "--cached", "--quiet"], None)
-            .await?;
-        if staged.status.success() {
-            return Ok(None);
-        }
-        self.run(
-            "commit",
-            dir,
-            &["commit", "--quiet", "--no-verify", "-F", "-"],
-            Some(message),
-        )
-        .await?;
-        Ok(Some(self.head(dir).await?))
-    }
-
-    /// Commits on the branch since `base`, oldest first, as `sha subject`.
-    pub async fn log_since(&self, dir: &Path, base: &str) -> anyhow::Result<Vec<String>> {
-        let out = self
-            .run(
-                "log",
-                dir,
-                &[
-                    "log",
-                    "--reverse",
-                    "--format=%H %s",
-                    &format!("{base}..HEAD"),
-                ],
-                None,
-            )
-            .await?;
-        Ok(out.lines().map(str::to_owned).collect())
-    }
 }
 
 /// A git credential helper (`!sh`) that answers a `get` for `url`'s scheme and host only,
@@ -1062,6 +1167,44 @@ fn credential_helper(url: &str) -> String {
         scheme = quote(scheme),
         host = quote(host),
     )
+}
+
+/// Whether the git directory `dir` is only directories and regular files, and has no
+/// `commondir` (which would send git to another git directory); the first offence otherwise.
+fn plain_git_dir(dir: &Path) -> Result<(), String> {
+    /// Far more than a task's own repository holds (its history is borrowed).
+    const MAX_ENTRIES: usize = 1_000_000;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if std::fs::symlink_metadata(dir.join("commondir")).is_ok() {
+        return Err("it has a `commondir`".to_owned());
+    }
+    let mut stack = vec![dir.to_owned()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", d.display()))?;
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return Err(format!("it holds more than {MAX_ENTRIES} files"));
+            }
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if !kind.is_file() {
+                return Err(format!(
+                    "{} is a link or a special file",
+                    entry.path().display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// git's empty tree, which every repository knows.

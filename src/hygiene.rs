@@ -141,11 +141,7 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
         let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
             continue;
         };
-        let repo = if task.repo_name().is_local() {
-            engine.settings.repo_path.clone()
-        } else {
-            engine.mirror_path(&task.repo_name())
-        };
+        let repo = engine.home_repo(&task.repo_name());
         let _lock = crate::gitops::RepoLock::acquire(engine.repo_lock(&task.repo_name())).await?;
         // Re-read under the lock: a retry may have taken the task since.
         match crate::db::get_task(&engine.pool, task.pk).await? {
@@ -319,11 +315,26 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
         );
         let side_ref = format!("refs/autodev/checkpoints/{}", task.task_id);
         let index = tmp.join(format!("checkpoint-{}.index", task.pk));
-        let commit = match engine
+        let home_git = match engine
             .git
-            .checkpoint(&path, &index, &side_ref, &message)
+            .common_dir(&engine.home_repo(&task.repo_name()))
             .await
         {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(task = %task.task_id, "checkpoint failed: {e:#}");
+                continue;
+            }
+        };
+        // The branch autodev keeps moves only when the run ends (under the repository's lock):
+        // a checkpoint taken before that is never pushed after it.
+        let branch_ref = format!("refs/heads/{}", task.branch);
+        let kept_before = engine.git.rev(&home_git, &branch_ref).await.ok().flatten();
+        let taken = engine
+            .git
+            .checkpoint(&home_git, &path, &task.branch, &index, &side_ref, &message)
+            .await;
+        let commit = match taken {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
@@ -357,9 +368,8 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             let still = now.as_ref().is_some_and(|t| {
                 t.state == crate::db::TaskState::Running && t.run_seq == task.run_seq
             });
-            let parent = engine.git.head(&path).await.ok();
-            let checkpoint_parent = engine.git.parent_of(&path, &commit).await.ok();
-            if !still || parent.is_none() || parent != checkpoint_parent {
+            let kept_now = engine.git.rev(&home_git, &branch_ref).await.ok().flatten();
+            if !still || kept_now != kept_before {
                 continue;
             }
             let lease = now.and_then(|t| t.pushed_sha);
@@ -373,7 +383,7 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             match engine
                 .git
                 .push(
-                    &path,
+                    &home_git,
                     url,
                     &commit,
                     &task.branch,
@@ -601,25 +611,32 @@ async fn catch_up(
         .data_dir
         .join("tmp")
         .join(format!("rebase-{}", task.pk));
+    // The rebase (or merge) in a worktree of the repository itself: nothing of the task's
+    // code runs there.
     git.add_detached(repo, &tmp, head).await?;
+    let merge = engine.settings.file.hygiene.merge_strategy == crate::config::MergeStrategy::Merge;
+    let message = format!("chore({}): merge {base} into {}", task.role, task.branch);
+    let caught_up = git.catch_up(&tmp, base_sha, merge, &message).await;
+    git.remove_worktree(repo, &tmp).await?;
+    let new = match caught_up? {
+        Ok(new) => new,
+        Err(files) => {
+            engine
+                .record(
+                    task.pk,
+                    task.run_seq,
+                    "rebase",
+                    &format!("conflicts with {base} in {}", files.join(", ")),
+                )
+                .await;
+            return Ok(CatchUp::Conflict(files));
+        }
+    };
+    // The gates, which run the task's code, in a repository of their own.
+    let home_git = git.common_dir(repo).await?;
+    git.make_task_repo(&home_git, &tmp, &task.branch, &new, false)
+        .await?;
     let outcome = async {
-        let merge =
-            engine.settings.file.hygiene.merge_strategy == crate::config::MergeStrategy::Merge;
-        let message = format!("chore({}): merge {base} into {}", task.role, task.branch);
-        let new = match git.catch_up(&tmp, base_sha, merge, &message).await? {
-            Ok(new) => new,
-            Err(files) => {
-                engine
-                    .record(
-                        task.pk,
-                        task.run_seq,
-                        "rebase",
-                        &format!("conflicts with {base} in {}", files.join(", ")),
-                    )
-                    .await;
-                return Ok(CatchUp::Conflict(files));
-            }
-        };
         let spec_value: serde_json::Value =
             serde_json::from_str(&task.spec).context("reading the stored spec")?;
         let spec =
@@ -656,7 +673,7 @@ async fn catch_up(
         let cancel = tokio_util::sync::CancellationToken::new();
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
-        let writable = engine.sandbox_writable(&tmp).await?;
+        let writable = engine.sandbox_writable(&tmp);
         let egress = crate::worker::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
         let results = crate::gates::run(
             &planned,
@@ -696,7 +713,7 @@ async fn catch_up(
         anyhow::Ok(CatchUp::Done { new, failures })
     }
     .await;
-    git.remove_worktree(repo, &tmp).await?;
+    std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     outcome
 }
 

@@ -1,10 +1,11 @@
 //! The agent's sandbox (`agent.sandbox: bwrap`): agents, gates and the tool loop's commands run
-//! under bubblewrap, in PID and IPC namespaces of their own and with the file system read-only
-//! except for the task's worktree, its git directory (but not the parts git executes from),
-//! the agents' HOMEs, a private `/tmp` and what `agent.sandbox_writable` adds. Hidden from them: autodev's processes (so its environment,
-//! which holds the tokens, cannot be read from `/proc`), the data directory (the database,
-//! other tasks' worktrees, mirrors), the usual credential stores in HOME, and the files
-//! autodev's own secrets are read from.
+//! under bubblewrap, in PID, IPC and network namespaces of their own, with the file system
+//! read-only except for the task's worktree (whose `.git` is the task's own repository, minus
+//! the parts git executes from or follows), the agents' HOMEs, a private `/tmp` and what
+//! `agent.sandbox_writable` adds; the object store the task's repository borrows is readable.
+//! Hidden from them: autodev's processes (so its environment, which holds the tokens, cannot be
+//! read from `/proc`), the data directory (the database, other tasks' worktrees, mirrors), the
+//! usual credential stores in HOME, and the files autodev's own secrets are read from.
 
 use std::path::{Path, PathBuf};
 
@@ -254,40 +255,60 @@ impl Sandbox {
         if let Net::Proxy(socket) = net {
             add(&["--bind", &s(socket), &s(socket)]);
         }
-        // What git would execute or follow stays read-only: a git directory's config, hooks
-        // and info (filters and hooks run later in autodev's own git, outside), and a
-        // worktree's `.git` file (which says where its git directory is). Only what is itself
+        // A task's own repository (its worktree's `.git`, or a writable git directory): what
+        // git would execute or follow stays read-only (config, hooks, info, and `objects/info`,
+        // which lists the borrowed object stores), and each directory holding such a path is a
+        // mount point of its own, which cannot be moved aside and rebuilt. Only what is itself
         // and where it says: bwrap follows links on both sides of a bind, so a link planted
         // there would mount whatever it points at (a hidden path) back into sight.
         let plain = |p: &Path| {
             std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink())
                 && p.canonicalize().is_ok_and(|c| c == p)
         };
+        let mut borrowed: Vec<PathBuf> = Vec::new();
         for path in &writable {
-            let is_git_dir = plain(&path.join("HEAD")) && plain(&path.join("objects"));
-            if is_git_dir {
-                let mut fixed: Vec<PathBuf> = ["config", "hooks", "info"]
+            for git_dir in [path.clone(), path.join(".git")] {
+                let is_git_dir = plain(&git_dir)
+                    && git_dir.is_dir()
+                    && plain(&git_dir.join("HEAD"))
+                    && plain(&git_dir.join("objects"));
+                if !is_git_dir {
+                    continue;
+                }
+                let objects = git_dir.join("objects");
+                for dir in [&git_dir, &objects] {
+                    add(&["--bind", &s(dir), &s(dir)]);
+                }
+                for p in ["config", "hooks", "info", "objects/info"]
                     .iter()
-                    .map(|p| path.join(p))
-                    .collect();
-                // Each worktree's pointers back to this directory, and its own config.
-                for wt in std::fs::read_dir(path.join("worktrees"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
+                    .map(|p| git_dir.join(p))
+                    .filter(|p| plain(p))
                 {
-                    for part in ["commondir", "gitdir", "config.worktree"] {
-                        fixed.push(wt.path().join(part));
+                    add(&["--ro-bind", &s(&p), &s(&p)]);
+                }
+                // The object stores it borrows (a mirror under the hidden data directory),
+                // readable: nothing else of where they live.
+                let listed =
+                    std::fs::read_to_string(objects.join("info/alternates")).unwrap_or_default();
+                for line in listed.lines().map(str::trim) {
+                    let store = Path::new(line);
+                    if store.is_absolute()
+                        && plain(store)
+                        && store.is_dir()
+                        && store.file_name().is_some_and(|n| n == "objects")
+                    {
+                        borrowed.push(store.to_owned());
                     }
                 }
-                for p in fixed.iter().filter(|p| plain(p)) {
-                    add(&["--ro-bind", &s(p), &s(p)]);
-                }
             }
+            // A worktree's `.git` file (earlier versions), which says where its git directory is.
             let dot_git = path.join(".git");
             if plain(&dot_git) && dot_git.is_file() {
                 add(&["--ro-bind", &s(&dot_git), &s(&dot_git)]);
             }
+        }
+        for store in &borrowed {
+            add(&["--ro-bind", &s(store), &s(store)]);
         }
         let under_hidden_dir = |f: &PathBuf| self.hidden_dirs.iter().any(|d| f.starts_with(d));
         for file in self

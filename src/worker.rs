@@ -491,7 +491,10 @@ async fn pipeline(
     // The run's own HOMEs (its agents', its gates'), gone when the run ends.
     let run_homes = engine.fresh_homes(&format!("task-{}", row.pk))?;
     let homes = run_homes.path().to_owned();
-    let writable = engine.sandbox_writable(&worktree.path).await?;
+    let writable = engine.sandbox_writable(&worktree.path);
+    // autodev reads the agent's work with its own git, in the repository the branch lives in.
+    let home_git = git.common_dir(repo).await?;
+    let reading = Reading::new(engine, row);
     let egress = RunEgress::start(engine, &homes, row.pk, row.run_seq)?;
     let (agent_net, gates_net) = (egress.agent_net(), egress.gates_net());
 
@@ -555,7 +558,7 @@ async fn pipeline(
             verdict = Some(o);
             break;
         }
-        let round_start = git.head(&worktree.path).await?;
+        let round_start = reading.snapshot(&home_git, &worktree).await?;
         let text = prompt::build(&PromptInput {
             role: &role,
             spec,
@@ -638,7 +641,11 @@ async fn pipeline(
             },
         )
         .await?;
-        if !git.changed_since(&worktree.path, &round_start).await? {
+        if reading
+            .snapshot(&home_git, &worktree)
+            .await?
+            .same_as(&round_start)
+        {
             verdict = Some(Outcome::ended(
                 TaskState::Failed,
                 format!(
@@ -723,21 +730,41 @@ async fn pipeline(
 
     egress.finish().await;
 
-    // 3. Commit whatever the agent left, so a retry continues from it and nothing is lost.
+    // 3. Commit whatever the agent left, so a retry continues from it and nothing is lost:
+    // its branch and files, read into the repository the branch lives in.
     let message = gitops::commit_message(&spec.role, &spec.title, spec.id.as_str(), passed);
-    if let Some(sha) = git.commit_all(&worktree.path, &message).await? {
+    let snap = reading.snapshot(&home_git, &worktree).await?;
+    if let Some(why) = &snap.unread {
         run.note(
             "commit",
-            &format!("committed {} on {}", short(&sha), worktree.branch),
+            &format!(
+                "the agent's branch was not read from its repository ({why}); its files are kept on top of {}",
+                short(&snap.tip)
+            ),
         )
         .await;
     }
-    let head = git.head(&worktree.path).await?;
+    let head = match git.commit_snapshot(&home_git, &snap, &message).await? {
+        Some(sha) => {
+            run.note(
+                "commit",
+                &format!("committed {} on {}", short(&sha), worktree.branch),
+            )
+            .await;
+            sha
+        }
+        None => snap.tip.clone(),
+    };
+    {
+        let _lock = RepoLock::acquire(engine.repo_lock(&row.repo_name())).await?;
+        git.set_branch(&home_git, &worktree.branch, &head).await?;
+    }
+    reading.finish(&home_git).await;
 
     // 4. In App mode, the branch goes to GitHub.
     if source.token.is_some()
         && head != base_sha
-        && let Some(o) = push(&run, &source, &worktree.path, &worktree.branch, &head).await?
+        && let Some(o) = push(&run, &source, &home_git, &worktree.branch, &head).await?
     {
         return Ok(Outcome {
             head: Some(head),
@@ -755,6 +782,66 @@ async fn pipeline(
     };
     outcome.head = Some(head);
     Ok(outcome)
+}
+
+/// How autodev reads a running task's work: the agent's branch fetched into a ref of its own,
+/// the files gathered with an index of autodev's (outside the sandbox), both dropped at the end.
+struct Reading {
+    key: crate::ids::TaskKey,
+    fetch_ref: String,
+    index: std::path::PathBuf,
+    git: gitops::Git,
+}
+
+impl Reading {
+    fn new(engine: &Engine, row: &TaskRow) -> Self {
+        Self {
+            key: row.pk,
+            fetch_ref: format!("refs/autodev/agent/{}", row.task_id),
+            index: engine
+                .settings
+                .data_dir
+                .join("tmp")
+                .join(format!("task-{}.index", row.pk)),
+            git: engine.git.clone(),
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        home_git: &std::path::Path,
+        worktree: &gitops::Worktree,
+    ) -> anyhow::Result<gitops::Snapshot> {
+        if let Some(dir) = self.index.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        self.git
+            .snapshot(
+                home_git,
+                &worktree.path,
+                &worktree.branch,
+                Some(&self.fetch_ref),
+                &self.index,
+            )
+            .await
+    }
+
+    async fn finish(&self, home_git: &std::path::Path) {
+        if let Err(e) = self.git.delete_ref(home_git, &self.fetch_ref).await {
+            tracing::debug!("deleting {}: {e:#}", self.fetch_ref);
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.index);
+        // The checkpointer's (see `hygiene::checkpoint`).
+        let _ = std::fs::remove_file(
+            self.index
+                .with_file_name(format!("checkpoint-{}.index", self.key)),
+        );
+    }
 }
 
 /// Where a task's code comes from.
@@ -846,7 +933,7 @@ impl Source {
 async fn push(
     run: &Run<'_>,
     source: &Source,
-    worktree: &std::path::Path,
+    home_git: &std::path::Path,
     branch: &str,
     head: &str,
 ) -> anyhow::Result<Option<Outcome>> {
@@ -871,7 +958,7 @@ async fn push(
             engine
                 .git
                 .push(
-                    worktree,
+                    home_git,
                     url,
                     head,
                     branch,

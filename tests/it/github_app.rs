@@ -381,7 +381,7 @@ async fn github_failing_then_rate_limiting_is_retried_without_duplicates() {
 #[tokio::test]
 async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_anywhere() {
     let dump = "out=\"$FAKE_AGENT_DIR\"\nenv > \"$out/env.txt\"\ngit config --list --show-origin > \"$out/git-config.txt\" 2>&1\n\
-                cat \"$(git rev-parse --git-common-dir)/config\" > \"$out/mirror-config.txt\"\n\
+                cat \"$(git rev-parse --git-common-dir)/config\" > \"$out/repo-config.txt\"\n\
                 for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p 2>/dev/null; echo; done > \"$out/cmdlines.txt\"\n";
     let a = app_with_setup(
         &format!("cat >/dev/null\n{dump}echo x > feature.txt\necho '{CLAUDE_OK}'"),
@@ -463,13 +463,14 @@ async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_
         })
         .await;
 
-    // No installation token in the agent's world, the mirror's config, or the logs.
+    // No installation token in the agent's world, its repository's config, the mirror's, or
+    // the logs.
     let tokens = a.fake.state.lock().unwrap().all_tokens();
     assert!(!tokens.is_empty());
     let mut places: Vec<(String, String)> = [
         "env.txt",
         "git-config.txt",
-        "mirror-config.txt",
+        "repo-config.txt",
         "cmdlines.txt",
     ]
     .iter()
@@ -498,7 +499,9 @@ async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_
         }
     }
     assert!(
-        places[2].1.contains(&a.git.clone_url(REPO)),
+        places
+            .iter()
+            .any(|(place, text)| place.contains("mirrors") && text.contains(&a.git.clone_url(REPO))),
         "the mirror knows its remote, without credentials"
     );
 }

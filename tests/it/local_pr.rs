@@ -419,8 +419,8 @@ async fn a_rebased_local_branch_follows_on_origin_until_its_pull_request_is_clos
 #[tokio::test]
 async fn an_agent_that_rewrites_origin_does_not_redirect_its_push_or_pull_request() {
     let mut l = local("{}").await;
-    // Unconfined, the agent can rewrite the repository's config (the sandbox keeps it
-    // read-only): autodev must not follow it even then.
+    // Unconfined, the agent can rewrite the user's repository's config (the sandbox keeps it
+    // out of reach): autodev must not follow it even then.
     l.world.sandbox = "off";
     l.world
         .write_config("providers:\n  order: [claude_cli]\nhygiene: {}\n");
@@ -429,7 +429,8 @@ async fn an_agent_that_rewrites_origin_does_not_redirect_its_push_or_pull_reques
     l.world.agent(
         "claude",
         &format!(
-            "cat >/dev/null\ngit remote set-url origin {}\necho x > notes.txt\necho '{CLAUDE_OK}'",
+            "cat >/dev/null\ngit -C {} remote set-url origin {}\necho x > notes.txt\necho '{CLAUDE_OK}'",
+            l.world.repo.display(),
             l.git.clone_url(evil)
         ),
     );

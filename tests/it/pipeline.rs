@@ -758,3 +758,56 @@ async fn autodev_checkpoint_by_hand_saves_a_running_tasks_work() {
         .await;
     assert_eq!(task["state"], "passed", "{task:#}");
 }
+
+#[tokio::test]
+async fn the_users_gc_while_a_task_runs_breaks_nothing() {
+    let world = World::new();
+    // The task starts from a commit that the user then drops from every branch of theirs and
+    // prunes for good, while the agent works.
+    std::fs::write(world.repo.join("base.txt"), "base\n").unwrap();
+    git(&world.repo, &["add", "base.txt"]);
+    git(&world.repo, &["commit", "-q", "-m", "the base"]);
+    let base = git(&world.repo, &["rev-parse", "HEAD"]);
+    let out = world.agent_dir.display();
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             echo started > {out}/started\n\
+             while [ ! -f {out}/go ]; do sleep 0.05; done\n\
+             git log -1 --format=%s > {out}/log.txt\n\
+             echo y > feature.txt; git add feature.txt; git commit -qm 'the agent'\n\
+             echo '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    let (status, body) = server
+        .post_spec("application/yaml", &spec("GC-1", ""))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    wait_for_file(&world.agent_dir.join("started"), Duration::from_secs(30)).await;
+    git(&world.repo, &["reset", "-q", "--hard", "HEAD~1"]);
+    git(&world.repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(&world.repo, &["gc", "-q", "--prune=now"]);
+    std::fs::write(world.agent_dir.join("go"), "go").unwrap();
+    let task = server
+        .wait_for(
+            "GC-1",
+            &["passed", "failed", "error", "cancelled"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(world.left("log.txt"), "the base\n");
+    assert_eq!(
+        git(
+            &world.repo,
+            &["log", "--format=%s", "-2", "auto/backend/GC-1"]
+        ),
+        "the agent\nthe base"
+    );
+    assert_eq!(
+        git(&world.repo, &["rev-parse", "auto/backend/GC-1~1"]),
+        base
+    );
+}

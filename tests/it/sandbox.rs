@@ -19,8 +19,8 @@ struct Probe {
     ssh: String,
     token_file: String,
     data_dir: String,
-    /// Exit codes of opening the repository's git config and the worktree's `.git` file for
-    /// writing (appending nothing).
+    /// Exit codes of opening the task repository's git config for writing (appending
+    /// nothing), and of moving its `.git` aside (and back).
     git_writes: (String, String),
 }
 
@@ -41,7 +41,7 @@ async fn probe(sandbox: bool) -> Probe {
              cat {token} > {out}/token.txt 2>&1\n\
              ls {data} > {out}/data.txt 2>&1\n\
              (: >> \"$(git rev-parse --git-common-dir)/config\") 2>/dev/null; echo $? > {out}/gitconfig.txt\n\
-             (: >> .git) 2>/dev/null; echo $? > {out}/dotgit.txt\n\
+             (mv .git .git-moved && mv .git-moved .git) 2>/dev/null; echo $? > {out}/dotgit.txt\n\
              echo x > feature.txt\n\
              git add feature.txt\n\
              echo '{CLAUDE_OK}'",
@@ -101,7 +101,7 @@ async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_datab
     assert_eq!(
         open.git_writes,
         ("0".to_owned(), "0".to_owned()),
-        "outside, the git config and the .git file are writable"
+        "outside, the git config is writable and .git can be moved"
     );
 
     let boxed = probe(true).await;
@@ -122,7 +122,7 @@ async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_datab
     );
     assert_ne!(
         boxed.git_writes.1, "0",
-        "and so is the worktree's .git file"
+        "and .git cannot be moved aside and rebuilt"
     );
 }
 
@@ -396,4 +396,177 @@ async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
         !homes.contains("egress") && !homes.contains("claude_cli"),
         "the gates see the agents' HOME or proxy: {homes}"
     );
+}
+
+#[tokio::test]
+async fn an_agent_that_rebuilds_its_git_directory_runs_nothing_in_autodevs_git() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let world = World::new();
+    // Outside the sandbox's writable paths: only a process outside it can make this file.
+    let pwned = world.root.path().join("pwned");
+    let filter = format!(
+        "[filter \"x\"]\n\tclean = touch {} && cat\n\tsmudge = cat\n",
+        pwned.display()
+    );
+    std::fs::write(world.agent_dir.join("filter.cfg"), filter).unwrap();
+    // Every way into what autodev's own git reads: a git directory moved aside and rebuilt
+    // with a `commondir` of the agent's own, that pointer written in place, the config and
+    // hooks written directly, and an attribute that asks for the filter.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             gd=$(git rev-parse --absolute-git-dir)\n\
+             cd=$(git rev-parse --path-format=absolute --git-common-dir)\n\
+             evil=\"$PWD/evil-common\"; cp -r \"$cd\" \"$evil\"\n\
+             cat {out}/filter.cfg >> \"$evil/config\"\n\
+             cat {out}/filter.cfg >> \"$cd/config\" 2>/dev/null\n\
+             printf '#!/bin/sh\\ntouch {pwned}\\n' > \"$cd/hooks/pre-commit\" 2>/dev/null; chmod +x \"$cd/hooks/pre-commit\" 2>/dev/null\n\
+             (mv \"$gd\" \"$gd.old\" && cp -r \"$gd.old\" \"$gd\") 2>/dev/null\n\
+             echo \"$evil\" > \"$gd/commondir\" 2>/dev/null\n\
+             echo '* filter=x' > .gitattributes\n\
+             echo x > feature.txt\n\
+             echo '{CLAUDE_OK}'",
+            pwned = pwned.display(),
+            out = world.agent_dir.display(),
+        ),
+    );
+    let server = world.serve();
+    let task = server.run_to_end("SBX-GITDIR", "").await;
+    assert!(
+        !pwned.exists(),
+        "a filter, hook or config the agent planted ran outside the sandbox: {task:#}"
+    );
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let tree = std::process::Command::new("git")
+        .args(["-C", &world.repo.display().to_string()])
+        .args(["show", "auto/backend/SBX-GITDIR:feature.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tree.stdout), "x\n");
+}
+
+#[tokio::test]
+async fn an_agent_moves_none_of_the_users_branches_and_reaches_no_other_tasks_work() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    use crate::support::git;
+    let world = World::new();
+    let master = git(&world.repo, &["rev-parse", "master"]);
+    let other = world.data.join("worktrees/local/SBX-FIRST");
+    // The first task leaves its worktree; the second tries everything a git can write.
+    world.agent(
+        "claude",
+        &format!(
+            "prompt=$(cat)\n\
+             case \"$prompt\" in\n\
+             *SBX-FIRST*) echo first > feature.txt ;;\n\
+             *) repo={repo}\n\
+               echo evil > evil.txt; git add evil.txt; git commit -qm evil\n\
+               evil=$(git rev-parse HEAD)\n\
+               git -C \"$repo\" update-ref refs/heads/master \"$evil\" 2>/dev/null\n\
+               git -C \"$repo\" update-ref refs/heads/planted \"$evil\" 2>/dev/null\n\
+               git -C \"$repo\" replace {master} \"$evil\" 2>/dev/null\n\
+               git replace {master} \"$evil\" 2>/dev/null\n\
+               git update-ref refs/heads/master \"$evil\"\n\
+               echo pwn > {other}/feature.txt 2>/dev/null\n\
+               git reset -q --hard HEAD~1; git update-ref -d refs/heads/master\n\
+               echo second > feature.txt ;;\n\
+             esac\n\
+             echo '{CLAUDE_OK}'",
+            repo = world.repo.display(),
+            other = other.display(),
+        ),
+    );
+    let server = world.serve();
+    let first = server.run_to_end("SBX-FIRST", "").await;
+    assert_eq!(first["state"], "passed", "{first:#}");
+    let second = server.run_to_end("SBX-SECOND", "").await;
+    assert_eq!(second["state"], "passed", "{second:#}");
+    assert_eq!(git(&world.repo, &["rev-parse", "master"]), master);
+    let refs = git(&world.repo, &["for-each-ref", "--format=%(refname)"]);
+    assert_lacks(&refs, "refs/heads/planted");
+    assert_lacks(&refs, "refs/replace");
+    assert_eq!(
+        std::fs::read_to_string(other.join("feature.txt")).unwrap(),
+        "first\n",
+        "another task's worktree is out of reach"
+    );
+    // The branch is the agent's branch and files, read by autodev's own git.
+    let log = git(
+        &world.repo,
+        &["log", "--format=%s", "master..auto/backend/SBX-SECOND"],
+    );
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert_eq!(
+        git(
+            &world.repo,
+            &["show", "auto/backend/SBX-SECOND:feature.txt"]
+        ),
+        "second"
+    );
+}
+
+#[tokio::test]
+async fn links_in_the_task_repository_bring_no_other_repositorys_history_out() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    use crate::support::git;
+    let world = World::new();
+    // Another repository, out of the sandbox's sight (under the data directory), packed.
+    let secret = world.data.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    git(&secret, &["init", "-q", "-b", "main"]);
+    std::fs::write(secret.join("plans.txt"), "TOP SECRET\n").unwrap();
+    git(&secret, &["add", "."]);
+    git(
+        &secret,
+        &[
+            "-c",
+            "user.name=s",
+            "-c",
+            "user.email=s@s",
+            "commit",
+            "-qm",
+            "secret",
+        ],
+    );
+    git(&secret, &["gc", "-q"]);
+    // The agent knows a commit of it (a name is not a secret; what it holds is), and links
+    // the store that has it into its own repository.
+    let secret_sha = git(&secret, &["rev-parse", "main"]);
+    let s = secret.join(".git");
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             echo x > feature.txt\n\
+             ref=.git/refs/heads/auto/backend/SBX-LINK\n\
+             echo {secret_sha} > \"$ref\"\n\
+             rm -rf .git/objects/pack; ln -s {s}/objects/pack .git/objects/pack\n\
+             echo '{CLAUDE_OK}'",
+            s = s.display(),
+        ),
+    );
+    let server = world.serve();
+    let task = server.run_to_end("SBX-LINK", "").await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    let found = std::process::Command::new("git")
+        .args(["-C", &world.repo.display().to_string()])
+        .args(["cat-file", "-e", &secret_sha])
+        .status()
+        .unwrap();
+    assert!(!found.success(), "the other repository's commit came out");
+    assert_eq!(
+        git(&world.repo, &["show", "auto/backend/SBX-LINK:feature.txt"]),
+        "x"
+    );
+    assert_holds(&task.to_string(), "is a link or a special file");
 }
