@@ -15,6 +15,7 @@ mod github_app;
 mod github_client;
 mod local_pr;
 mod pipeline;
+mod real_cli;
 mod recovery;
 mod sandbox;
 mod webhooks;
