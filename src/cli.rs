@@ -32,17 +32,17 @@ OPENAI_BASE_URL. Secrets may also be given as <NAME>_FILE.\n\
 Configuration keys are documented in config/config.yaml."
 )]
 pub struct Cli {
-    /// Config file (default: config/config.yaml when present) [env: AUTODEV_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file (default: config/config.yaml when present)
+    #[arg(long, global = true, value_name = "FILE", env = "AUTODEV_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Where the database, worktrees and agent homes live [env: AUTODEV_DATA_DIR]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Where the database, worktrees and agent homes live (default: ~/.local/share/autodev)
+    #[arg(long, global = true, value_name = "DIR", env = "AUTODEV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The repository tasks work on in local mode (default: the working directory) [env: REPO_PATH]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// The repository tasks work on in local mode (default: the working directory)
+    #[arg(long, global = true, value_name = "DIR", env = "REPO_PATH")]
     pub repo: Option<PathBuf>,
-    /// Log format on standard error [env: AUTODEV_LOG_FORMAT]
-    #[arg(long, global = true, value_enum)]
+    /// Log format on standard error (default: text)
+    #[arg(long, global = true, value_enum, env = "AUTODEV_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
@@ -58,8 +58,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the HTTP API, the workers and the scheduler in one process
     Serve {
-        /// Listen address [env: AUTODEV_BIND] [default: 127.0.0.1:8000]
-        #[arg(long, value_name = "ADDR")]
+        /// Listen address (default: 127.0.0.1:8000)
+        #[arg(long, value_name = "ADDR", env = "AUTODEV_BIND")]
         bind: Option<String>,
         /// Tasks this process runs at once (workers.concurrency); 0 serves the API only and
         /// leaves the work to `autodev worker` processes on the same database
@@ -76,9 +76,9 @@ pub enum Command {
         #[arg(long)]
         rerun: bool,
     },
-    /// Send a task spec to a running server [env: AUTODEV_URL, AUTODEV_API_TOKEN]
+    /// Send a task spec to a running server (AUTODEV_URL, with AUTODEV_API_TOKEN when it asks for one)
     Submit { spec: PathBuf },
-    /// Show a task from a running server [env: AUTODEV_URL, AUTODEV_API_TOKEN]
+    /// Show a task from a running server (AUTODEV_URL, with AUTODEV_API_TOKEN when it asks for one)
     Status {
         /// Task id, e.g. TSK-1234
         id: String,

@@ -1245,7 +1245,6 @@ pub struct RepoLock(#[allow(dead_code)] std::fs::File);
 impl RepoLock {
     pub async fn acquire(path: PathBuf) -> anyhow::Result<Self> {
         tokio::task::spawn_blocking(move || {
-            use std::os::fd::AsRawFd;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
@@ -1255,14 +1254,9 @@ impl RepoLock {
                 .write(true)
                 .open(&path)
                 .with_context(|| format!("opening lock {}", path.display()))?;
-            // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!(
-                    "locking {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
+            // Blocks until the lock is ours (flock on Unix, so other processes wait too).
+            file.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
             Ok(RepoLock(file))
         })
         .await?
