@@ -228,6 +228,21 @@ pub async fn get_task(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Option<
         .await?)
 }
 
+/// The task of `repo` whose branch is `branch`, if any.
+pub async fn task_on_branch(
+    pool: &SqlitePool,
+    repo: &RepoName,
+    branch: &str,
+) -> anyhow::Result<Option<TaskRow>> {
+    Ok(
+        sqlx::query_as("SELECT * FROM tasks WHERE repo = ? AND branch = ?")
+            .bind(repo.as_str())
+            .bind(branch)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// Every task with this id, across repositories.
 pub async fn find_tasks(pool: &SqlitePool, task_id: &str) -> anyhow::Result<Vec<TaskRow>> {
     Ok(

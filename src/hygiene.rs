@@ -188,16 +188,12 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
                 }
                 _ => continue,
             };
-        let state = match gh
-            .call(
-                who,
-                "GET",
-                &format!("/repos/{owner}/{repo}/pulls/{pr}"),
-                None,
-            )
-            .await
-        {
-            Ok(v) => v["state"].as_str().unwrap_or("open").to_owned(),
+        let repo_path = crate::github::api::RepoPath {
+            owner: &owner,
+            name: &repo,
+        };
+        let state = match gh.pull_request(who, repo_path, pr).await {
+            Ok(pull) => pull.state,
             Err(e) => {
                 tracing::warn!(task = %task.task_id, "reading pull request #{pr}: {e}");
                 continue;

@@ -89,15 +89,16 @@ impl Permission {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Method {
+/// The HTTP methods autodev calls GitHub with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
     Get,
     Post,
     Patch,
 }
 
 impl Method {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
@@ -266,22 +267,33 @@ impl GithubClient {
     }
 
     /// One API call as the installation, or with the token. Non-2xx answers become
-    /// [`ApiError::Status`] with the retry advice their status and headers give.
-    pub async fn call(
+    /// [`ApiError::Status`] with the retry advice their status and headers give. Only
+    /// `github::api` calls it: the typed methods there are the API.
+    pub(super) async fn call(
         &self,
         who: impl Into<Identity>,
-        method: &'static str,
+        method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
         let client = self
             .client_for(who.into())
             .map_err(|e| ApiError::Transport {
-                method,
+                method: method.name(),
                 path: path.to_owned(),
                 message: format!("{e:#}"),
             })?;
         Self::send(&client, method, path, body).await
+    }
+
+    /// One API call with the App's own token (JWT).
+    pub(super) async fn call_as_app(&self, method: Method, path: &str) -> Result<Value, ApiError> {
+        let app = self.app.as_ref().ok_or_else(|| ApiError::Transport {
+            method: method.name(),
+            path: path.to_owned(),
+            message: "GitHub App mode is not configured".into(),
+        })?;
+        Self::send(app, method, path, None).await
     }
 
     /// The login the App's comments carry (`<slug>[bot]`), asked of GitHub once with the App's
@@ -290,36 +302,17 @@ impl GithubClient {
         if let Some(login) = self.app_login.lock().expect("lock").clone() {
             return Ok(login);
         }
-        let app = self.app.as_ref().ok_or_else(|| ApiError::Transport {
-            method: "GET",
-            path: "/app".into(),
-            message: "GitHub App mode is not configured".into(),
-        })?;
-        let me = Self::send(app, "GET", "/app", None).await?;
-        let slug = me["slug"].as_str().unwrap_or_default();
-        if slug.is_empty() {
-            return Err(ApiError::Transport {
-                method: "GET",
-                path: "/app".into(),
-                message: "GitHub's answer names no App slug".into(),
-            });
-        }
-        let login = format!("{slug}[bot]");
+        let login = format!("{}[bot]", self.app_slug().await?);
         *self.app_login.lock().expect("lock") = Some(login.clone());
         Ok(login)
     }
 
     async fn send(
         client: &Octocrab,
-        method: &'static str,
+        m: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let m = match method {
-            "GET" => Method::Get,
-            "POST" => Method::Post,
-            _ => Method::Patch,
-        };
         let transport = |e: octocrab::Error| ApiError::Transport {
             method: m.name(),
             path: path.to_owned(),
@@ -382,12 +375,13 @@ impl GithubClient {
         {
             return Ok(*p);
         }
-        let path = format!("/repos/{owner}/{repo}/collaborators/{login}/permission");
-        let permission = match self.call(inst, "GET", &path, None).await {
-            Ok(v) => Permission::parse(v["permission"].as_str().unwrap_or("none")),
+        let permission = match self
+            .collaborator_permission(inst, super::api::RepoPath { owner, name: repo }, login)
+            .await?
+        {
+            Some(p) => Permission::parse(&p),
             // Not a collaborator at all.
-            Err(ApiError::Status { status: 404, .. }) => Permission::None,
-            Err(e) => return Err(e),
+            None => Permission::None,
         };
         self.permissions
             .lock()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::api::RepoPath;
 use super::client::{ApiError, GithubClient, Retry};
 use super::command::{self, Command};
 use super::event::{Actor, Event, InstallationId, Issue, Repo};
@@ -193,27 +194,7 @@ impl Ctx<'_> {
         // What autodev recorded may be partial (it saw only some installation events): a
         // repository not on the record is checked with GitHub before it is refused.
         if !db::repo_installed(&self.engine.pool, inst.0, &full).await? {
-            let mut names = Vec::new();
-            for page in 1..=10 {
-                let list = self
-                    .gh
-                    .call(
-                        inst,
-                        "GET",
-                        &format!("/installation/repositories?per_page=100&page={page}"),
-                        None,
-                    )
-                    .await?;
-                let repos = list["repositories"].as_array().cloned().unwrap_or_default();
-                names.extend(
-                    repos
-                        .iter()
-                        .filter_map(|r| r["full_name"].as_str().map(str::to_owned)),
-                );
-                if repos.len() < 100 {
-                    break;
-                }
-            }
+            let names = self.gh.installation_repositories(inst).await?;
             let mut tx = db::begin_write(&self.engine.pool).await?;
             db::upsert_installation(&mut tx, inst.0, &repo.owner, true, Some(&names)).await?;
             tx.commit().await.map_err(anyhow::Error::from)?;
@@ -544,23 +525,14 @@ impl Ctx<'_> {
         if !issue.is_pull_request {
             return self.reply(t, key, messages::fix_needs_pull_request()).await;
         }
-        let pr = self
+        let repo_path = RepoPath { owner, name };
+        let head = self
             .gh
-            .call(
-                t.inst,
-                "GET",
-                &format!("/repos/{owner}/{name}/pulls/{}", issue.number),
-                None,
-            )
-            .await?;
-        let head = pr["head"]["ref"].as_str().unwrap_or_default().to_owned();
-        let task =
-            sqlx::query_as::<_, db::TaskRow>("SELECT * FROM tasks WHERE repo = ? AND branch = ?")
-                .bind(t.repo.repo_name().as_str())
-                .bind(&head)
-                .fetch_optional(&self.engine.pool)
-                .await
-                .map_err(anyhow::Error::from)?;
+            .pull_request(t.inst.into(), repo_path, issue.number as i64)
+            .await?
+            .head
+            .branch;
+        let task = db::task_on_branch(&self.engine.pool, &t.repo.repo_name(), &head).await?;
         let Some(task) = task else {
             return self.reply(t, key, messages::fix_not_autodev(&head)).await;
         };
@@ -569,23 +541,16 @@ impl Ctx<'_> {
         }
         let comments = self
             .gh
-            .call(
-                t.inst,
-                "GET",
-                &format!(
-                    "/repos/{owner}/{name}/pulls/{}/comments?per_page=100",
-                    issue.number
-                ),
-                None,
-            )
+            .review_comments(t.inst, repo_path, issue.number)
             .await?;
         // Review comments count only from people who may write: anyone can comment on a
         // public pull request.
         let mut review: Vec<serde_json::Value> = Vec::new();
         let mut left_out = 0;
-        for c in comments.as_array().into_iter().flatten() {
-            let login = c["user"]["login"].as_str().unwrap_or_default();
-            let is_bot = c["user"]["type"].as_str() == Some("Bot") || login.ends_with("[bot]");
+        for c in &comments {
+            let user = c.user.clone().unwrap_or_default();
+            let login = user.login.as_str();
+            let is_bot = user.is_bot();
             let writer = !login.is_empty()
                 && (!is_bot || self.bot_allowed(login))
                 && self
@@ -598,10 +563,10 @@ impl Ctx<'_> {
                 continue;
             }
             review.push(serde_json::json!({
-                "path": c["path"],
-                "line": c["line"],
+                "path": c.path,
+                "line": c.line,
                 "author": login,
-                "comment": issue_spec::sanitize(c["body"].as_str().unwrap_or_default()),
+                "comment": issue_spec::sanitize(c.body.as_deref().unwrap_or_default()),
             }));
         }
         let mut spec: serde_json::Value =

@@ -2,6 +2,7 @@
 //! command language, the API client and its side effects, and local mode's `origin`. Raw
 //! webhook JSON lives only in `webhook`.
 
+pub mod api;
 pub mod client;
 pub mod command;
 pub mod event;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use apalis::prelude::TaskBuilder;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
+use super::api::{self, CheckAction, CheckOutput, CheckRun, CheckStatus, NewPullRequest, RepoPath};
 use super::client::{ApiError, GithubClient, Identity, Retry};
 use super::event::InstallationId;
 use super::messages;
@@ -121,10 +121,8 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
         } => {
             let inst = InstallationId(*installation);
             let _write = gh.write_lock(inst).await?;
-            let path = format!("/repos/{owner}/{repo}/issues/{issue}/reactions");
-            gh.call(inst, "POST", &path, Some(&json!({ "content": content })))
-                .await?;
-            Ok(())
+            gh.add_reaction(inst, RepoPath { owner, name: repo }, *issue, content)
+                .await
         }
         Effect::Reply {
             installation,
@@ -143,14 +141,9 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                 return Ok(());
             }
             let _write = gh.write_lock(inst).await?;
-            let path = format!("/repos/{owner}/{repo}/issues/{issue}/comments");
-            gh.call(
-                inst,
-                "POST",
-                &path,
-                Some(&json!({ "body": format!("{marker}\n{body}") })),
-            )
-            .await?;
+            let repo = RepoPath { owner, name: repo };
+            gh.create_comment(inst, repo, *issue, &format!("{marker}\n{body}"))
+                .await?;
             Ok(())
         }
         Effect::CheckRun { task } => check_run(engine, gh, *task).await,
@@ -192,15 +185,14 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                     .await?
                 }
             };
-            let id = upsert(
-                gh,
-                inst,
-                existing,
-                |id| format!("/repos/{owner}/{repo}/issues/comments/{id}"),
-                &format!("/repos/{owner}/{repo}/issues/{issue}/comments"),
-                &json!({ "body": body }),
-            )
-            .await?;
+            let repo = RepoPath { owner, name: repo };
+            let id = match existing {
+                Some(id) => {
+                    gh.update_comment(inst, repo, id, &body).await?;
+                    id
+                }
+                None => gh.create_comment(inst, repo, issue as u64, &body).await?,
+            };
             if t.status_comment_id != Some(id as i64) {
                 db::set_status_comment(&engine.pool, t.pk, id as i64)
                     .await
@@ -222,22 +214,18 @@ async fn find_comment(
     marker: &str,
 ) -> Result<Option<u64>, ApiError> {
     let me = gh.app_login().await?;
-    for page in 1..=10 {
-        let path =
-            format!("/repos/{owner}/{repo}/issues/{issue}/comments?per_page=100&page={page}");
-        let list = gh.call(inst, "GET", &path, None).await?;
-        let Value::Array(items) = list else {
-            return Ok(None);
-        };
+    let repo = RepoPath { owner, name: repo };
+    for page in 1..=api::MAX_PAGES {
+        let items = gh.issue_comments_page(inst, repo, issue, page).await?;
         if let Some(c) = items.iter().find(|c| {
-            c["user"]["login"]
-                .as_str()
-                .is_some_and(|login| login.eq_ignore_ascii_case(&me))
-                && c["body"].as_str().is_some_and(|b| b.contains(marker))
+            c.user
+                .as_ref()
+                .is_some_and(|u| u.login.eq_ignore_ascii_case(&me))
+                && c.body.as_deref().is_some_and(|b| b.contains(marker))
         }) {
-            return Ok(c["id"].as_u64());
+            return Ok(Some(c.id));
         }
-        if items.len() < 100 {
+        if items.len() < api::PAGE {
             break;
         }
     }
@@ -260,74 +248,69 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
         .await
         .map_err(internal)?;
     let (title, summary, text) = messages::check_output(&t, &gates);
-    let mut body = json!({
-        "name": name,
-        "head_sha": sha,
-        "external_id": t.task_id,
-        "output": { "title": title, "summary": summary, "text": text },
-    });
-    match messages::check_conclusion(&t) {
-        Some(c) => {
-            body["status"] = json!("completed");
-            body["conclusion"] = json!(c);
-            body["completed_at"] =
-                json!(t.finished_at.unwrap_or_else(chrono::Utc::now).to_rfc3339());
-        }
-        None => body["status"] = json!("in_progress"),
-    }
-    if t.state == crate::db::TaskState::Passed && t.pr_number.is_none() {
-        body["actions"] = json!([{
-            "label": "Open PR",
-            "description": "Open a pull request for this branch",
-            "identifier": messages::OPEN_PR_ACTION,
-        }]);
-    }
-    if let Some(url) = crate::view::link(&engine.settings, &t) {
-        body["details_url"] = json!(url);
-    }
+    let conclusion = messages::check_conclusion(&t);
+    let run = CheckRun {
+        name: Some(name.clone()),
+        head_sha: Some(sha.clone()),
+        external_id: Some(t.task_id.clone()),
+        status: if conclusion.is_some() {
+            CheckStatus::Completed
+        } else {
+            CheckStatus::InProgress
+        },
+        completed_at: conclusion
+            .map(|_| t.finished_at.unwrap_or_else(chrono::Utc::now).to_rfc3339()),
+        conclusion: conclusion.map(str::to_owned),
+        output: CheckOutput {
+            title,
+            summary,
+            text: Some(text),
+        },
+        actions: (t.state == crate::db::TaskState::Passed && t.pr_number.is_none()).then(|| {
+            vec![CheckAction {
+                label: "Open PR".into(),
+                description: "Open a pull request for this branch".into(),
+                identifier: messages::OPEN_PR_ACTION.into(),
+            }]
+        }),
+        details_url: crate::view::link(&engine.settings, &t),
+    };
+    let repo = RepoPath { owner, name: repo };
     // Look before create: this task's run on this commit, by external id.
-    let list = gh
-        .call(
-            inst,
-            "GET",
-            &format!(
-                "/repos/{owner}/{repo}/commits/{sha}/check-runs?check_name={name}&per_page=100"
-            ),
-            None,
-        )
-        .await?;
-    let existing = list["check_runs"]
-        .as_array()
-        .and_then(|runs| {
-            runs.iter()
-                .find(|r| r["external_id"].as_str() == Some(t.task_id.as_str()))
-        })
-        .and_then(|r| r["id"].as_u64());
+    let existing = gh
+        .check_runs(inst, repo, &sha, &name)
+        .await?
+        .into_iter()
+        .find(|r| r.external_id.as_deref() == Some(t.task_id.as_str()))
+        .map(|r| r.id);
     let _write = gh.write_lock(inst).await?;
     // A run on an earlier commit (a checkpoint) is concluded as superseded, not left going.
     if let (None, Some(previous)) = (existing, t.check_run_id) {
-        let superseded = json!({
-            "status": "completed",
-            "conclusion": "neutral",
-            "output": { "title": "Superseded", "summary": format!("autodev pushed a newer commit of this task: {sha}") },
-        });
-        gh.call(
-            inst,
-            "PATCH",
-            &format!("/repos/{owner}/{repo}/check-runs/{previous}"),
-            Some(&superseded),
-        )
-        .await?;
+        let superseded = CheckRun {
+            name: None,
+            head_sha: None,
+            external_id: None,
+            status: CheckStatus::Completed,
+            conclusion: Some("neutral".into()),
+            completed_at: None,
+            output: CheckOutput {
+                title: "Superseded".into(),
+                summary: format!("autodev pushed a newer commit of this task: {sha}"),
+                text: None,
+            },
+            actions: None,
+            details_url: None,
+        };
+        gh.update_check_run(inst, repo, previous as u64, &superseded)
+            .await?;
     }
-    let id = upsert(
-        gh,
-        inst,
-        existing,
-        |id| format!("/repos/{owner}/{repo}/check-runs/{id}"),
-        &format!("/repos/{owner}/{repo}/check-runs"),
-        &body,
-    )
-    .await?;
+    let id = match existing {
+        Some(id) => {
+            gh.update_check_run(inst, repo, id, &run).await?;
+            id
+        }
+        None => gh.create_check_run(inst, repo, &run).await?,
+    };
     db::set_check_run(&engine.pool, t.pk, id as i64)
         .await
         .map_err(internal)?;
@@ -404,46 +387,24 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
         return Ok(PrOutcome::Open(n));
     }
     // Look before create: a pull request made before a crash, and not yet recorded, is reused.
-    let open = gh
-        .call(
-            who,
-            "GET",
-            &format!(
-                "/repos/{owner}/{repo}/pulls?state=open&head={owner}:{}&per_page=100",
-                t.branch
-            ),
-            None,
-        )
-        .await?;
-    let existing = open
-        .as_array()
-        .and_then(|prs| {
-            prs.iter()
-                .find(|p| p["head"]["ref"].as_str() == Some(t.branch.as_str()))
-        })
-        .cloned();
+    let repo_path = RepoPath { owner, name: repo };
+    let existing = gh.open_pull_from(who, repo_path, &t.branch).await?;
     let pr = match existing {
         Some(pr) => pr,
         None => {
             let gates = db::gate_results(&engine.pool, t.pk)
                 .await
                 .map_err(internal)?;
-            let body = json!({
-                "title": crate::gitops::commit_message(&t.role, &t.title, &t.task_id, true).lines().next().unwrap_or_default(),
-                "head": t.branch,
-                "base": base,
-                "body": messages::pr_body(&t, &gates),
-                "draft": engine.settings.file.hygiene.draft,
-            });
-            match gh
-                .call(
-                    who,
-                    "POST",
-                    &format!("/repos/{owner}/{repo}/pulls"),
-                    Some(&body),
-                )
-                .await
-            {
+            let message = crate::gitops::commit_message(&t.role, &t.title, &t.task_id, true);
+            let body = messages::pr_body(&t, &gates);
+            let new = NewPullRequest {
+                title: message.lines().next().unwrap_or_default(),
+                head: &t.branch,
+                base: &base,
+                body: &body,
+                draft: engine.settings.file.hygiene.draft,
+            };
+            match gh.create_pull_request(who, repo_path, &new).await {
                 Ok(pr) => pr,
                 Err(ApiError::Status {
                     status: 422,
@@ -463,19 +424,20 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
             }
         }
     };
-    let number = pr["number"].as_i64().unwrap_or_default();
+    let number = pr.number;
     // Recorded before anything else can fail: an open pull request is never asked for again.
     db::set_pr(&engine.pool, t.pk, number)
         .await
         .map_err(internal)?;
-    let author = pr["user"]["login"].as_str().unwrap_or_default().to_owned();
+    let author = pr.user.map(|u| u.login).unwrap_or_default();
     // Reviewers are asked once; what stops that is said, not retried.
     match reviewers_for(engine, &t, &target, &author).await {
         Ok(r) if r.users.is_empty() && r.teams.is_empty() => {}
         Ok(r) => {
-            let body = json!({ "reviewers": r.users, "team_reviewers": r.teams });
-            let path = format!("/repos/{owner}/{repo}/pulls/{number}/requested_reviewers");
-            if let Err(e) = gh.call(who, "POST", &path, Some(&body)).await {
+            if let Err(e) = gh
+                .request_reviewers(who, repo_path, number, &r.users, &r.teams)
+                .await
+            {
                 let why = match e {
                     ApiError::Status { message, .. } => message,
                     other => other.to_string(),
@@ -783,27 +745,6 @@ async fn report(engine: &Engine, t: &db::TaskRow, message: &str) {
         body: message.to_owned(),
     };
     let _ = push(&engine.pool, effect, 0, Duration::ZERO).await;
-}
-
-/// Edits the object `existing` names, or creates it; its id either way.
-async fn upsert(
-    gh: &GithubClient,
-    inst: InstallationId,
-    existing: Option<u64>,
-    patch_path: impl Fn(u64) -> String,
-    post_path: &str,
-    body: &Value,
-) -> Result<u64, ApiError> {
-    match existing {
-        Some(id) => {
-            gh.call(inst, "PATCH", &patch_path(id), Some(body)).await?;
-            Ok(id)
-        }
-        None => {
-            let created = gh.call(inst, "POST", post_path, Some(body)).await?;
-            Ok(created["id"].as_u64().unwrap_or_default())
-        }
-    }
 }
 
 /// A short stable fingerprint of a message, for reply keys.

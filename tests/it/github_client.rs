@@ -5,11 +5,17 @@
 use std::time::Duration;
 
 use autodev::config::GithubApp;
+use autodev::github::api::RepoPath;
 use autodev::github::client::{ApiError, GithubClient, Identity, Permission, Retry};
 use autodev::github::event::InstallationId;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::fake_github::FakeGithub;
+
+const WEB: RepoPath<'static> = RepoPath {
+    owner: "acme",
+    name: "web",
+};
 
 const INST: InstallationId = InstallationId(77);
 
@@ -57,13 +63,13 @@ async fn a_token_only_client_calls_as_the_token_and_has_no_installations() {
     .unwrap()
     .expect("a token client");
     assert!(!gh.is_app());
-    let pulls = gh
-        .call(Identity::Token, "GET", "/repos/acme/web/pulls", None)
+    let pull = gh
+        .open_pull_from(Identity::Token, WEB, "auto/backend/T-1")
         .await
         .unwrap();
-    assert!(pulls.as_array().is_some_and(|p| p.is_empty()), "{pulls}");
+    assert!(pull.is_none(), "{pull:?}");
     let e = gh
-        .call(InstallationId(1), "GET", "/repos/acme/web/pulls", None)
+        .open_pull_from(InstallationId(1).into(), WEB, "auto/backend/T-1")
         .await
         .unwrap_err();
     assert!(e.to_string().contains("App mode is not configured"), "{e}");
@@ -73,7 +79,7 @@ async fn a_token_only_client_calls_as_the_token_and_has_no_installations() {
         .unwrap()
         .unwrap();
     let e = gh
-        .call(Identity::Token, "GET", "/repos/acme/web/pulls", None)
+        .open_pull_from(Identity::Token, WEB, "auto/backend/T-1")
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(401), "{e}");
@@ -182,27 +188,11 @@ async fn githubs_errors_come_with_retry_advice() {
     gh.installation_token(INST).await.unwrap();
 
     fake.fail_next(500, &[]);
-    let e = gh
-        .call(
-            INST,
-            "POST",
-            "/repos/acme/web/issues/1/comments",
-            Some(&serde_json::json!({"body": "x"})),
-        )
-        .await
-        .unwrap_err();
+    let e = gh.create_comment(INST, WEB, 1, "x").await.unwrap_err();
     assert_eq!((e.status(), e.retry()), (Some(500), Retry::Backoff));
 
     fake.fail_next(403, &[("retry-after", "3")]);
-    let e = gh
-        .call(
-            INST,
-            "POST",
-            "/repos/acme/web/issues/1/comments",
-            Some(&serde_json::json!({"body": "x"})),
-        )
-        .await
-        .unwrap_err();
+    let e = gh.create_comment(INST, WEB, 1, "x").await.unwrap_err();
     assert_eq!(e.retry(), Retry::After(Duration::from_secs(3)));
     assert!(
         matches!(&e, ApiError::Status { message, .. } if message == "scripted failure"),
@@ -210,13 +200,6 @@ async fn githubs_errors_come_with_retry_advice() {
     );
 
     // Neither failure created anything; the next call does, once.
-    gh.call(
-        INST,
-        "POST",
-        "/repos/acme/web/issues/1/comments",
-        Some(&serde_json::json!({"body": "x"})),
-    )
-    .await
-    .unwrap();
+    gh.create_comment(INST, WEB, 1, "x").await.unwrap();
     assert_eq!(fake.comments(1).len(), 1);
 }
