@@ -599,13 +599,12 @@ async fn prize(settings: Settings) -> anyhow::Result<i32> {
             }
             Err(e) => {
                 missing += 1;
-                outbox::push(
-                    &engine.pool,
-                    Effect::OpenPr { task: key },
-                    1,
-                    std::time::Duration::from_secs(30),
-                )
-                .await?;
+                let again = crate::jobs::OutboxJob {
+                    effect: Effect::OpenPr { task: key },
+                    attempt: 1,
+                };
+                let mut conn = engine.pool.acquire().await?;
+                crate::jobs::push(&mut conn, &again, std::time::Duration::from_secs(30)).await?;
                 println!(
                     "{}: {e} (queued: a running `autodev serve` or `autodev worker` tries again)",
                     t.task_id

@@ -16,8 +16,8 @@ use crate::db::{self, TaskRow, TaskState};
 use crate::exec;
 use crate::gitops::Git;
 use crate::ids::{RepoName, TaskKey};
+use crate::jobs::{self, RunTask};
 use crate::metrics::Metrics;
-use crate::queue;
 use crate::roles::Roles;
 use crate::spec::TaskSpec;
 
@@ -329,7 +329,12 @@ impl Engine {
                 task_id: spec.id.to_string(),
             });
         };
-        let job_id = queue::push(&mut tx, key, 1).await?;
+        let job_id = jobs::push(
+            &mut tx,
+            &RunTask { task: key, run: 1 },
+            std::time::Duration::ZERO,
+        )
+        .await?;
         db::set_job_id(&mut *tx, key, &job_id).await?;
         tx.commit().await.context("committing task")?;
         self.record(
@@ -425,7 +430,15 @@ impl Engine {
         let Some(run_seq) = db::requeue(&mut *tx, key).await? else {
             return Ok(None);
         };
-        let job_id = queue::push(&mut tx, key, run_seq).await?;
+        let job_id = jobs::push(
+            &mut tx,
+            &RunTask {
+                task: key,
+                run: run_seq,
+            },
+            std::time::Duration::ZERO,
+        )
+        .await?;
         db::set_job_id(&mut *tx, key, &job_id).await?;
         tx.commit().await?;
         self.record(
@@ -459,10 +472,9 @@ impl Engine {
     pub async fn update_github_status(&self, key: TaskKey) {
         match db::get_task(&self.pool, key).await {
             Ok(Some(t)) if t.issue_number.is_some() => {
-                let effect = crate::github::outbox::Effect::Status { task: key };
+                let effect = crate::jobs::Effect::Status { task: key };
                 if let Err(e) =
-                    crate::github::outbox::push(&self.pool, effect, 0, std::time::Duration::ZERO)
-                        .await
+                    crate::jobs::push_now(&self.pool, &crate::jobs::OutboxJob::new(effect)).await
                 {
                     tracing::warn!("queueing a status comment update: {e:#}");
                 }

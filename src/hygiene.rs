@@ -7,18 +7,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use apalis::prelude::TaskBuilder;
 use apalis_cron::{CronScheduler, Schedule, Tick};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 use crate::github::client::Identity;
 use crate::github::event::InstallationId;
-use crate::github::outbox::{self, Effect};
-
-pub const HYGIENE_QUEUE: &str = "autodev.hygiene";
+use crate::github::outbox;
+use crate::jobs::{Chore, Effect, HygieneJob};
 
 /// Ticks at every multiple of `every` since the epoch.
 #[derive(Debug, Clone, Copy)]
@@ -35,29 +32,14 @@ impl Schedule<apalis_cron::timezone::Utc> for Every {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Job {
-    Prize,
-    Cleanup,
-    Checkpoint,
-    Rebase,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HygieneJob {
-    pub job: Job,
-    pub tick: u64,
-}
-
 /// Turns ticks into queued jobs until `shutdown`.
 pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
     let hygiene = &engine.settings.file.hygiene;
     let schedules = [
-        (Job::Prize, hygiene.pr_minutes),
-        (Job::Cleanup, hygiene.cleanup_minutes),
-        (Job::Checkpoint, hygiene.checkpoint_minutes),
-        (Job::Rebase, hygiene.rebase_minutes),
+        (Chore::Prize, hygiene.pr_minutes),
+        (Chore::Cleanup, hygiene.cleanup_minutes),
+        (Chore::Checkpoint, hygiene.checkpoint_minutes),
+        (Chore::Rebase, hygiene.rebase_minutes),
     ];
     let loops = schedules.into_iter().map(|(job, every)| {
         let engine = engine.clone();
@@ -87,43 +69,31 @@ pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
     futures::future::join_all(loops).await;
 }
 
-async fn enqueue(engine: &Engine, job: Job, tick: u64) -> anyhow::Result<()> {
-    let name = match job {
-        Job::Prize => "prize",
-        Job::Cleanup => "cleanup",
-        Job::Checkpoint => "checkpoint",
-        Job::Rebase => "rebase",
-    };
-    let args = serde_json::to_vec(&HygieneJob { job, tick })?;
-    let task = TaskBuilder::new(args)
-        .task_id(apalis::prelude::TaskId::from_ulid(ulid::Ulid::generate()))
-        .idempotency_key(format!("{name}:{tick}"))
-        .build();
-    let mut conn = engine.pool.acquire().await?;
-    apalis_sqlite::queries::push_tasks(&mut *conn, HYGIENE_QUEUE, &[task])
+async fn enqueue(engine: &Engine, job: Chore, tick: u64) -> anyhow::Result<()> {
+    crate::jobs::push_now(&engine.pool, &HygieneJob { job, tick })
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map(|_| ())
 }
 
 /// Runs one hygiene job.
 pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
     match job.job {
-        Job::Prize => {
+        Chore::Prize => {
             let n = prize(engine).await?;
             tracing::info!(tick = job.tick, "prizer: {n} pull request(s) to open");
             Ok(())
         }
-        Job::Rebase => {
+        Chore::Rebase => {
             let n = rebase(engine).await?;
             tracing::info!(tick = job.tick, "rebase: {n} branch(es) brought up to date");
             Ok(())
         }
-        Job::Checkpoint => {
+        Chore::Checkpoint => {
             let n = checkpoint(engine).await?;
             tracing::info!(tick = job.tick, "checkpointer: {n} checkpoint(s)");
             Ok(())
         }
-        Job::Cleanup => {
+        Chore::Cleanup => {
             let n = cleanup(engine).await?;
             tracing::info!(tick = job.tick, "clean-up: {n} worktree(s) removed");
             Ok(())
@@ -258,11 +228,9 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
 pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
     let keys = pr_candidates(engine, false).await?;
     for key in &keys {
-        outbox::push(
+        crate::jobs::push_now(
             &engine.pool,
-            Effect::OpenPr { task: *key },
-            0,
-            Duration::ZERO,
+            &crate::jobs::OutboxJob::new(Effect::OpenPr { task: *key }),
         )
         .await?;
     }
@@ -391,11 +359,9 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             {
                 Ok(()) => {
                     crate::db::set_pushed(&engine.pool, task.pk, &commit).await?;
-                    outbox::push(
+                    crate::jobs::push_now(
                         &engine.pool,
-                        Effect::CheckRun { task: task.pk },
-                        0,
-                        Duration::ZERO,
+                        &crate::jobs::OutboxJob::new(Effect::CheckRun { task: task.pk }),
                     )
                     .await?;
                 }
@@ -535,18 +501,14 @@ async fn rebase_pushed(
     // The mirror's own branch follows, unless something else moved it.
     let _ = git.move_branch(&mirror, &task.branch, &new, &head).await;
     settle(engine, task, &base, &base_sha, &new, &failures).await?;
-    outbox::push(
+    crate::jobs::push_now(
         &engine.pool,
-        Effect::CheckRun { task: task.pk },
-        0,
-        Duration::ZERO,
+        &crate::jobs::OutboxJob::new(Effect::CheckRun { task: task.pk }),
     )
     .await?;
-    outbox::push(
+    crate::jobs::push_now(
         &engine.pool,
-        Effect::Status { task: task.pk },
-        0,
-        Duration::ZERO,
+        &crate::jobs::OutboxJob::new(Effect::Status { task: task.pk }),
     )
     .await?;
     Ok(true)
@@ -766,5 +728,7 @@ async fn reply_on_pr(
         key: format!("{}-{key}", task.task_id),
         body,
     };
-    outbox::push(&engine.pool, effect, 0, Duration::ZERO).await
+    crate::jobs::push_now(&engine.pool, &crate::jobs::OutboxJob::new(effect))
+        .await
+        .map(|_| ())
 }

@@ -15,6 +15,7 @@ pub mod gitops;
 pub mod guard;
 pub mod hygiene;
 pub mod ids;
+pub mod jobs;
 pub mod metrics;
 pub mod prompt;
 pub mod providers;

@@ -1,84 +1,16 @@
-//! The durable queue: apalis on SQLite, in the same database as the task rows. A job carries
-//! only the task key and the run it was queued for; the task row is the truth.
+//! Dispatch: apalis workers on SQLite (in the same database as the task rows) for the four
+//! queues whose payloads `jobs` defines, each job handed to what performs it, a panic in a
+//! handler ending that job only, and dead workers started again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_sqlite::{Config, SqliteStorage};
-use serde::{Deserialize, Serialize};
-use sqlx::{Sqlite, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::ids::TaskKey;
-
-/// The queue name of task jobs (named, so it does not depend on a Rust type path).
-pub const TASKS_QUEUE: &str = "autodev.tasks";
-
-/// The queue of webhook deliveries waiting to be acted on.
-pub const GITHUB_QUEUE: &str = "autodev.github";
-
-/// A job: act on the delivery with this `X-GitHub-Delivery` id (its parsed event is stored
-/// with it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HandleDelivery {
-    pub delivery: String,
-    #[serde(default)]
-    pub attempt: u32,
-}
-
-/// Queues a delivery inside the caller's transaction; one job per delivery id.
-pub async fn push_delivery(
-    tx: &mut Transaction<'_, Sqlite>,
-    delivery: &str,
-) -> anyhow::Result<String> {
-    let id = ulid::Ulid::generate();
-    let args = serde_json::to_vec(&HandleDelivery {
-        delivery: delivery.to_owned(),
-        attempt: 0,
-    })?;
-    let job = TaskBuilder::new(args)
-        .task_id(apalis::prelude::TaskId::from_ulid(id))
-        .idempotency_key(format!("delivery-{delivery}"))
-        .build();
-    apalis_sqlite::queries::push_tasks(&mut **tx, GITHUB_QUEUE, &[job])
-        .await
-        .map_err(|e| anyhow::anyhow!("queueing delivery {delivery}: {e}"))?;
-    Ok(id.to_string())
-}
-
-/// A job: run task `task` for run number `run` (bumped by each retry).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct RunTask {
-    pub task: TaskKey,
-    pub run: i64,
-}
-
-/// The idempotency key of a run: queueing the same run twice is dropped by the queue's unique
-/// index, so at most one job exists per run.
-pub fn idempotency_key(task: TaskKey, run: i64) -> String {
-    format!("task-{task}-run-{run}")
-}
-
-/// Queues a run inside the caller's transaction; returns the job id (a ULID, as the queue
-/// requires).
-pub async fn push(
-    tx: &mut Transaction<'_, Sqlite>,
-    task: TaskKey,
-    run: i64,
-) -> anyhow::Result<String> {
-    let id = ulid::Ulid::generate();
-    let args = serde_json::to_vec(&RunTask { task, run })?;
-    let job = TaskBuilder::new(args)
-        .task_id(apalis::prelude::TaskId::from_ulid(id))
-        .idempotency_key(idempotency_key(task, run))
-        .build();
-    apalis_sqlite::queries::push_tasks(&mut **tx, TASKS_QUEUE, &[job])
-        .await
-        .map_err(|e| anyhow::anyhow!("queueing job {id}: {e}"))?;
-    Ok(id.to_string())
-}
+use crate::jobs::{HandleDelivery, HygieneJob, Job as _, OutboxJob, RunTask};
 
 /// Runs a job's handler; a panic in it ends that job only (logged, not retried: it would panic
 /// again), never the worker.
@@ -117,25 +49,17 @@ async fn handle_delivery_inner(
             tracing::error!(delivery = %job.delivery, "giving up after {MAX_ATTEMPTS} attempts");
             return Ok(());
         }
-        let args = serde_json::to_vec(&HandleDelivery {
+        let again = HandleDelivery {
             delivery: job.delivery.clone(),
             attempt: job.attempt + 1,
-        })?;
-        let again = TaskBuilder::new(args)
-            .task_id(apalis::prelude::TaskId::from_ulid(ulid::Ulid::generate()))
-            .idempotency_key(format!("delivery-{}-{}", job.delivery, job.attempt + 1))
-            .run_after(wait)
-            .build();
+        };
         let mut conn = engine.pool.acquire().await?;
-        apalis_sqlite::queries::push_tasks(&mut *conn, GITHUB_QUEUE, &[again]).await?;
+        crate::jobs::push(&mut conn, &again, wait).await?;
     }
     Ok(())
 }
 
-async fn handle_outbox(
-    job: crate::github::outbox::OutboxJob,
-    engine: Data<Arc<Engine>>,
-) -> Result<(), BoxDynError> {
+async fn handle_outbox(job: OutboxJob, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
     let what = format!("GitHub side effect {:?}", job.effect);
     unpanicked(what, async move {
         crate::github::outbox::run(&engine, job)
@@ -145,10 +69,7 @@ async fn handle_outbox(
     .await
 }
 
-async fn handle_hygiene(
-    job: crate::hygiene::HygieneJob,
-    engine: Data<Arc<Engine>>,
-) -> Result<(), BoxDynError> {
+async fn handle_hygiene(job: HygieneJob, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
     let what = format!("hygiene job {:?}", job.job);
     unpanicked(what, async move {
         crate::hygiene::run(&engine, job)
@@ -299,10 +220,10 @@ impl Kind {
 
     fn queue(self) -> &'static str {
         match self {
-            Kind::Tasks => TASKS_QUEUE,
-            Kind::Github => GITHUB_QUEUE,
-            Kind::Outbox => crate::github::outbox::OUTBOX_QUEUE,
-            Kind::Hygiene => crate::hygiene::HYGIENE_QUEUE,
+            Kind::Tasks => RunTask::QUEUE,
+            Kind::Github => HandleDelivery::QUEUE,
+            Kind::Outbox => OutboxJob::QUEUE,
+            Kind::Hygiene => HygieneJob::QUEUE,
         }
     }
 }
@@ -322,7 +243,7 @@ async fn run_worker(
         Kind::Tasks => run_queue_worker!(
             engine,
             name,
-            TASKS_QUEUE,
+            RunTask::QUEUE,
             RunTask,
             handle,
             concurrency,
@@ -331,7 +252,7 @@ async fn run_worker(
         Kind::Github => run_queue_worker!(
             engine,
             name,
-            GITHUB_QUEUE,
+            HandleDelivery::QUEUE,
             HandleDelivery,
             handle_delivery,
             2,
@@ -340,8 +261,8 @@ async fn run_worker(
         Kind::Outbox => run_queue_worker!(
             engine,
             name,
-            crate::github::outbox::OUTBOX_QUEUE,
-            crate::github::outbox::OutboxJob,
+            OutboxJob::QUEUE,
+            OutboxJob,
             handle_outbox,
             2,
             shutdown
@@ -349,8 +270,8 @@ async fn run_worker(
         Kind::Hygiene => run_queue_worker!(
             engine,
             name,
-            crate::hygiene::HYGIENE_QUEUE,
-            crate::hygiene::HygieneJob,
+            HygieneJob::QUEUE,
+            HygieneJob,
             handle_hygiene,
             1,
             shutdown

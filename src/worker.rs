@@ -15,9 +15,9 @@ use crate::engine::Engine;
 use crate::exec;
 use crate::gates::{self, GateResult};
 use crate::gitops::{self, RepoLock};
+use crate::jobs::RunTask;
 use crate::prompt::{self, PromptInput};
 use crate::providers::{self, AgentRequest, AttemptStatus};
-use crate::queue::RunTask;
 use crate::spec::{self, TaskSpec};
 
 /// How often a running task renews its lease and looks for a cancel request.
@@ -144,7 +144,7 @@ async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: O
     if let Some(gh) = &engine.github
         && let Ok(Some(t)) = db::get_task(&engine.pool, key).await
     {
-        use crate::github::outbox::{self, Effect};
+        use crate::jobs::Effect;
         let mut effects = Vec::new();
         if t.pushed_sha.is_some() {
             effects.push(Effect::CheckRun { task: key });
@@ -157,7 +157,9 @@ async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: O
             effects.push(Effect::OpenPr { task: key });
         }
         for effect in effects {
-            if let Err(e) = outbox::push(&engine.pool, effect, 0, Duration::ZERO).await {
+            if let Err(e) =
+                crate::jobs::push_now(&engine.pool, &crate::jobs::OutboxJob::new(effect)).await
+            {
                 tracing::warn!("queueing a GitHub update: {e:#}");
             }
         }

@@ -13,10 +13,10 @@ use super::command::{self, Command};
 use super::event::{Actor, Event, InstallationId, Issue, Repo};
 use super::issue_spec;
 use super::messages;
-use super::outbox::{self, Effect};
+use super::outbox::Effect;
 use crate::db::{self, TaskState};
 use crate::engine::Engine;
-use crate::queue;
+use crate::jobs::{self, RunTask};
 use crate::trust::BlockAuthor;
 
 /// How long after answering an outsider autodev stays silent to them on the same issue.
@@ -211,7 +211,7 @@ impl Ctx<'_> {
             key: format!("{}-{key}", self.delivery),
             body,
         };
-        outbox::push(&self.engine.pool, effect, 0, Duration::ZERO).await?;
+        crate::jobs::push_now(&self.engine.pool, &crate::jobs::OutboxJob::new(effect)).await?;
         Ok(())
     }
 
@@ -300,7 +300,7 @@ impl Ctx<'_> {
             issue: issue.number,
             content: "eyes".into(),
         };
-        outbox::push(&self.engine.pool, effect, 0, Duration::ZERO).await?;
+        crate::jobs::push_now(&self.engine.pool, &crate::jobs::OutboxJob::new(effect)).await?;
         self.start(&t, issue, role, sender, announce).await
     }
 
@@ -401,7 +401,7 @@ impl Ctx<'_> {
         )
         .await?;
         db::set_notice(&mut *tx, key, notice.as_deref()).await?;
-        let job = queue::push(&mut tx, key, run).await?;
+        let job = jobs::push(&mut tx, &RunTask { task: key, run }, Duration::ZERO).await?;
         db::set_job_id(&mut *tx, key, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
         if let Some(notice) = &notice {
@@ -490,11 +490,9 @@ impl Ctx<'_> {
                 }
                 Ok(Command::Pr) => match &task {
                     Some(task) if task.state == TaskState::Passed && task.pushed_sha.is_some() => {
-                        outbox::push(
+                        crate::jobs::push_now(
                             &self.engine.pool,
-                            Effect::OpenPr { task: task.pk },
-                            0,
-                            Duration::ZERO,
+                            &crate::jobs::OutboxJob::new(Effect::OpenPr { task: task.pk }),
                         )
                         .await?;
                     }
@@ -590,7 +588,7 @@ impl Ctx<'_> {
         let Some(run) = db::requeue(&mut *tx, task.pk).await? else {
             return Ok(());
         };
-        let job = queue::push(&mut tx, task.pk, run).await?;
+        let job = jobs::push(&mut tx, &RunTask { task: task.pk, run }, Duration::ZERO).await?;
         db::set_job_id(&mut *tx, task.pk, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
         self.engine
@@ -653,11 +651,9 @@ impl Ctx<'_> {
             return Ok(());
         }
         if let Some(task) = self.check_run_task(inst, repo, task_id, sender).await? {
-            outbox::push(
+            crate::jobs::push_now(
                 &self.engine.pool,
-                Effect::OpenPr { task: task.pk },
-                0,
-                Duration::ZERO,
+                &crate::jobs::OutboxJob::new(Effect::OpenPr { task: task.pk }),
             )
             .await?;
         }

@@ -7,7 +7,6 @@ use super::event::{Actor, Event};
 use super::webhook::{self, ParseError, Parsed, SignatureError};
 use crate::db;
 use crate::engine::Engine;
-use crate::queue;
 
 /// The headers of a delivery that matter.
 pub struct DeliveryHeaders<'a> {
@@ -118,7 +117,11 @@ pub async fn receive(
             Intake::Recorded
         }
         _ => {
-            queue::push_delivery(&mut tx, delivery).await?;
+            let job = crate::jobs::HandleDelivery {
+                delivery: delivery.to_owned(),
+                attempt: 0,
+            };
+            crate::jobs::push(&mut tx, &job, std::time::Duration::ZERO).await?;
             Intake::Queued
         }
     };

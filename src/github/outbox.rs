@@ -6,9 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::TaskBuilder;
-use serde::{Deserialize, Serialize};
-
 use super::api::{self, CheckAction, CheckOutput, CheckRun, CheckStatus, NewPullRequest, RepoPath};
 use super::client::{ApiError, GithubClient, Identity, Retry};
 use super::event::InstallationId;
@@ -16,59 +13,9 @@ use super::messages;
 use crate::db;
 use crate::engine::Engine;
 use crate::ids::TaskKey;
+pub use crate::jobs::{Effect, OutboxJob};
 
-pub const OUTBOX_QUEUE: &str = "autodev.outbox";
 const MAX_ATTEMPTS: u32 = 8;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Effect {
-    Reaction {
-        installation: i64,
-        owner: String,
-        repo: String,
-        issue: u64,
-        content: String,
-    },
-    Reply {
-        installation: i64,
-        owner: String,
-        repo: String,
-        issue: u64,
-        key: String,
-        body: String,
-    },
-    /// Create or edit the task's status comment from its current state.
-    Status { task: TaskKey },
-    /// Create or conclude the task's check run on the commit last pushed.
-    CheckRun { task: TaskKey },
-    /// Open the pull request of a passed task's branch, with CODEOWNERS and role reviewers.
-    OpenPr { task: TaskKey },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutboxJob {
-    pub effect: Effect,
-    pub attempt: u32,
-}
-
-/// Queues an effect, to run after `delay`.
-pub async fn push(
-    pool: &sqlx::SqlitePool,
-    effect: Effect,
-    attempt: u32,
-    delay: Duration,
-) -> anyhow::Result<()> {
-    let args = serde_json::to_vec(&OutboxJob { effect, attempt })?;
-    let job = TaskBuilder::new(args)
-        .task_id(apalis::prelude::TaskId::from_ulid(ulid::Ulid::generate()))
-        .run_after(delay)
-        .build();
-    let mut conn = pool.acquire().await?;
-    apalis_sqlite::queries::push_tasks(&mut *conn, OUTBOX_QUEUE, &[job])
-        .await
-        .map_err(|e| anyhow::anyhow!("queueing a GitHub side effect: {e}"))
-}
 
 /// Runs one outbox job; retryable failures are queued again with GitHub's wait.
 pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
@@ -89,7 +36,12 @@ pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
                 "GitHub side effect failed, again in {}s: {e}",
                 d.as_secs()
             );
-            push(&engine.pool, job.effect, job.attempt + 1, d).await
+            let again = OutboxJob {
+                effect: job.effect,
+                attempt: job.attempt + 1,
+            };
+            let mut conn = engine.pool.acquire().await?;
+            crate::jobs::push(&mut conn, &again, d).await.map(|_| ())
         }
         _ => {
             tracing::error!("GitHub side effect dropped: {e}");
@@ -473,14 +425,9 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
     )
     .await;
     if t.issue_number.is_some() {
-        push(
-            &engine.pool,
-            Effect::Status { task: t.pk },
-            0,
-            Duration::ZERO,
-        )
-        .await
-        .map_err(internal)?;
+        crate::jobs::push_now(&engine.pool, &OutboxJob::new(Effect::Status { task: t.pk }))
+            .await
+            .map_err(internal)?;
     }
     Ok(PrOutcome::Open(number))
 }
@@ -744,7 +691,7 @@ async fn report(engine: &Engine, t: &db::TaskRow, message: &str) {
         key: format!("{}-run{}-{}", t.task_id, t.run_seq, short_hash(message)),
         body: message.to_owned(),
     };
-    let _ = push(&engine.pool, effect, 0, Duration::ZERO).await;
+    let _ = crate::jobs::push_now(&engine.pool, &OutboxJob::new(effect)).await;
 }
 
 /// A short stable fingerprint of a message, for reply keys.

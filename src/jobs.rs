@@ -1,0 +1,175 @@
+//! Job payloads and the one way to queue them: a run of a task, a webhook delivery to act on,
+//! a GitHub side effect (the outbox), a maintenance chore. Each payload names its queue and
+//! its idempotency key; [`push`] writes it to the durable queue (apalis on SQLite), inside the
+//! caller's transaction when given one. What runs a job lives elsewhere (`queue` dispatches,
+//! `worker`, `github::handler`, `github::outbox`, `hygiene` perform); this module never
+//! imports them, nor the engine.
+
+use std::time::Duration;
+
+use apalis::prelude::TaskBuilder;
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use crate::ids::TaskKey;
+
+/// A payload for one of autodev's queues.
+pub trait Job: Serialize {
+    /// The queue's name (named, so it does not depend on a Rust type path).
+    const QUEUE: &'static str;
+
+    /// Queueing a payload with the same key again is dropped by the queue's unique index.
+    fn idempotency_key(&self) -> Option<String>;
+}
+
+/// Queues `job` to run after `delay`; the job's id (a ULID, as the queue requires).
+pub async fn push<J: Job>(
+    conn: &mut SqliteConnection,
+    job: &J,
+    delay: Duration,
+) -> anyhow::Result<String> {
+    let id = ulid::Ulid::generate();
+    let mut builder =
+        TaskBuilder::new(serde_json::to_vec(job)?).task_id(apalis::prelude::TaskId::from_ulid(id));
+    if let Some(key) = job.idempotency_key() {
+        builder = builder.idempotency_key(key);
+    }
+    if !delay.is_zero() {
+        builder = builder.run_after(delay);
+    }
+    apalis_sqlite::queries::push_tasks(conn, J::QUEUE, &[builder.build()])
+        .await
+        .map_err(|e| anyhow::anyhow!("queueing a job on {}: {e}", J::QUEUE))?;
+    Ok(id.to_string())
+}
+
+/// [`push`] on a connection of its own, now.
+pub async fn push_now<J: Job>(pool: &sqlx::SqlitePool, job: &J) -> anyhow::Result<String> {
+    let mut conn = pool.acquire().await?;
+    push(&mut conn, job, Duration::ZERO).await
+}
+
+/// Run task `task` for run number `run` (bumped by each retry). A job carries only the key
+/// and the run; the task row is the truth.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RunTask {
+    pub task: TaskKey,
+    pub run: i64,
+}
+
+impl Job for RunTask {
+    const QUEUE: &'static str = "autodev.tasks";
+
+    /// At most one job exists per run.
+    fn idempotency_key(&self) -> Option<String> {
+        Some(format!("task-{}-run-{}", self.task, self.run))
+    }
+}
+
+/// Act on the delivery with this `X-GitHub-Delivery` id (its parsed event is stored with it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandleDelivery {
+    pub delivery: String,
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl Job for HandleDelivery {
+    const QUEUE: &'static str = "autodev.github";
+
+    /// One job per delivery and attempt.
+    fn idempotency_key(&self) -> Option<String> {
+        Some(match self.attempt {
+            0 => format!("delivery-{}", self.delivery),
+            n => format!("delivery-{}-{n}", self.delivery),
+        })
+    }
+}
+
+/// A side effect on GitHub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    Reaction {
+        installation: i64,
+        owner: String,
+        repo: String,
+        issue: u64,
+        content: String,
+    },
+    Reply {
+        installation: i64,
+        owner: String,
+        repo: String,
+        issue: u64,
+        key: String,
+        body: String,
+    },
+    /// Create or edit the task's status comment from its current state.
+    Status { task: TaskKey },
+    /// Create or conclude the task's check run on the commit last pushed.
+    CheckRun { task: TaskKey },
+    /// Open the pull request of a passed task's branch, with CODEOWNERS and role reviewers.
+    OpenPr { task: TaskKey },
+}
+
+/// An [`Effect`] and how many times it was tried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxJob {
+    pub effect: Effect,
+    pub attempt: u32,
+}
+
+impl OutboxJob {
+    /// The first try of `effect`.
+    pub fn new(effect: Effect) -> Self {
+        Self { effect, attempt: 0 }
+    }
+}
+
+impl Job for OutboxJob {
+    const QUEUE: &'static str = "autodev.outbox";
+
+    /// Effects look before they create, so a copy is harmless; none is dropped.
+    fn idempotency_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A maintenance chore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Chore {
+    /// Open pull requests for passed tasks that have none (`autodev prize`).
+    Prize,
+    Cleanup,
+    Checkpoint,
+    Rebase,
+}
+
+impl Chore {
+    pub fn name(self) -> &'static str {
+        match self {
+            Chore::Prize => "prize",
+            Chore::Cleanup => "cleanup",
+            Chore::Checkpoint => "checkpoint",
+            Chore::Rebase => "rebase",
+        }
+    }
+}
+
+/// A chore for one tick of its schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HygieneJob {
+    pub job: Chore,
+    pub tick: u64,
+}
+
+impl Job for HygieneJob {
+    const QUEUE: &'static str = "autodev.hygiene";
+
+    /// Every process computes the same ticks: the chore runs once per tick.
+    fn idempotency_key(&self) -> Option<String> {
+        Some(format!("{}:{}", self.job.name(), self.tick))
+    }
+}
