@@ -36,7 +36,7 @@ async fn main() {
     let message = "chore: bench checkpoint";
     // The first checkpoint of a run hashes everything; the bench measures the ones after it.
     let first = autodev
-        .checkpoint(&home_git, &wt, "task", &ours_index, side, message)
+        .checkpoint(&home_git, &wt, "task", &ours_index, side, message, None)
         .await
         .unwrap();
     assert!(first.is_none(), "nothing changed yet");
@@ -79,7 +79,7 @@ async fn main() {
         }
         let t = Instant::now();
         let commit = autodev
-            .checkpoint(&home_git, &wt, "task", &ours_index, side, message)
+            .checkpoint(&home_git, &wt, "task", &ours_index, side, message, None)
             .await
             .unwrap()
             .expect("something changed");

@@ -158,14 +158,43 @@ impl Engine {
         }))
     }
 
-    /// What a sandboxed agent or gate working in `worktree` may write to, besides its own
-    /// HOME: the worktree, whose `.git` is the task's own repository. Empty without a sandbox.
-    pub fn sandbox_writable(&self, worktree: &std::path::Path) -> Vec<std::path::PathBuf> {
+    /// What a sandboxed agent or gate working in `worktree` may reach besides its own HOME:
+    /// the worktree (whose `.git` is the task's own repository) to write, the objects of
+    /// `home_git` (the repository the branch lives in, which that repository borrows) to read.
+    /// Nothing without a sandbox.
+    pub fn task_paths(
+        &self,
+        worktree: &std::path::Path,
+        home_git: &std::path::Path,
+    ) -> crate::sandbox::TaskPaths {
         if self.sandbox.is_none() {
-            return Vec::new();
+            return crate::sandbox::TaskPaths::default();
         }
         // Each job adds its own HOME (see `sandbox::Jail::wrap`).
-        vec![worktree.to_owned()]
+        crate::sandbox::TaskPaths {
+            writable: vec![worktree.to_owned()],
+            readable: vec![home_git.join("objects")],
+        }
+    }
+
+    /// Runs a git that reads a task's files (see `gitops::Git::snapshot`) in the task's
+    /// sandbox, able to write only `home_git` (its objects) and `scratch` (its index, its
+    /// HOME), when there is a sandbox; as it is otherwise.
+    pub fn confine_reader(
+        &self,
+        paths: &crate::sandbox::TaskPaths,
+        home_git: &std::path::Path,
+        scratch: &std::path::Path,
+        job: crate::exec::Job,
+    ) -> crate::exec::Job {
+        let Some(jail) = self.jail(paths, crate::sandbox::Net::None) else {
+            return job;
+        };
+        let mut job = job;
+        // Not the operator's HOME: a job's HOME is writable in its sandbox.
+        job.env.retain(|(k, _)| k != "HOME");
+        job.env.push(("HOME".into(), scratch.display().to_string()));
+        jail.wrap(job, &[home_git.to_owned(), scratch.to_owned()])
     }
 
     /// A fresh directory for the HOMEs of one run of a task (`homes/<name>`): its agents' and
@@ -182,16 +211,16 @@ impl Engine {
         Ok(Homes(path))
     }
 
-    /// The sandbox of a task whose writable paths are `writable` and whose network is `net`,
-    /// if there is a sandbox.
+    /// The sandbox of a task that may reach `paths` and whose network is `net`, if there is
+    /// a sandbox.
     pub fn jail<'a>(
         &'a self,
-        writable: &'a [std::path::PathBuf],
+        paths: &'a crate::sandbox::TaskPaths,
         net: crate::sandbox::Net<'a>,
     ) -> Option<crate::sandbox::Jail<'a>> {
         self.sandbox.as_ref().map(|sandbox| crate::sandbox::Jail {
             sandbox,
-            writable,
+            paths,
             net,
         })
     }

@@ -39,6 +39,17 @@ impl Snapshot {
     }
 }
 
+/// How long one step of reading a task's work may take: the agent chooses what is read, and
+/// a named pipe or a huge sparse file must not hold a worker for ever.
+pub const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The most paths an agent's branch may change for autodev to take its history (a few tree
+/// objects can name millions of paths); past that, its files are taken without it.
+pub const MAX_CHANGED_PATHS: usize = 1_000_000;
+
+/// Puts a job (a git reading the task's files) where the task's own jobs run: its sandbox.
+pub type Confine<'a> = dyn Fn(crate::exec::Job) -> crate::exec::Job + Send + Sync + 'a;
+
 /// A prepared task worktree.
 #[derive(Debug, Clone)]
 pub struct Worktree {
@@ -209,6 +220,8 @@ impl Git {
             cmd.env("GIT_INDEX_FILE", index);
         }
         let mut cmd = tokio::process::Command::from(cmd);
+        // A caller that stops waiting (a timeout) ends the git too.
+        cmd.kill_on_drop(true);
         let mut child = cmd.spawn().context("running git (is it installed?)")?;
         drop(token_pipe);
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -341,6 +354,12 @@ impl Git {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
         self.run("worktree_add", path, &["init", "--quiet"], None)
             .await?;
+        // What the sandbox binds read-only is there from the start: a path the agent could
+        // create would be its own.
+        for dir in ["hooks", "info", "objects/info"] {
+            std::fs::create_dir_all(dot_git.join(dir))
+                .with_context(|| format!("creating {}", dot_git.join(dir).display()))?;
+        }
         let objects = home_git.join("objects");
         let objects = objects.canonicalize().unwrap_or(objects);
         std::fs::write(
@@ -386,13 +405,20 @@ impl Git {
 
     /// What `worktree` holds now, as autodev's own git in `home_git` sees it: the tip of the
     /// task repository's `branch` (with `fetch_ref`, fetched from it into that ref; else, or
-    /// when it cannot be fetched, `branch` in `home_git`), and the tree of every file in the
-    /// working tree, untracked ones included, built in `index` (autodev's, kept between calls
-    /// for its stat data). Nothing the agent wrote in its `.git` (config, hooks, pointers) is
-    /// read except by the fetch, whose `upload-pack` runs none of a repository's commands;
-    /// and that only when no process of the agent's is left to change it meanwhile (the
-    /// caller's word) and nothing in it is a link, which autodev's git would follow out of
-    /// the sandbox (to another repository's objects and refs).
+    /// when it cannot be taken, `branch` in `home_git`, where the run started), and the tree of
+    /// every file in the working tree, untracked ones included, built in `index` (autodev's,
+    /// kept between calls for its stat data).
+    ///
+    /// Nothing the agent wrote in its `.git` (config, hooks, pointers) is read except by the
+    /// fetch, whose `upload-pack --strict` runs none of a repository's commands and follows no
+    /// `.git` file; and that only when no process of the agent's is left to change it meanwhile
+    /// (the caller's word) and nothing in it is a link, a special file or another `.git`, which
+    /// autodev's git would follow out of the sandbox. A fetched branch that no longer contains
+    /// where the run started, or changes more than [`MAX_CHANGED_PATHS`] paths, is not taken.
+    /// The files are read by git under `confine` (the task's sandbox, when there is one, so
+    /// that a link swapped in while git reads leads only where the agent can see), and each
+    /// step within [`SNAPSHOT_TIMEOUT`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn snapshot(
         &self,
         home_git: &Path,
@@ -400,116 +426,215 @@ impl Git {
         branch: &str,
         fetch_ref: Option<&str>,
         index: &Path,
+        confine: Option<&Confine<'_>>,
     ) -> anyhow::Result<Snapshot> {
         self.ops.with_label_values(&["snapshot"]).inc();
-        let agent = worktree.join(".git");
-        let mut unread = None;
-        let readable = match fetch_ref {
-            Some(_) => {
-                let dir = agent.clone();
-                tokio::task::spawn_blocking(move || plain_git_dir(&dir)).await?
-            }
-            None => Err("not read while the agent may be writing it".to_owned()),
-        };
-        if let (Err(why), Some(_)) = (&readable, fetch_ref) {
-            unread = Some(why.clone());
-        }
-        if let (Ok(()), Some(fetch_ref)) = (&readable, fetch_ref) {
-            let refspec = format!("+refs/heads/{branch}:{fetch_ref}");
-            let agent_s = agent.to_string_lossy();
-            let out = self
-                .output(
-                    home_git,
-                    &[
-                        "-c",
-                        "protocol.allow=never",
-                        "-c",
-                        "protocol.file.allow=always",
-                        "-c",
-                        "fetch.fsckObjects=true",
-                        "fetch",
-                        "--quiet",
-                        "--no-tags",
-                        "--no-write-fetch-head",
-                        "--no-recurse-submodules",
-                        &agent_s,
-                        &refspec,
-                    ],
-                    None,
-                )
-                .await?;
-            if !out.status.success() {
-                unread = Some(format!(
-                    "fetching it failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-        }
-        let tip = match fetch_ref {
-            Some(r) if unread.is_none() => self.rev(home_git, r).await?,
-            _ => None,
-        };
-        let tip = match tip {
-            Some(t) => t,
-            None => self
-                .rev(home_git, &format!("refs/heads/{branch}"))
-                .await?
-                .with_context(|| format!("{branch} is gone from {}", home_git.display()))?,
-        };
-        let in_tree = |args: &'static [&'static str]| async move {
-            self.output_tree(home_git, Some(worktree), args, None, None, Some(index))
+        let start = self
+            .rev(home_git, &format!("refs/heads/{branch}"))
+            .await?
+            .with_context(|| format!("{branch} is gone from {}", home_git.display()))?;
+        let (tip, unread) = match fetch_ref {
+            Some(r) => match self
+                .fetch_agent_branch(home_git, worktree, branch, r, &start)
                 .await
+            {
+                Ok(tip) => (tip, None),
+                Err(why) => (start.clone(), Some(why)),
+            },
+            None => (start.clone(), None),
+        };
+        let home_s = home_git.display().to_string();
+        let tree_s = worktree.display().to_string();
+        let in_tree = |args: &[&str]| {
+            let mut all: Vec<String> = vec![
+                format!("--git-dir={home_s}"),
+                format!("--work-tree={tree_s}"),
+                "-c".into(),
+                "core.hooksPath=/dev/null".into(),
+                "-c".into(),
+                "core.fsmonitor=false".into(),
+            ];
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+                .collect();
+            env.extend([
+                ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+                ("GIT_NO_REPLACE_OBJECTS".into(), "1".into()),
+                ("GIT_INDEX_FILE".into(), index.display().to_string()),
+            ]);
+            let job = crate::exec::Job {
+                program: PathBuf::from("git"),
+                args: all,
+                cwd: worktree.to_owned(),
+                env,
+                stdin: None,
+                timeout: SNAPSHOT_TIMEOUT,
+                output_limit: 64 * 1024,
+                fd3: None,
+            };
+            let job = match confine {
+                Some(c) => c(job),
+                None => job,
+            };
+            let what = args.join(" ");
+            async move {
+                let out = crate::exec::run(job, &tokio_util::sync::CancellationToken::new())
+                    .await
+                    .context("running git (is it installed?)")?;
+                if !out.ending.success() {
+                    bail!(
+                        "`git {what}` on {}: {}",
+                        worktree.display(),
+                        if out.ending == crate::exec::Ending::TimedOut {
+                            format!("still running after {}s", SNAPSHOT_TIMEOUT.as_secs())
+                        } else {
+                            out.stderr.trim().to_owned()
+                        }
+                    );
+                }
+                anyhow::Ok(out.stdout.trim().to_owned())
+            }
         };
         // The index keeps the stat data of files that match the tip: only changed files are
         // read again.
-        let kept = index.exists() && {
-            let out = self
-                .output_tree(
-                    home_git,
-                    Some(worktree),
-                    &["read-tree", "-m", &tip],
-                    None,
-                    None,
-                    Some(index),
-                )
-                .await?;
-            out.status.success()
-        };
+        let kept = index.exists() && in_tree(&["read-tree", "-m", &tip]).await.is_ok();
         if !kept {
             let _ = std::fs::remove_file(index);
-            let out = self
-                .output_tree(
-                    home_git,
-                    Some(worktree),
-                    &["read-tree", &tip],
-                    None,
-                    None,
-                    Some(index),
-                )
-                .await?;
-            if !out.status.success() {
-                bail!(
-                    "reading {tip} into an index: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            in_tree(&["read-tree", &tip]).await?;
         }
-        for args in [&["add", "--all"][..], &["write-tree"][..]] {
-            let out = in_tree(args).await?;
-            if !out.status.success() {
-                bail!(
-                    "`git {}` on {}: {}",
-                    args.join(" "),
-                    worktree.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            if args[0] == "write-tree" {
-                let tree = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                return Ok(Snapshot { tip, tree, unread });
-            }
+        in_tree(&["add", "--all"]).await?;
+        let tree = in_tree(&["write-tree"]).await?;
+        Ok(Snapshot { tip, tree, unread })
+    }
+
+    /// The tip of `branch` in the task repository at `worktree`, fetched into `fetch_ref` of
+    /// `home_git`; why not, when it is not taken.
+    async fn fetch_agent_branch(
+        &self,
+        home_git: &Path,
+        worktree: &Path,
+        branch: &str,
+        fetch_ref: &str,
+        start: &str,
+    ) -> Result<String, String> {
+        let agent = worktree.join(".git");
+        {
+            let dir = agent.clone();
+            tokio::task::spawn_blocking(move || plain_git_dir(&dir))
+                .await
+                .map_err(|e| e.to_string())??;
         }
-        unreachable!("write-tree returns")
+        let refspec = format!("+refs/heads/{branch}:{fetch_ref}");
+        let agent_s = agent.to_string_lossy();
+        let args = [
+            "-c",
+            "protocol.allow=never",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "fetch.fsckObjects=true",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--upload-pack=git-upload-pack --strict",
+            &agent_s,
+            &refspec,
+        ];
+        let fetched = self.output(home_git, &args, None);
+        let out = tokio::time::timeout(SNAPSHOT_TIMEOUT, fetched)
+            .await
+            .map_err(|_| format!("fetching it took over {}s", SNAPSHOT_TIMEOUT.as_secs()))?
+            .map_err(|e| format!("{e:#}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "fetching it failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let tip = self
+            .rev(home_git, fetch_ref)
+            .await
+            .map_err(|e| format!("{e:#}"))?
+            .ok_or("it has no commit")?;
+        // History rewritten past the start would hide, from the workflow guard, files set back
+        // to an older commit's.
+        if !self
+            .is_ancestor(home_git, start, &tip)
+            .await
+            .map_err(|e| format!("{e:#}"))?
+        {
+            return Err(format!(
+                "it no longer contains {}, where the run started",
+                &start[..start.len().min(10)]
+            ));
+        }
+        let changed = self
+            .count_changed_paths(home_git, start, &tip, MAX_CHANGED_PATHS + 1)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if changed > MAX_CHANGED_PATHS {
+            return Err(format!("it changes more than {MAX_CHANGED_PATHS} paths"));
+        }
+        Ok(tip)
+    }
+
+    /// How many paths differ between `from` and `to`, counting no further than `cap` (a tree
+    /// can name millions of paths in a few objects).
+    async fn count_changed_paths(
+        &self,
+        dir: &Path,
+        from: &str,
+        to: &str,
+        cap: usize,
+    ) -> anyhow::Result<usize> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "diff-tree",
+                "-r",
+                "-z",
+                "--no-renames",
+                "--name-only",
+                from,
+                to,
+            ])
+            .env_clear()
+            .envs(
+                ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+            )
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running git (is it installed?)")?;
+        let mut reader = tokio::io::BufReader::new(child.stdout.take().context("git's output")?);
+        let mut count = 0;
+        let mut path = Vec::new();
+        let counting = async {
+            while count < cap {
+                path.clear();
+                if reader.read_until(0, &mut path).await? == 0 {
+                    break;
+                }
+                count += 1;
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(SNAPSHOT_TIMEOUT, counting)
+            .await
+            .context("listing the changed paths took too long")??;
+        let _ = child.start_kill();
+        Ok(count)
     }
 
     /// A commit of `snap`'s files on top of its tip, in `home_git`; `None` when the tip
@@ -925,6 +1050,7 @@ impl Git {
     /// keeps, made in `home_git` (the task's repository, index and HEAD untouched, so the agent may
     /// keep working meanwhile) and recorded only under `side_ref`. `None` when there is
     /// nothing new since the tip or the last checkpoint.
+    #[allow(clippy::too_many_arguments)]
     pub async fn checkpoint(
         &self,
         home_git: &Path,
@@ -933,11 +1059,12 @@ impl Git {
         index: &Path,
         side_ref: &str,
         message: &str,
+        confine: Option<&Confine<'_>>,
     ) -> anyhow::Result<Option<String>> {
         self.ops.with_label_values(&["checkpoint"]).inc();
-        // The agent is at work: its files are read, its repository is not.
+        // The agent is at work: its files are read (under `confine`), its repository is not.
         let snap = self
-            .snapshot(home_git, worktree, branch, None, index)
+            .snapshot(home_git, worktree, branch, None, index, confine)
             .await?;
         let last_tree = self.rev(home_git, side_ref).await?;
         if let Some(last) = last_tree {
@@ -1170,7 +1297,8 @@ fn credential_helper(url: &str) -> String {
 }
 
 /// Whether the git directory `dir` is only directories and regular files, and has no
-/// `commondir` (which would send git to another git directory); the first offence otherwise.
+/// `commondir` and no `.git` inside (either would send git to another git directory); the
+/// first offence otherwise.
 fn plain_git_dir(dir: &Path) -> Result<(), String> {
     /// Far more than a task's own repository holds (its history is borrowed).
     const MAX_ENTRIES: usize = 1_000_000;
@@ -1194,6 +1322,13 @@ fn plain_git_dir(dir: &Path) -> Result<(), String> {
             let kind = entry
                 .file_type()
                 .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            if entry.file_name() == ".git" {
+                // upload-pack would follow it to a repository of the agent's choosing.
+                return Err(format!(
+                    "{} names another repository",
+                    entry.path().display()
+                ));
+            }
             if kind.is_dir() {
                 stack.push(entry.path());
             } else if !kind.is_file() {

@@ -294,9 +294,19 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
         // a checkpoint taken before that is never pushed after it.
         let branch_ref = format!("refs/heads/{}", task.branch);
         let kept_before = engine.git.rev(&home_git, &branch_ref).await.ok().flatten();
+        let paths = engine.task_paths(&path, &home_git);
+        let confine = |job| engine.confine_reader(&paths, &home_git, &tmp, job);
         let taken = engine
             .git
-            .checkpoint(&home_git, &path, &task.branch, &index, &side_ref, &message)
+            .checkpoint(
+                &home_git,
+                &path,
+                &task.branch,
+                &index,
+                &side_ref,
+                &message,
+                Some(&confine),
+            )
             .await;
         let commit = match taken {
             Ok(Some(c)) => c,
@@ -631,7 +641,7 @@ async fn catch_up(
         let cancel = tokio_util::sync::CancellationToken::new();
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
-        let writable = engine.sandbox_writable(&tmp);
+        let paths = engine.task_paths(&tmp, &home_git);
         let egress = crate::worker::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
         let results = crate::gates::run(
             &planned,
@@ -640,7 +650,7 @@ async fn catch_up(
             &gates_config,
             &cancel,
             &no_record,
-            engine.jail(&writable, egress.gates_net()),
+            engine.jail(&paths, egress.gates_net()),
         )
         .await;
         egress.finish().await;

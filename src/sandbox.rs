@@ -178,6 +178,7 @@ impl Sandbox {
                 fd3: None,
             },
             &[],
+            &[],
             Net::None,
         );
         let mut command = std::process::Command::new(&probe.program);
@@ -198,8 +199,8 @@ impl Sandbox {
     }
 
     /// `job`, run inside the sandbox, where `writable` (and the configured extras) may be
-    /// written to.
-    pub fn wrap(&self, job: Job, writable: &[PathBuf], net: Net<'_>) -> Job {
+    /// written to and `readable` read, wherever they are.
+    pub fn wrap(&self, job: Job, writable: &[PathBuf], readable: &[PathBuf], net: Net<'_>) -> Job {
         let mut job = job;
         let mut args: Vec<String> = Vec::new();
         let mut add = |parts: &[&str]| args.extend(parts.iter().map(|p| (*p).to_owned()));
@@ -248,6 +249,12 @@ impl Sandbox {
             .filter(|p| p.exists())
             .map(|p| real(p))
             .collect();
+        // What the task reads where it is hidden (the object store its repository borrows,
+        // under the data directory), as autodev names it; before what
+        // may be written, which a read-only bind must not cover.
+        for path in readable.iter().filter(|p| p.exists()).map(|p| real(p)) {
+            add(&["--ro-bind", &s(&path), &s(&path)]);
+        }
         for path in &writable {
             add(&["--bind", &s(path), &s(path)]);
         }
@@ -255,28 +262,23 @@ impl Sandbox {
         if let Net::Proxy(socket) = net {
             add(&["--bind", &s(socket), &s(socket)]);
         }
-        // A task's own repository (its worktree's `.git`, or a writable git directory): what
-        // git would execute or follow stays read-only (config, hooks, info, and `objects/info`,
-        // which lists the borrowed object stores), and each directory holding such a path is a
-        // mount point of its own, which cannot be moved aside and rebuilt. Only what is itself
+        // A task's own repository (its worktree's `.git`): what git would execute or follow
+        // stays read-only (config, hooks, info, and `objects/info`, which lists the borrowed
+        // object stores), and each directory holding such a path is a mount point of its own,
+        // which cannot be moved aside and rebuilt. Only what is itself
         // and where it says: bwrap follows links on both sides of a bind, so a link planted
         // there would mount whatever it points at (a hidden path) back into sight.
         let plain = |p: &Path| {
             std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink())
                 && p.canonicalize().is_ok_and(|c| c == p)
         };
-        let mut borrowed: Vec<PathBuf> = Vec::new();
         for path in &writable {
-            for git_dir in [path.clone(), path.join(".git")] {
-                let is_git_dir = plain(&git_dir)
-                    && git_dir.is_dir()
-                    && plain(&git_dir.join("HEAD"))
-                    && plain(&git_dir.join("objects"));
-                if !is_git_dir {
-                    continue;
-                }
+            // Whatever the agent did to it in an earlier job (a deleted `HEAD` does not make
+            // it something else): autodev made it, and its parts are bound as they are.
+            let git_dir = path.join(".git");
+            if plain(&git_dir) && git_dir.is_dir() {
                 let objects = git_dir.join("objects");
-                for dir in [&git_dir, &objects] {
+                for dir in [&git_dir, &objects].into_iter().filter(|d| plain(d)) {
                     add(&["--bind", &s(dir), &s(dir)]);
                 }
                 for p in ["config", "hooks", "info", "objects/info"]
@@ -286,29 +288,11 @@ impl Sandbox {
                 {
                     add(&["--ro-bind", &s(&p), &s(&p)]);
                 }
-                // The object stores it borrows (a mirror under the hidden data directory),
-                // readable: nothing else of where they live.
-                let listed =
-                    std::fs::read_to_string(objects.join("info/alternates")).unwrap_or_default();
-                for line in listed.lines().map(str::trim) {
-                    let store = Path::new(line);
-                    if store.is_absolute()
-                        && plain(store)
-                        && store.is_dir()
-                        && store.file_name().is_some_and(|n| n == "objects")
-                    {
-                        borrowed.push(store.to_owned());
-                    }
-                }
             }
             // A worktree's `.git` file (earlier versions), which says where its git directory is.
-            let dot_git = path.join(".git");
-            if plain(&dot_git) && dot_git.is_file() {
-                add(&["--ro-bind", &s(&dot_git), &s(&dot_git)]);
+            if plain(&git_dir) && git_dir.is_file() {
+                add(&["--ro-bind", &s(&git_dir), &s(&git_dir)]);
             }
-        }
-        for store in &borrowed {
-            add(&["--ro-bind", &s(store), &s(store)]);
         }
         let under_hidden_dir = |f: &PathBuf| self.hidden_dirs.iter().any(|d| f.starts_with(d));
         for file in self
@@ -369,8 +353,17 @@ impl Sandbox {
 #[derive(Debug, Clone, Copy)]
 pub struct Jail<'a> {
     pub sandbox: &'a Sandbox,
-    pub writable: &'a [PathBuf],
+    pub paths: &'a TaskPaths,
     pub net: Net<'a>,
+}
+
+/// What a task's jobs may reach besides what every sandbox has.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPaths {
+    /// Written to: the task's worktree (its `.git` is the task's own repository).
+    pub writable: Vec<PathBuf>,
+    /// Read where it would be hidden: the object store the task's repository borrows.
+    pub readable: Vec<PathBuf>,
 }
 
 impl Jail<'_> {
@@ -385,13 +378,15 @@ impl Jail<'_> {
             .find(|(k, _)| k == "HOME")
             .map(|(_, v)| PathBuf::from(v));
         let writable: Vec<PathBuf> = self
+            .paths
             .writable
             .iter()
             .chain(extra)
             .cloned()
             .chain(home)
             .collect();
-        self.sandbox.wrap(job, &writable, self.net)
+        self.sandbox
+            .wrap(job, &writable, &self.paths.readable, self.net)
     }
 }
 

@@ -493,10 +493,16 @@ async fn pipeline(
     // The run's own HOMEs (its agents', its gates'), gone when the run ends.
     let run_homes = engine.fresh_homes(&format!("task-{}", row.pk))?;
     let homes = run_homes.path().to_owned();
-    let writable = engine.sandbox_writable(&worktree.path);
     // autodev reads the agent's work with its own git, in the repository the branch lives in.
     let home_git = git.common_dir(repo).await?;
+    let paths = engine.task_paths(&worktree.path, &home_git);
     let reading = Reading::new(engine, row);
+    let scratch = reading
+        .index
+        .parent()
+        .unwrap_or(&settings.data_dir)
+        .to_owned();
+    let confine = |job: exec::Job| engine.confine_reader(&paths, &home_git, &scratch, job);
     let egress = RunEgress::start(engine, &homes, row.pk, row.run_seq)?;
     let (agent_net, gates_net) = (egress.agent_net(), egress.gates_net());
 
@@ -560,7 +566,7 @@ async fn pipeline(
             verdict = Some(o);
             break;
         }
-        let round_start = reading.snapshot(&home_git, &worktree).await?;
+        let round_start = reading.snapshot(&home_git, &worktree, &confine).await?;
         let text = prompt::build(&PromptInput {
             role: &role,
             spec,
@@ -577,7 +583,7 @@ async fn pipeline(
         )
         .await;
         let request = AgentRequest {
-            jail: engine.jail(&writable, agent_net),
+            jail: engine.jail(&paths, agent_net),
             prompt: &text,
             cwd: &workdir,
             model: task.model.as_deref(),
@@ -644,7 +650,7 @@ async fn pipeline(
         )
         .await?;
         if reading
-            .snapshot(&home_git, &worktree)
+            .snapshot(&home_git, &worktree, &confine)
             .await?
             .same_as(&round_start)
         {
@@ -673,7 +679,7 @@ async fn pipeline(
             &gate_config,
             cancel,
             &record,
-            engine.jail(&writable, gates_net),
+            engine.jail(&paths, gates_net),
         )
         .await;
         for r in &results {
@@ -735,7 +741,7 @@ async fn pipeline(
     // 3. Commit whatever the agent left, so a retry continues from it and nothing is lost:
     // its branch and files, read into the repository the branch lives in.
     let message = gitops::commit_message(&spec.role, &spec.title, spec.id.as_str(), passed);
-    let snap = reading.snapshot(&home_git, &worktree).await?;
+    let snap = reading.snapshot(&home_git, &worktree, &confine).await?;
     if let Some(why) = &snap.unread {
         run.note(
             "commit",
@@ -813,6 +819,7 @@ impl Reading {
         &self,
         home_git: &std::path::Path,
         worktree: &gitops::Worktree,
+        confine: &gitops::Confine<'_>,
     ) -> anyhow::Result<gitops::Snapshot> {
         if let Some(dir) = self.index.parent() {
             std::fs::create_dir_all(dir)?;
@@ -824,6 +831,7 @@ impl Reading {
                 &worktree.branch,
                 Some(&self.fetch_ref),
                 &self.index,
+                Some(confine),
             )
             .await
     }

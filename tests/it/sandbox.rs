@@ -520,7 +520,36 @@ async fn links_in_the_task_repository_bring_no_other_repositorys_history_out() {
     }
     use crate::support::git;
     let world = World::new();
-    // Another repository, out of the sandbox's sight (under the data directory), packed.
+    // The agent knows a commit of it (a name is not a secret; what it holds is), and links
+    // the store that has it into its own repository.
+    let (s, secret_sha) = secret_repo(&world);
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             echo x > feature.txt\n\
+             ref=.git/refs/heads/auto/backend/SBX-LINK\n\
+             echo {secret_sha} > \"$ref\"\n\
+             rm -rf .git/objects/pack; ln -s {s}/objects/pack .git/objects/pack\n\
+             echo '{CLAUDE_OK}'",
+            s = s.display(),
+        ),
+    );
+    let server = world.serve();
+    let task = server.run_to_end("SBX-LINK", "").await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_no_secret(&world, &secret_sha);
+    assert_eq!(
+        git(&world.repo, &["show", "auto/backend/SBX-LINK:feature.txt"]),
+        "x"
+    );
+    assert_holds(&task.to_string(), "is a link or a special file");
+}
+
+/// Another repository, out of the sandbox's sight (under the data directory), packed: its git
+/// directory and its commit.
+fn secret_repo(world: &World) -> (std::path::PathBuf, String) {
+    use crate::support::git;
     let secret = world.data.join("secret");
     std::fs::create_dir_all(&secret).unwrap();
     git(&secret, &["init", "-q", "-b", "main"]);
@@ -539,34 +568,196 @@ async fn links_in_the_task_repository_bring_no_other_repositorys_history_out() {
         ],
     );
     git(&secret, &["gc", "-q"]);
-    // The agent knows a commit of it (a name is not a secret; what it holds is), and links
-    // the store that has it into its own repository.
-    let secret_sha = git(&secret, &["rev-parse", "main"]);
-    let s = secret.join(".git");
+    let sha = git(&secret, &["rev-parse", "main"]);
+    (secret.join(".git"), sha)
+}
+
+/// The secret commit is nowhere in the user's repository: not as an object, not named by any
+/// tree (a submodule entry) of any ref.
+#[track_caller]
+fn assert_no_secret(world: &World, secret_sha: &str) {
+    use crate::support::git;
+    let found = std::process::Command::new("git")
+        .args(["-C", &world.repo.display().to_string()])
+        .args(["cat-file", "-e", secret_sha])
+        .status()
+        .unwrap();
+    assert!(!found.success(), "the other repository's commit came out");
+    for r in git(&world.repo, &["for-each-ref", "--format=%(objectname)"]).lines() {
+        assert_lacks(&git(&world.repo, &["ls-tree", "-r", r]), secret_sha);
+    }
+}
+
+#[tokio::test]
+async fn a_git_file_in_the_task_repository_leads_autodevs_fetch_nowhere() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let world = World::new();
+    let (s, secret_sha) = secret_repo(&world);
+    // A repository of the agent's own, borrowing the other store, named by `.git/.git`: a
+    // non-strict upload-pack would serve it instead of the task's.
     world.agent(
         "claude",
         &format!(
             "cat >/dev/null\n\
              echo x > feature.txt\n\
-             ref=.git/refs/heads/auto/backend/SBX-LINK\n\
-             echo {secret_sha} > \"$ref\"\n\
-             rm -rf .git/objects/pack; ln -s {s}/objects/pack .git/objects/pack\n\
+             git init -q --bare evil.git\n\
+             echo {s}/objects > evil.git/objects/info/alternates\n\
+             mkdir -p evil.git/refs/heads/auto/backend\n\
+             echo {secret_sha} > evil.git/refs/heads/auto/backend/SBX-GITFILE\n\
+             printf 'gitdir: %s/evil.git\\n' \"$PWD\" > .git/.git\n\
              echo '{CLAUDE_OK}'",
             s = s.display(),
         ),
     );
     let server = world.serve();
-    let task = server.run_to_end("SBX-LINK", "").await;
+    let task = server.run_to_end("SBX-GITFILE", "").await;
     assert_eq!(task["state"], "passed", "{task:#}");
-    let found = std::process::Command::new("git")
-        .args(["-C", &world.repo.display().to_string()])
-        .args(["cat-file", "-e", &secret_sha])
-        .status()
-        .unwrap();
-    assert!(!found.success(), "the other repository's commit came out");
+    assert_no_secret(&world, &secret_sha);
+    assert_holds(&task.to_string(), "names another repository");
+}
+
+#[tokio::test]
+async fn a_deleted_head_does_not_open_the_task_repository_to_the_next_job() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let world = World::new();
+    let (s, secret_sha) = secret_repo(&world);
+    let out = world.agent_dir.display();
+    // Round 1 deletes HEAD (the job after it once saw no git directory there and left its
+    // parts writable); the gate, the next job, lists the other store as borrowed and fails;
+    // round 2 reads from it.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             if [ -f round1 ]; then\n\
+               git cat-file -p {secret_sha}:plans.txt > {out}/leak.txt 2>&1\n\
+               ls {s}/objects/pack > {out}/packs.txt 2>&1\n\
+               echo done > done.txt\n\
+             else\n\
+               touch round1; echo x > feature.txt; rm -f .git/HEAD\n\
+             fi\n\
+             echo '{CLAUDE_OK}'",
+            s = s.display(),
+        ),
+    );
+    let gate = format!(
+        "printf '%s\\n' {s}/objects >> .git/objects/info/alternates; echo 'ref: refs/heads/auto/backend/SBX-HEAD' > .git/HEAD; test -f done.txt",
+        s = s.display()
+    );
+    let server = world.serve();
+    let task = server
+        .run_to_end(
+            "SBX-HEAD",
+            &format!("acceptance:\n  tests: [{}]\n", serde_json::json!(gate)),
+        )
+        .await;
+    assert_eq!(task["rounds"], 2, "{task:#}");
+    assert_lacks(&world.left("leak.txt"), "TOP SECRET");
+    assert_lacks(&world.left("packs.txt"), ".pack");
+    assert_no_secret(&world, &secret_sha);
+}
+
+#[tokio::test]
+async fn the_checkpointer_reads_a_tasks_files_from_inside_its_sandbox() {
+    if !bwrap_works() {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+        return;
+    }
+    let world = World::new();
+    let (s, secret_sha) = secret_repo(&world);
+    // A nested repository whose `.git` file names the hidden one: a git reading the files
+    // from outside the sandbox records its commit; from inside, there is nothing there.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             mkdir sub; printf 'gitdir: {s}\\n' > sub/.git; echo x > feature.txt\n\
+             sleep 4\n\
+             rm -rf sub\n\
+             echo '{CLAUDE_OK}'",
+            s = s.display(),
+        ),
+    );
+    world
+        .write_config("providers:\n  order: [claude_cli]\nhygiene: {checkpoint_minutes: \"1s\"}\n");
+    let server = world.serve();
+    let task = server.run_to_end("SBX-CKPT", "").await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_holds(&task.to_string(), "checkpoint");
+    assert_no_secret(&world, &secret_sha);
+}
+
+#[tokio::test]
+async fn an_agent_that_sets_its_branch_back_keeps_the_start_and_its_files_show_the_change() {
+    use crate::support::git;
+    let world = World::new();
+    // The base changed a workflow; the agent sets its branch back before that, where the
+    // workflow is the old one, so that its own commits seem to change nothing there.
+    let workflows = world.repo.join(".github/workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("ci.yml"), "on: push # old\n").unwrap();
+    git(&world.repo, &["add", "."]);
+    git(&world.repo, &["commit", "-qm", "old workflow"]);
+    std::fs::write(workflows.join("ci.yml"), "on: pull_request # fixed\n").unwrap();
+    git(&world.repo, &["commit", "-qam", "fixed workflow"]);
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             git reset -q --hard HEAD~1\n\
+             echo x > feature.txt; git add feature.txt; git commit -qm feature\n\
+             echo '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    let task = server.run_to_end("BACK-1", "").await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_holds(&task.to_string(), "no longer contains");
+    let branch = "auto/backend/BACK-1";
+    git(
+        &world.repo,
+        &["merge-base", "--is-ancestor", "master", branch],
+    );
+    // What the workflow guard compares: the old workflow is a change on this branch.
     assert_eq!(
-        git(&world.repo, &["show", "auto/backend/SBX-LINK:feature.txt"]),
+        git(&world.repo, &["diff", "--name-only", "master", branch]),
+        ".github/workflows/ci.yml\nfeature.txt"
+    );
+}
+
+#[tokio::test]
+async fn a_tree_of_millions_of_paths_on_the_agents_branch_is_not_read() {
+    use crate::support::git;
+    let world = World::new();
+    // Six levels of sixteen names for one tree each: 16^6 paths from seven tree objects.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             t=$(printf 'x' | git hash-object -w --stdin)\n\
+             kind=blob\n\
+             for level in 1 2 3 4 5 6; do\n\
+               t=$(for i in 0 1 2 3 4 5 6 7 8 9 a b c d e f; do printf '%s %s %s\\t%s\\n' $([ $kind = blob ] && echo 100644 || echo 040000) $kind $t n$i; done | git mktree)\n\
+               kind=tree\n\
+             done\n\
+             c=$(echo bomb | git commit-tree $t -p HEAD)\n\
+             git update-ref refs/heads/auto/backend/BOMB-1 $c\n\
+             echo x > feature.txt\n\
+             echo '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    let task = server.run_to_end("BOMB-1", "").await;
+    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_holds(&task.to_string(), "changes more than 1000000 paths");
+    assert_eq!(
+        git(&world.repo, &["show", "auto/backend/BOMB-1:feature.txt"]),
         "x"
     );
-    assert_holds(&task.to_string(), "is a link or a special file");
 }
