@@ -265,6 +265,9 @@ pub struct AgentConfig {
     /// Hosts sandboxed agents may connect to (`host`, `host:port`, `*.domain`); default: the
     /// configured providers' API and login hosts.
     pub egress: Option<Vec<String>>,
+    /// How long each step of reading an agent's work (its branch, its files) may take.
+    #[serde(deserialize_with = "duration")]
+    pub read_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -277,6 +280,7 @@ impl Default for AgentConfig {
             git_user_email: "autodev@users.noreply.github.com".into(),
             sandbox: SandboxMode::Auto,
             sandbox_writable: Vec::new(),
+            read_timeout: crate::gitops::READ_TIMEOUT,
             egress: None,
         }
     }

@@ -132,7 +132,8 @@ impl Engine {
             metrics.git_operations_total.clone(),
             &settings.file.agent.git_user_name,
             &settings.file.agent.git_user_email,
-        );
+        )
+        .with_read_timeout(settings.file.agent.read_timeout);
         let (live, _) = broadcast::channel(1024);
         let github = crate::github::client::GithubClient::new(
             &settings.github_api_url,

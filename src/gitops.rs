@@ -19,6 +19,7 @@ pub struct Git {
     ops: IntCounterVec,
     user_name: String,
     user_email: String,
+    read_timeout: std::time::Duration,
 }
 
 /// What a task's working tree holds at one moment (see [`Git::snapshot`]).
@@ -39,9 +40,10 @@ impl Snapshot {
     }
 }
 
-/// How long one step of reading a task's work may take: the agent chooses what is read, and
-/// a named pipe or a huge sparse file must not hold a worker for ever.
-pub const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long one step of reading a task's work may take by default (`agent.read_timeout`):
+/// the agent chooses what is read, and a named pipe or a huge sparse file must not hold a
+/// worker for ever.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The most paths an agent's branch may change for autodev to take its history (a few tree
 /// objects can name millions of paths); past that, its files are taken without it.
@@ -85,7 +87,14 @@ impl Git {
             ops,
             user_name: user_name.to_owned(),
             user_email: user_email.to_owned(),
+            read_timeout: READ_TIMEOUT,
         }
+    }
+
+    /// The bound on each step of reading an agent's work (see [`Git::snapshot`]).
+    pub fn with_read_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.read_timeout = limit;
+        self
     }
 
     /// `git -C dir args...`; stdout on success, an error with stderr otherwise.
@@ -417,7 +426,7 @@ impl Git {
     /// where the run started, or changes more than [`MAX_CHANGED_PATHS`] paths, is not taken.
     /// The files are read by git under `confine` (the task's sandbox, when there is one, so
     /// that a link swapped in while git reads leads only where the agent can see), and each
-    /// step within [`SNAPSHOT_TIMEOUT`].
+    /// step within `agent.read_timeout`.
     #[allow(clippy::too_many_arguments)]
     pub async fn snapshot(
         &self,
@@ -470,7 +479,7 @@ impl Git {
                 cwd: worktree.to_owned(),
                 env,
                 stdin: None,
-                timeout: SNAPSHOT_TIMEOUT,
+                timeout: self.read_timeout,
                 output_limit: 64 * 1024,
                 fd3: None,
             };
@@ -488,7 +497,7 @@ impl Git {
                         "`git {what}` on {}: {}",
                         worktree.display(),
                         if out.ending == crate::exec::Ending::TimedOut {
-                            format!("still running after {}s", SNAPSHOT_TIMEOUT.as_secs())
+                            format!("still running after {}s", self.read_timeout.as_secs())
                         } else {
                             out.stderr.trim().to_owned()
                         }
@@ -545,9 +554,9 @@ impl Git {
             &refspec,
         ];
         let fetched = self.output(home_git, &args, None);
-        let out = tokio::time::timeout(SNAPSHOT_TIMEOUT, fetched)
+        let out = tokio::time::timeout(self.read_timeout, fetched)
             .await
-            .map_err(|_| format!("fetching it took over {}s", SNAPSHOT_TIMEOUT.as_secs()))?
+            .map_err(|_| format!("fetching it took over {}s", self.read_timeout.as_secs()))?
             .map_err(|e| format!("{e:#}"))?;
         if !out.status.success() {
             return Err(format!(
@@ -630,7 +639,7 @@ impl Git {
             }
             anyhow::Ok(())
         };
-        tokio::time::timeout(SNAPSHOT_TIMEOUT, counting)
+        tokio::time::timeout(self.read_timeout, counting)
             .await
             .context("listing the changed paths took too long")??;
         let _ = child.start_kill();

@@ -761,3 +761,29 @@ async fn a_tree_of_millions_of_paths_on_the_agents_branch_is_not_read() {
         "x"
     );
 }
+
+#[tokio::test]
+async fn a_named_pipe_where_git_reads_holds_the_task_only_for_the_read_timeout() {
+    let world = World::new();
+    // A nested repository whose HEAD is a pipe nobody writes: git waits on it for ever.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n\
+             mkdir -p sub/.git/objects sub/.git/refs; mkfifo sub/.git/HEAD; echo x > feature.txt\n\
+             echo '{CLAUDE_OK}'"
+        ),
+    );
+    std::fs::write(
+        &world.config,
+        format!(
+            "providers:\n  order: [claude_cli]\nworkers: {{concurrency: 1, heartbeat_seconds: 1, missed_heartbeats: 2}}\nagent: {{sandbox: {}, read_timeout: 2s}}\n",
+            world.sandbox
+        ),
+    )
+    .unwrap();
+    let server = world.serve();
+    let task = server.run_to_end("FIFO-1", "").await;
+    assert_eq!(task["state"], "error", "{task:#}");
+    assert_holds(&task.to_string(), "still running after 2s");
+}
