@@ -24,7 +24,7 @@ async fn main() {
         &["operation"],
     )
     .unwrap();
-    let autodev = autodev::gitops::Git::new(counter, "bench", "bench@example.com");
+    let autodev = autodev::git::ops::Git::new(counter, "bench", "bench@example.com");
     let main = git(&repo, &["rev-parse", "main"], None);
     git(&repo, &["branch", "task", &main], None);
     autodev

@@ -59,7 +59,7 @@ fn main() {
         &["operation"],
     )
     .unwrap();
-    let autodev = autodev::gitops::Git::new(counter, "bench", "bench@example.com");
+    let autodev = autodev::git::ops::Git::new(counter, "bench", "bench@example.com");
     let main = common::git(&repo, &["rev-parse", "main"], None);
     let mut own = Vec::new();
     let run_own = |round: usize| {

@@ -9,9 +9,14 @@ use anyhow::{Context, bail};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::spec::{Limits, parse_timeout};
+use crate::core::spec::{Limits, parse_timeout};
 
 /// A snapshot of the environment, so that tests can hand in their own.
+/// How long one step of reading a task's work may take by default (`agent.read_timeout`):
+/// the agent chooses what is read, and a named pipe or a huge sparse file must not hold a
+/// worker for ever.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Clone, Default)]
 pub struct Env(BTreeMap<String, String>);
 
@@ -103,7 +108,7 @@ pub struct AllowedOverrides(pub Vec<String>);
 impl Default for AllowedOverrides {
     fn default() -> Self {
         Self(
-            crate::trust::DEFAULT_OVERRIDES
+            crate::core::trust::DEFAULT_OVERRIDES
                 .iter()
                 .map(|k| (*k).to_owned())
                 .collect(),
@@ -280,7 +285,7 @@ impl Default for AgentConfig {
             git_user_email: "autodev@users.noreply.github.com".into(),
             sandbox: SandboxMode::Auto,
             sandbox_writable: Vec::new(),
-            read_timeout: crate::gitops::READ_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
             egress: None,
         }
     }
@@ -602,18 +607,18 @@ impl FileConfig {
             .allowed_overrides
             .0
             .iter()
-            .find(|k| !crate::trust::OVERRIDE_KEYS.contains(&k.as_str()))
+            .find(|k| !crate::core::trust::OVERRIDE_KEYS.contains(&k.as_str()))
         {
             bail!(
                 "allowed_overrides names `{key}`; the keys a repository may set are {}",
-                crate::trust::OVERRIDE_KEYS.join(", ")
+                crate::core::trust::OVERRIDE_KEYS.join(", ")
             );
         }
         if self.agent.task_timeout > self.limits.max_timeout {
             bail!(
                 "agent.task_timeout ({}) is longer than limits.max_timeout ({})",
-                crate::spec::human_duration(self.agent.task_timeout),
-                crate::spec::human_duration(self.limits.max_timeout)
+                crate::core::spec::human_duration(self.agent.task_timeout),
+                crate::core::spec::human_duration(self.limits.max_timeout)
             );
         }
         if self.workers.concurrency == 0 {

@@ -12,14 +12,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::db::{self, TaskRow, TaskState};
-use crate::exec;
-use crate::gitops::Git;
-use crate::ids::{RepoName, TaskKey};
+use crate::core::ids::{RepoName, TaskKey};
+use crate::core::roles::Roles;
+use crate::core::spec::TaskSpec;
+use crate::git::ops::Git;
 use crate::jobs::{self, RunTask};
 use crate::metrics::Metrics;
-use crate::roles::Roles;
-use crate::spec::TaskSpec;
+use crate::proc::exec;
+use crate::store::{self, TaskRow, TaskState};
 
 /// A timeline entry as it happens, for `autodev run` to print.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct Engine {
     /// The GitHub client: the App's in App mode, `GITHUB_TOKEN`'s in local mode.
     pub github: Option<Arc<crate::github::client::GithubClient>>,
     /// The agents' sandbox, when `agent.sandbox` asks for one.
-    pub sandbox: Option<crate::sandbox::Sandbox>,
+    pub sandbox: Option<crate::proc::sandbox::Sandbox>,
     /// Identifies this process in task leases and as a queue worker: unique per start, so a
     /// quick restart never collides with the name of the process it replaces.
     pub owner: String,
@@ -119,12 +119,13 @@ impl Engine {
     pub async fn open(settings: Settings) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
-        let pool = db::connect(&settings.database_url, &settings.file.database).await?;
+        let pool = store::connect(&settings.database_url, &settings.file.database).await?;
         {
             // Two processes starting at once must not both apply migrations.
             let _lock =
-                crate::gitops::RepoLock::acquire(settings.data_dir.join("migrate.lock")).await?;
-            db::migrate(&pool).await?;
+                crate::proc::lock::FileLock::acquire(settings.data_dir.join("migrate.lock"))
+                    .await?;
+            store::migrate(&pool).await?;
         }
         let roles = Roles::load(settings.roles_dir.as_deref())?;
         let metrics = Metrics::new();
@@ -143,7 +144,7 @@ impl Engine {
             &settings.data_dir.join("locks"),
         )?
         .map(Arc::new);
-        let sandbox = crate::sandbox::Sandbox::from_settings(&settings)?;
+        let sandbox = crate::proc::sandbox::Sandbox::from_settings(&settings)?;
         Ok(Arc::new(Self {
             sandbox,
             github,
@@ -167,28 +168,28 @@ impl Engine {
         &self,
         worktree: &std::path::Path,
         home_git: &std::path::Path,
-    ) -> crate::sandbox::TaskPaths {
+    ) -> crate::proc::sandbox::TaskPaths {
         if self.sandbox.is_none() {
-            return crate::sandbox::TaskPaths::default();
+            return crate::proc::sandbox::TaskPaths::default();
         }
         // Each job adds its own HOME (see `sandbox::Jail::wrap`).
-        crate::sandbox::TaskPaths {
+        crate::proc::sandbox::TaskPaths {
             writable: vec![worktree.to_owned()],
             readable: vec![home_git.join("objects")],
         }
     }
 
-    /// Runs a git that reads a task's files (see `gitops::Git::snapshot`) in the task's
+    /// Runs a git that reads a task's files (see `ops::Git::snapshot`) in the task's
     /// sandbox, able to write only `home_git` (its objects) and `scratch` (its index, its
     /// HOME), when there is a sandbox; as it is otherwise.
     pub fn confine_reader(
         &self,
-        paths: &crate::sandbox::TaskPaths,
+        paths: &crate::proc::sandbox::TaskPaths,
         home_git: &std::path::Path,
         scratch: &std::path::Path,
-        job: crate::exec::Job,
-    ) -> crate::exec::Job {
-        let Some(jail) = self.jail(paths, crate::sandbox::Net::None) else {
+        job: crate::proc::exec::Job,
+    ) -> crate::proc::exec::Job {
+        let Some(jail) = self.jail(paths, crate::proc::sandbox::Net::None) else {
             return job;
         };
         let mut job = job;
@@ -216,14 +217,16 @@ impl Engine {
     /// a sandbox.
     pub fn jail<'a>(
         &'a self,
-        paths: &'a crate::sandbox::TaskPaths,
-        net: crate::sandbox::Net<'a>,
-    ) -> Option<crate::sandbox::Jail<'a>> {
-        self.sandbox.as_ref().map(|sandbox| crate::sandbox::Jail {
-            sandbox,
-            paths,
-            net,
-        })
+        paths: &'a crate::proc::sandbox::TaskPaths,
+        net: crate::proc::sandbox::Net<'a>,
+    ) -> Option<crate::proc::sandbox::Jail<'a>> {
+        self.sandbox
+            .as_ref()
+            .map(|sandbox| crate::proc::sandbox::Jail {
+                sandbox,
+                paths,
+                net,
+            })
     }
 
     /// The hosts sandboxed agents may reach: `agent.egress`, else the configured providers'
@@ -243,11 +246,15 @@ impl Engine {
                 .or_else(|| crate::config::kind_from_name(name))
                 .unwrap_or(crate::config::CliKind::Generic);
             hosts.extend(
-                crate::egress::provider_hosts(kind)
+                crate::proc::egress::provider_hosts(kind)
                     .iter()
                     .map(|h| (*h).to_owned()),
             );
-            if let Some(entry) = entry.base_url.as_deref().and_then(crate::egress::url_entry) {
+            if let Some(entry) = entry
+                .base_url
+                .as_deref()
+                .and_then(crate::proc::egress::url_entry)
+            {
                 hosts.push(entry);
             }
         }
@@ -256,7 +263,7 @@ impl Engine {
                 .settings
                 .env
                 .get(var)
-                .and_then(crate::egress::url_entry)
+                .and_then(crate::proc::egress::url_entry)
             {
                 hosts.push(entry);
             }
@@ -272,37 +279,37 @@ impl Engine {
     pub async fn task_settings(
         &self,
         spec: &TaskSpec,
-        source: crate::trust::SpecSource,
+        source: crate::core::trust::SpecSource,
         repo: &std::path::Path,
         rev: &str,
-    ) -> Result<crate::trust::Resolved, String> {
+    ) -> Result<crate::core::trust::Resolved, String> {
         let role = self
             .roles
             .get(&spec.role)
             .ok_or_else(|| format!("role `{}` is no longer defined", spec.role))?;
         let mut file = None;
-        for path in crate::trust::REPO_FILE_PATHS {
+        for path in crate::core::trust::REPO_FILE_PATHS {
             let text = self
                 .git
                 .read_at(repo, rev, path)
                 .await
                 .map_err(|e| format!("reading {path}: {e:#}"))?;
             if let Some(text) = text {
-                file = Some(crate::trust::parse_repo_file(path, &text)?);
+                file = Some(crate::core::trust::parse_repo_file(path, &text)?);
                 break;
             }
         }
         let config = &self.settings.file;
-        let policy = crate::trust::ServerPolicy {
+        let policy = crate::core::trust::ServerPolicy {
             allowed_overrides: &config.allowed_overrides.0,
             limits: &config.limits,
             default_timeout: config.agent.task_timeout,
-            gates: crate::trust::GateCommands {
+            gates: crate::core::trust::GateCommands {
                 lint: config.gates.lint.clone(),
                 typecheck: config.gates.typecheck.clone(),
             },
         };
-        Ok(crate::trust::resolve(
+        Ok(crate::core::trust::resolve(
             &policy,
             &spec.role,
             &role.defaults,
@@ -314,8 +321,8 @@ impl Engine {
 
     /// What every push of `repo` (`owner/name`) checks: no change to `.github/workflows/` in
     /// any commit after `base`, unless `github.allow_workflow_changes` allows the repository.
-    pub fn push_guard<'a>(&self, repo: &'a str, base: &'a str) -> crate::gitops::PushGuard<'a> {
-        crate::gitops::PushGuard {
+    pub fn push_guard<'a>(&self, repo: &'a str, base: &'a str) -> crate::git::ops::PushGuard<'a> {
+        crate::git::ops::PushGuard {
             repo,
             base,
             workflows_allowed: self
@@ -344,8 +351,8 @@ impl Engine {
             .with_context(|| format!("unknown role `{}`", spec.role))?;
         let spec_json = serde_json::to_string(spec).context("encoding spec")?;
         let branch = role.branch_for(&spec.id);
-        let mut tx = db::begin_write(&self.pool).await?;
-        let new = db::NewTask {
+        let mut tx = store::begin_write(&self.pool).await?;
+        let new = store::NewTask {
             repo,
             task_id: spec.id.as_str(),
             role: &spec.role,
@@ -353,7 +360,7 @@ impl Engine {
             spec_json: &spec_json,
             branch: &branch,
         };
-        let Some(key) = db::insert_task(&mut *tx, &new).await? else {
+        let Some(key) = store::insert_task(&mut *tx, &new).await? else {
             return Err(SubmitError::Duplicate {
                 repo: repo.clone(),
                 task_id: spec.id.to_string(),
@@ -365,7 +372,7 @@ impl Engine {
             std::time::Duration::ZERO,
         )
         .await?;
-        db::set_job_id(&mut *tx, key, &job_id).await?;
+        store::set_job_id(&mut *tx, key, &job_id).await?;
         tx.commit().await.context("committing task")?;
         self.record(
             key,
@@ -393,7 +400,7 @@ impl Engine {
             .with_context(|| format!("unknown role `{}`", spec.role))?;
         let spec_json = serde_json::to_string(spec).context("encoding spec")?;
         let branch = role.branch_for(&spec.id);
-        let new = db::NewTask {
+        let new = store::NewTask {
             repo,
             task_id: spec.id.as_str(),
             role: &spec.role,
@@ -401,7 +408,7 @@ impl Engine {
             spec_json: &spec_json,
             branch: &branch,
         };
-        match db::insert_task(&self.pool, &new).await? {
+        match store::insert_task(&self.pool, &new).await? {
             Some(key) => Ok(key),
             None => Err(SubmitError::Duplicate {
                 repo: repo.clone(),
@@ -413,9 +420,9 @@ impl Engine {
     pub async fn cancel(&self, key: TaskKey) -> anyhow::Result<CancelOutcome> {
         // A running task whose worker is gone is ended at once below: what that worker left
         // running is stopped first.
-        if let Some(t) = db::get_task(&self.pool, key).await?
+        if let Some(t) = store::get_task(&self.pool, key).await?
             && t.state == TaskState::Running
-            && t.lease_until.is_none_or(|until| until <= db::now_ms())
+            && t.lease_until.is_none_or(|until| until <= store::now_ms())
             && !self.running.lock().expect("lock").contains_key(&key)
             && self.stop_leftovers(&t).await
         {
@@ -427,11 +434,11 @@ impl Engine {
             )
             .await;
         }
-        let before = db::request_cancel(&self.pool, key).await?;
+        let before = store::request_cancel(&self.pool, key).await?;
         Ok(match before {
             None => CancelOutcome::Missing,
             Some(TaskState::Queued) => {
-                let task = db::get_task(&self.pool, key).await?;
+                let task = store::get_task(&self.pool, key).await?;
                 if let Some(t) = task {
                     self.record(key, t.run_seq, "cancelled", "cancelled before it started")
                         .await;
@@ -456,8 +463,8 @@ impl Engine {
     /// Queues an ended task again; it continues on the same branch. `Ok(None)` while it is
     /// queued or running.
     pub async fn retry(&self, key: TaskKey) -> anyhow::Result<Option<String>> {
-        let mut tx = db::begin_write(&self.pool).await?;
-        let Some(run_seq) = db::requeue(&mut *tx, key).await? else {
+        let mut tx = store::begin_write(&self.pool).await?;
+        let Some(run_seq) = store::requeue(&mut *tx, key).await? else {
             return Ok(None);
         };
         let job_id = jobs::push(
@@ -469,7 +476,7 @@ impl Engine {
             std::time::Duration::ZERO,
         )
         .await?;
-        db::set_job_id(&mut *tx, key, &job_id).await?;
+        store::set_job_id(&mut *tx, key, &job_id).await?;
         tx.commit().await?;
         self.record(
             key,
@@ -485,7 +492,7 @@ impl Engine {
     /// logged, not fatal: the task's state is what matters.
     pub async fn record(&self, key: TaskKey, run_seq: i64, kind: &str, message: &str) {
         tracing::info!(task = %key, run = run_seq, kind, "{message}");
-        if let Err(e) = db::add_event(&self.pool, key, run_seq, kind, message).await {
+        if let Err(e) = store::add_event(&self.pool, key, run_seq, kind, message).await {
             tracing::warn!(task = %key, "could not record event: {e:#}");
         }
         if self.app_mode() && STATUS_KINDS.contains(&kind) {
@@ -500,7 +507,7 @@ impl Engine {
 
     /// Queues an edit of a GitHub task's status comment (it renders the task as it is then).
     pub async fn update_github_status(&self, key: TaskKey) {
-        match db::get_task(&self.pool, key).await {
+        match store::get_task(&self.pool, key).await {
             Ok(Some(t)) if t.issue_number.is_some() => {
                 let effect = crate::jobs::Effect::Status { task: key };
                 if let Err(e) =
@@ -529,7 +536,7 @@ impl Engine {
         // Only leases that ran out a while ago, of other processes: a worker whose renewal is
         // merely late keeps its agent.
         let grace = self.settings.file.workers.orphan_after();
-        for task in db::expired_leases(&self.pool, grace).await? {
+        for task in store::expired_leases(&self.pool, grace).await? {
             let ours = task.lease_owner.as_deref() == Some(self.owner.as_str())
                 || self.running.lock().expect("lock").contains_key(&task.pk);
             if ours {
@@ -547,7 +554,7 @@ impl Engine {
                 .await;
             }
             if let Some(marker) = task.agent_marker.as_deref() {
-                db::clear_agent_process_if(&self.pool, task.pk, marker).await?;
+                store::clear_agent_process_if(&self.pool, task.pk, marker).await?;
             }
         }
         Ok(killed)
@@ -573,7 +580,7 @@ impl Engine {
 
     /// Sets the gauges that reflect state rather than events.
     pub async fn refresh_gauges(&self) {
-        if let Ok(n) = db::count_in_state(&self.pool, TaskState::Queued).await {
+        if let Ok(n) = store::count_in_state(&self.pool, TaskState::Queued).await {
             self.metrics.queue_size.set(n);
         }
         let dir = self.settings.worktrees_dir.clone();
@@ -644,12 +651,12 @@ impl Engine {
             "pushed_sha": row.pushed_sha,
             "pr_number": row.pr_number,
             "pr_state": row.pr_state,
-            "page": crate::view::link(&self.settings, row),
+            "page": crate::links::link(&self.settings, row),
         });
         if detail {
             v["spec"] = spec;
-            v["events"] = serde_json::to_value(db::events(&self.pool, row.pk).await?)?;
-            v["gates"] = serde_json::to_value(db::gate_results(&self.pool, row.pk).await?)?;
+            v["events"] = serde_json::to_value(store::events(&self.pool, row.pk).await?)?;
+            v["gates"] = serde_json::to_value(store::gate_results(&self.pool, row.pk).await?)?;
         }
         Ok(v)
     }

@@ -11,7 +11,7 @@ use apalis::prelude::TaskBuilder;
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
-use crate::ids::TaskKey;
+use crate::core::ids::TaskKey;
 
 /// A payload for one of autodev's queues.
 pub trait Job: Serialize {

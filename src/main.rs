@@ -6,10 +6,10 @@ async fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
-    // Test builds only: failpoints named in FAILPOINTS (`worker::pipeline=panic`).
+    // Test builds only: failpoints named in FAILPOINTS (`pipeline::pipeline=panic`).
     #[cfg(feature = "failpoints")]
     let scenario = fail::FailScenario::setup();
-    let code = autodev::cli::main().await;
+    let code = autodev::app::cli::main().await;
     #[cfg(feature = "failpoints")]
     scenario.teardown();
     std::process::exit(code);

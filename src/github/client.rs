@@ -234,9 +234,9 @@ impl GithubClient {
     pub async fn write_lock(
         &self,
         who: impl Into<Identity>,
-    ) -> Result<crate::gitops::RepoLock, ApiError> {
+    ) -> Result<crate::proc::lock::FileLock, ApiError> {
         let path = self.lock_dir.join(format!("github-{}.lock", who.into()));
-        crate::gitops::RepoLock::acquire(path)
+        crate::proc::lock::FileLock::acquire(path)
             .await
             .map_err(|e| ApiError::Transport {
                 method: "LOCK",
@@ -340,7 +340,7 @@ impl GithubClient {
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| crate::exec::tail_chars(&text, 300));
+            .unwrap_or_else(|| crate::proc::exec::tail_chars(&text, 300));
         // GitHub sends rate-limit headers on every answer: a 403 that is not about limits
         // (missing permission) will not get better by waiting.
         if status == 403

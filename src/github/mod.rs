@@ -1,15 +1,9 @@
-//! GitHub: App mode's webhook payloads parsed into domain events at the edge, the `/autodev`
-//! command language, the API client and its side effects, and local mode's `origin`. Raw
-//! webhook JSON lives only in `webhook`.
+//! The GitHub API as autodev speaks it: the client with its one retry policy (`client`), one
+//! typed method per call (`api`), webhook payloads parsed into domain events (`event`), and
+//! the webhook's signature and raw JSON (`webhook`). What autodev does with GitHub is `bot`'s.
+//! Imports `core`, `config` and `proc`; never the store or the engine.
 
 pub mod api;
 pub mod client;
-pub mod command;
 pub mod event;
-pub mod handler;
-pub mod intake;
-pub mod issue_spec;
-pub mod messages;
-pub mod origin;
-pub mod outbox;
 pub mod webhook;

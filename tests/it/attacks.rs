@@ -408,7 +408,7 @@ fn commit_all(repo: &std::path::Path, message: &str) -> String {
 #[tokio::test]
 async fn workflow_changes_are_found_in_every_commit_by_their_bytes() {
     let metrics = autodev::metrics::Metrics::new();
-    let g = autodev::gitops::Git::new(metrics.git_operations_total.clone(), "a", "a@example.com");
+    let g = autodev::git::ops::Git::new(metrics.git_operations_total.clone(), "a", "a@example.com");
 
     // A name git quotes (a tab, non-ASCII), later removed again: the commit still carries it.
     let (_d, repo) = workflow_repo();

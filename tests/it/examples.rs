@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use autodev::config::{Env, FileConfig, Overrides, Settings};
-use autodev::roles::Roles;
-use autodev::spec::{self, SpecFormat};
+use autodev::core::roles::Roles;
+use autodev::core::spec::{self, SpecFormat};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

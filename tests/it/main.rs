@@ -13,6 +13,7 @@ mod fake_models;
 mod git_server;
 mod github_app;
 mod github_client;
+mod layers;
 mod local_pr;
 mod pipeline;
 mod real_cli;

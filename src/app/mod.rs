@@ -1,0 +1,5 @@
+//! The program: the command line (`cli`) and the queue dispatch that hands each job to what
+//! performs it and keeps the workers alive (`dispatch`). The top layer: it may import any.
+
+pub mod cli;
+pub mod dispatch;

@@ -1,0 +1,721 @@
+//! GitHub side effects as durable jobs: reactions, replies and status comments. Each effect is
+//! idempotent (look before create), so a job that runs twice posts nothing twice. A failure
+//! GitHub says will pass (5xx, rate limits) is queued again after the wait it asks for; one
+//! that will not (422, 404) is logged and dropped, not retried forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::messages;
+use crate::core::ids::TaskKey;
+use crate::engine::Engine;
+use crate::github::api::{
+    self, CheckAction, CheckOutput, CheckRun, CheckStatus, NewPullRequest, RepoPath,
+};
+use crate::github::client::{ApiError, GithubClient, Identity, Retry};
+use crate::github::event::InstallationId;
+pub use crate::jobs::{Effect, OutboxJob};
+use crate::store;
+
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Runs one outbox job; retryable failures are queued again with GitHub's wait.
+pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
+    let Some(gh) = engine.github.clone() else {
+        return Ok(());
+    };
+    let result = perform(engine, &gh, &job.effect).await;
+    let Err(e) = result else { return Ok(()) };
+    let wait = match e.retry() {
+        Retry::Never => None,
+        Retry::After(d) => Some(d),
+        Retry::Backoff => Some(Duration::from_secs(2u64.pow(job.attempt.min(8)))),
+    };
+    match wait {
+        Some(d) if job.attempt + 1 < MAX_ATTEMPTS => {
+            tracing::warn!(
+                attempt = job.attempt,
+                "GitHub side effect failed, again in {}s: {e}",
+                d.as_secs()
+            );
+            let again = OutboxJob {
+                effect: job.effect,
+                attempt: job.attempt + 1,
+            };
+            let mut conn = engine.pool.acquire().await?;
+            crate::jobs::push(&mut conn, &again, d).await.map(|_| ())
+        }
+        _ => {
+            tracing::error!("GitHub side effect dropped: {e}");
+            if let Effect::Status { task } | Effect::OpenPr { task } = job.effect
+                && let Ok(Some(t)) = store::get_task(&engine.pool, task).await
+            {
+                let _ = store::add_event(
+                    &engine.pool,
+                    task,
+                    t.run_seq,
+                    "github",
+                    &format!("could not update GitHub: {e}"),
+                )
+                .await;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<(), ApiError> {
+    match effect {
+        Effect::Reaction {
+            installation,
+            owner,
+            repo,
+            issue,
+            content,
+        } => {
+            let inst = InstallationId(*installation);
+            let _write = gh.write_lock(inst).await?;
+            gh.add_reaction(inst, RepoPath { owner, name: repo }, *issue, content)
+                .await
+        }
+        Effect::Reply {
+            installation,
+            owner,
+            repo,
+            issue,
+            key,
+            body,
+        } => {
+            let inst = InstallationId(*installation);
+            let marker = messages::reply_marker(key);
+            if find_comment(gh, inst, owner, repo, *issue, &marker)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let _write = gh.write_lock(inst).await?;
+            let repo = RepoPath { owner, name: repo };
+            gh.create_comment(inst, repo, *issue, &format!("{marker}\n{body}"))
+                .await?;
+            Ok(())
+        }
+        Effect::CheckRun { task } => check_run(engine, gh, *task).await,
+        Effect::OpenPr { task } => open_pr(engine, gh, *task).await.map(|_| ()),
+        Effect::Status { task } => {
+            let Some(t) = store::get_task(&engine.pool, *task)
+                .await
+                .map_err(internal)?
+            else {
+                return Ok(());
+            };
+            let (Some(installation), Some(issue)) = (t.installation_id, t.issue_number) else {
+                return Ok(());
+            };
+            let Some((owner, repo)) = t.repo.split_once('/') else {
+                return Ok(());
+            };
+            let inst = InstallationId(installation);
+            let gates = store::gate_results(&engine.pool, t.pk)
+                .await
+                .map_err(internal)?;
+            let link = crate::links::link(&engine.settings, &t);
+            let body = messages::status_comment(&t, &gates, link.as_deref());
+            // Lock first, then look: two status jobs of one new task must not both find
+            // nothing and both post.
+            let _write = gh.write_lock(inst).await?;
+            let recorded = store::get_task(&engine.pool, t.pk)
+                .await
+                .map_err(internal)?
+                .and_then(|t| t.status_comment_id);
+            let existing = match recorded {
+                Some(id) => Some(id as u64),
+                None => {
+                    find_comment(
+                        gh,
+                        inst,
+                        owner,
+                        repo,
+                        issue as u64,
+                        &messages::status_marker(&t.task_id),
+                    )
+                    .await?
+                }
+            };
+            let repo = RepoPath { owner, name: repo };
+            let id = match existing {
+                Some(id) => {
+                    gh.update_comment(inst, repo, id, &body).await?;
+                    id
+                }
+                None => gh.create_comment(inst, repo, issue as u64, &body).await?,
+            };
+            if t.status_comment_id != Some(id as i64) {
+                store::set_status_comment(&engine.pool, t.pk, id as i64)
+                    .await
+                    .map_err(internal)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The id of the first of the App's own comments on the issue holding `marker`. Anyone can
+/// write a marker into a comment of theirs; only autodev's own comments are autodev's.
+async fn find_comment(
+    gh: &GithubClient,
+    inst: InstallationId,
+    owner: &str,
+    repo: &str,
+    issue: u64,
+    marker: &str,
+) -> Result<Option<u64>, ApiError> {
+    let me = gh.app_login().await?;
+    let repo = RepoPath { owner, name: repo };
+    for page in 1..=api::MAX_PAGES {
+        let items = gh.issue_comments_page(inst, repo, issue, page).await?;
+        if let Some(c) = items.iter().find(|c| {
+            c.user
+                .as_ref()
+                .is_some_and(|u| u.login.eq_ignore_ascii_case(&me))
+                && c.body.as_deref().is_some_and(|b| b.contains(marker))
+        }) {
+            return Ok(Some(c.id));
+        }
+        if items.len() < api::PAGE {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<(), ApiError> {
+    let Some(t) = store::get_task(&engine.pool, task)
+        .await
+        .map_err(internal)?
+    else {
+        return Ok(());
+    };
+    let (Some(installation), Some(sha)) = (t.installation_id, t.pushed_sha.clone()) else {
+        return Ok(());
+    };
+    let Some((owner, repo)) = t.repo.split_once('/') else {
+        return Ok(());
+    };
+    let inst = InstallationId(installation);
+    let name = format!("autodev/{}", t.role);
+    let gates = store::gate_results(&engine.pool, t.pk)
+        .await
+        .map_err(internal)?;
+    let (title, summary, text) = messages::check_output(&t, &gates);
+    let conclusion = messages::check_conclusion(&t);
+    let run = CheckRun {
+        name: Some(name.clone()),
+        head_sha: Some(sha.clone()),
+        external_id: Some(t.task_id.clone()),
+        status: if conclusion.is_some() {
+            CheckStatus::Completed
+        } else {
+            CheckStatus::InProgress
+        },
+        completed_at: conclusion
+            .map(|_| t.finished_at.unwrap_or_else(chrono::Utc::now).to_rfc3339()),
+        conclusion: conclusion.map(str::to_owned),
+        output: CheckOutput {
+            title,
+            summary,
+            text: Some(text),
+        },
+        actions: (t.state == crate::store::TaskState::Passed && t.pr_number.is_none()).then(|| {
+            vec![CheckAction {
+                label: "Open PR".into(),
+                description: "Open a pull request for this branch".into(),
+                identifier: messages::OPEN_PR_ACTION.into(),
+            }]
+        }),
+        details_url: crate::links::link(&engine.settings, &t),
+    };
+    let repo = RepoPath { owner, name: repo };
+    // Look before create: this task's run on this commit, by external id.
+    let existing = gh
+        .check_runs(inst, repo, &sha, &name)
+        .await?
+        .into_iter()
+        .find(|r| r.external_id.as_deref() == Some(t.task_id.as_str()))
+        .map(|r| r.id);
+    let _write = gh.write_lock(inst).await?;
+    // A run on an earlier commit (a checkpoint) is concluded as superseded, not left going.
+    if let (None, Some(previous)) = (existing, t.check_run_id) {
+        let superseded = CheckRun {
+            name: None,
+            head_sha: None,
+            external_id: None,
+            status: CheckStatus::Completed,
+            conclusion: Some("neutral".into()),
+            completed_at: None,
+            output: CheckOutput {
+                title: "Superseded".into(),
+                summary: format!("autodev pushed a newer commit of this task: {sha}"),
+                text: None,
+            },
+            actions: None,
+            details_url: None,
+        };
+        gh.update_check_run(inst, repo, previous as u64, &superseded)
+            .await?;
+    }
+    let id = match existing {
+        Some(id) => {
+            gh.update_check_run(inst, repo, id, &run).await?;
+            id
+        }
+        None => gh.create_check_run(inst, repo, &run).await?,
+    };
+    store::set_check_run(&engine.pool, t.pk, id as i64)
+        .await
+        .map_err(internal)?;
+    Ok(())
+}
+
+/// Most reviewers GitHub takes in one request.
+const MAX_REVIEWERS: usize = 15;
+
+/// What asking for a task's pull request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrOutcome {
+    /// Open (made now, or found), with this number.
+    Open(i64),
+    /// Not opened, and why (also on the task's timeline, and on its issue if it has one).
+    NotOpened(String),
+}
+
+/// Where a task's pull request goes, and where its CODEOWNERS and changes are read.
+struct PrTarget {
+    who: Identity,
+    owner: String,
+    repo: String,
+    /// The repository holding the base and head commits: the mirror, or local mode's own.
+    git_dir: std::path::PathBuf,
+    /// The base branch as a ref in `git_dir`.
+    base_ref: String,
+    /// The commit pushed, which the pull request shows.
+    head: String,
+}
+
+/// Opens the pull request of a passed task now (App tasks through the installation, local ones
+/// through `GITHUB_TOKEN` on `origin`, pushing the branch there first).
+pub async fn open_pr_now(engine: &Engine, task: TaskKey) -> Result<PrOutcome, ApiError> {
+    let Some(gh) = engine.github.as_deref() else {
+        return Ok(PrOutcome::NotOpened(
+            "there is nowhere to open pull requests: no GitHub App and no GITHUB_TOKEN".into(),
+        ));
+    };
+    open_pr(engine, gh, task).await
+}
+
+async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<PrOutcome, ApiError> {
+    let Some(t) = store::get_task(&engine.pool, task)
+        .await
+        .map_err(internal)?
+    else {
+        return Ok(PrOutcome::NotOpened(format!("no task {task}")));
+    };
+    if let Some(n) = t.pr_number {
+        // A local task run again after its pull request opened: the new work goes there too.
+        if t.installation_id.is_none() && t.state == store::TaskState::Passed {
+            republish_local(engine, task).await.map_err(internal)?;
+        }
+        return Ok(PrOutcome::Open(n));
+    }
+    if t.state != store::TaskState::Passed {
+        return Ok(PrOutcome::NotOpened(format!(
+            "the task is {}: only a passed task gets a pull request",
+            t.state
+        )));
+    }
+    let target = match pr_target(engine, gh, &t).await? {
+        Ok(target) => target,
+        Err(why) => return Ok(PrOutcome::NotOpened(why)),
+    };
+    let (owner, repo, who) = (&target.owner, &target.repo, target.who);
+    let base = t.base_branch.clone().unwrap_or_default();
+    // Lock, then look: two jobs for one task (the on-pass trigger and the schedule, or a
+    // foreground `autodev run`) must not both find nothing and both create.
+    let _write = gh.write_lock(who).await?;
+    if let Some(n) = store::get_task(&engine.pool, task)
+        .await
+        .map_err(internal)?
+        .and_then(|t| t.pr_number)
+    {
+        return Ok(PrOutcome::Open(n));
+    }
+    // Look before create: a pull request made before a crash, and not yet recorded, is reused.
+    let repo_path = RepoPath { owner, name: repo };
+    let existing = gh.open_pull_from(who, repo_path, &t.branch).await?;
+    let pr = match existing {
+        Some(pr) => pr,
+        None => {
+            let gates = store::gate_results(&engine.pool, t.pk)
+                .await
+                .map_err(internal)?;
+            let message = crate::git::ops::commit_message(&t.role, &t.title, &t.task_id, true);
+            let body = messages::pr_body(&t, &gates);
+            let new = NewPullRequest {
+                title: message.lines().next().unwrap_or_default(),
+                head: &t.branch,
+                base: &base,
+                body: &body,
+                draft: engine.settings.file.hygiene.draft,
+            };
+            match gh.create_pull_request(who, repo_path, &new).await {
+                Ok(pr) => pr,
+                Err(ApiError::Status {
+                    status: 422,
+                    message,
+                    ..
+                }) => {
+                    // Refused for a reason waiting will not change: the schedule stops asking;
+                    // `/autodev pr`, the button or `autodev prize` ask again.
+                    store::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
+                        .await
+                        .map_err(internal)?;
+                    let why = format!("could not open a pull request: {message}");
+                    report(engine, &t, &why).await;
+                    return Ok(PrOutcome::NotOpened(why));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let number = pr.number;
+    // Recorded before anything else can fail: an open pull request is never asked for again.
+    store::set_pr(&engine.pool, t.pk, number)
+        .await
+        .map_err(internal)?;
+    let author = pr.user.map(|u| u.login).unwrap_or_default();
+    // Reviewers are asked once; what stops that is said, not retried.
+    match reviewers_for(engine, &t, &target, &author).await {
+        Ok(r) if r.users.is_empty() && r.teams.is_empty() => {}
+        Ok(r) => {
+            if let Err(e) = gh
+                .request_reviewers(who, repo_path, number, &r.users, &r.teams)
+                .await
+            {
+                let why = match e {
+                    ApiError::Status { message, .. } => message,
+                    other => other.to_string(),
+                };
+                report(
+                    engine,
+                    &t,
+                    &format!(
+                        "pull request #{number} is open, but GitHub refused its reviewers: {why}"
+                    ),
+                )
+                .await;
+            }
+        }
+        Err(e) => {
+            report(
+                engine,
+                &t,
+                &format!("pull request #{number} is open, but its reviewers could not be worked out: {e:#}"),
+            )
+            .await;
+        }
+    }
+    let _ = store::add_event(
+        &engine.pool,
+        t.pk,
+        t.run_seq,
+        "pull_request",
+        &format!(
+            "pull request #{number} open for {} on {owner}/{repo}",
+            t.branch
+        ),
+    )
+    .await;
+    if t.issue_number.is_some() {
+        crate::jobs::push_now(&engine.pool, &OutboxJob::new(Effect::Status { task: t.pk }))
+            .await
+            .map_err(internal)?;
+    }
+    Ok(PrOutcome::Open(number))
+}
+
+/// The `pr_state` of a task whose pull request GitHub refused (422), or whose branch had
+/// nothing to open one for: the schedule leaves it.
+pub const PR_REFUSED: &str = "refused";
+
+/// App tasks: their repository, through the installation, once pushed. Local tasks: `origin`
+/// on GitHub, through the token, once their branch is pushed there (which this does first).
+/// `Err` says why there is no pull request to open.
+async fn pr_target(
+    engine: &Engine,
+    gh: &GithubClient,
+    t: &store::TaskRow,
+) -> Result<Result<PrTarget, String>, ApiError> {
+    let base = t.base_branch.clone().unwrap_or_default();
+    if let Some(installation) = t.installation_id {
+        let (Some(head), Some((owner, repo))) = (t.pushed_sha.clone(), t.repo.split_once('/'))
+        else {
+            return Ok(Err("the branch has not been pushed".into()));
+        };
+        return Ok(Ok(PrTarget {
+            who: InstallationId(installation).into(),
+            owner: owner.to_owned(),
+            repo: repo.to_owned(),
+            git_dir: engine.mirror_path(&t.repo_name()),
+            // The base commit the run took from GitHub: the mirror's refs are the agents' to
+            // move, and CODEOWNERS decides who is asked to review.
+            base_ref: t
+                .base_sha
+                .clone()
+                .unwrap_or_else(|| format!("refs/remotes/origin/{base}")),
+            head,
+        }));
+    }
+    if !t.repo_name().is_local() {
+        return Ok(Err("the task has no GitHub installation".into()));
+    }
+    let remote = match super::origin::task_remote(engine, t).await {
+        Ok(remote) => remote,
+        Err(why) => {
+            report(engine, t, &why).await;
+            return Ok(Err(why));
+        }
+    };
+    let (head, base_sha) = match publish_local(engine, gh, t, &remote, &base).await? {
+        Ok(found) => found,
+        Err(why) => {
+            // Nothing to push (the branch is gone, or holds nothing new) or not allowed to:
+            // the schedule stops asking.
+            store::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
+                .await
+                .map_err(internal)?;
+            report(engine, t, &why).await;
+            return Ok(Err(why));
+        }
+    };
+    Ok(Ok(PrTarget {
+        who: Identity::Token,
+        owner: remote.owner,
+        repo: remote.repo,
+        git_dir: engine.settings.repo_path.clone(),
+        base_ref: base_sha,
+        head,
+    }))
+}
+
+/// Pushes a local task's branch to `origin` again after hygiene moved it (its pull request
+/// follows); a reason not to is put on the task's timeline.
+pub async fn republish_local(engine: &Engine, task: TaskKey) -> anyhow::Result<()> {
+    let (Some(gh), Some(t)) = (
+        engine.github.as_deref(),
+        store::get_task(&engine.pool, task).await?,
+    ) else {
+        return Ok(());
+    };
+    let remote = match super::origin::task_remote(engine, &t).await {
+        Ok(remote) => remote,
+        Err(why) => {
+            report(engine, &t, &why).await;
+            return Ok(());
+        }
+    };
+    let base = t.base_branch.clone().unwrap_or_default();
+    if let Err(why) = publish_local(engine, gh, &t, &remote, &base).await? {
+        report(engine, &t, &why).await;
+    }
+    Ok(())
+}
+
+/// Pushes a local task's branch to `origin` with `GITHUB_TOKEN`, leasing over what autodev
+/// pushed there before, unless it is there already. The head now on `origin` and the base
+/// commit, or why there is nothing to push.
+async fn publish_local(
+    engine: &Engine,
+    gh: &GithubClient,
+    t: &store::TaskRow,
+    remote: &super::origin::GithubRemote,
+    base: &str,
+) -> Result<Result<(String, String), String>, ApiError> {
+    let git = &engine.git;
+    let repo = &engine.settings.repo_path;
+    let Some(token) = gh.personal_token() else {
+        return Ok(Err("GITHUB_TOKEN is not set".into()));
+    };
+    let _lock = crate::proc::lock::FileLock::acquire(engine.repo_lock(&t.repo_name()))
+        .await
+        .map_err(internal)?;
+    let Ok((_, head)) = git.resolve_base(repo, Some(&t.branch)).await else {
+        return Ok(Err(format!(
+            "branch {} is no longer in {}: no pull request",
+            t.branch,
+            repo.display()
+        )));
+    };
+    let Ok((_, base_sha)) = git.resolve_base(repo, Some(base)).await else {
+        return Ok(Err(format!(
+            "base branch {base} is not in {}: no pull request",
+            repo.display()
+        )));
+    };
+    if t.pushed_sha.as_deref() == Some(head.as_str()) {
+        return Ok(Ok((head, base_sha)));
+    }
+    if git
+        .is_ancestor(repo, &head, &base_sha)
+        .await
+        .map_err(internal)?
+    {
+        return Ok(Err(format!(
+            "{} has no commits that {base} lacks: no pull request",
+            t.branch
+        )));
+    }
+    let full_name = remote.full_name();
+    let url = &remote.push_url;
+    // Checked from the base as GitHub has it: the base branch here is in the repository the
+    // agent worked in, and the agent can move it.
+    let transport = |e: anyhow::Error| ApiError::Transport {
+        method: "FETCH",
+        path: url.clone(),
+        message: format!("{e:#}"),
+    };
+    let Some(server_base) = git
+        .remote_branch(repo, url, base, token)
+        .await
+        .map_err(transport)?
+    else {
+        return Ok(Err(format!(
+            "base branch {base} is not on {full_name}: no pull request"
+        )));
+    };
+    git.ensure_commit(repo, url, base, &server_base, token)
+        .await
+        .map_err(transport)?;
+    let guard = engine.push_guard(&full_name, &server_base);
+    store::set_local_remote(&engine.pool, t.pk, url)
+        .await
+        .map_err(internal)?;
+    let pushed = git
+        .push(
+            repo,
+            url,
+            &head,
+            &t.branch,
+            token,
+            t.pushed_sha.as_deref(),
+            &guard,
+        )
+        .await;
+    if let Err(e) = pushed {
+        if e.is::<crate::git::ops::HeldBack>() {
+            return Ok(Err(format!("{e:#}")));
+        }
+        // Pushed before a crash, and not recorded: it is there already.
+        let there = git.remote_branch(repo, url, &t.branch, token).await.ok();
+        if there.flatten().as_deref() != Some(head.as_str()) {
+            let message = format!("{e:#}");
+            if crate::git::ops::push_may_pass_later(&message) {
+                return Err(ApiError::Transport {
+                    method: "PUSH",
+                    path: url.clone(),
+                    message,
+                });
+            }
+            // Refused (no permission, a protected branch, someone else's commits there):
+            // trying again will not change that.
+            return Ok(Err(format!(
+                "GitHub refused the push of {} to {full_name}: {message}",
+                t.branch
+            )));
+        }
+    }
+    store::set_pushed(&engine.pool, t.pk, &head)
+        .await
+        .map_err(internal)?;
+    let _ = store::add_event(
+        &engine.pool,
+        t.pk,
+        t.run_seq,
+        "push",
+        &format!(
+            "pushed {} to {} on {full_name}",
+            &head[..10.min(head.len())],
+            t.branch
+        ),
+    )
+    .await;
+    Ok(Ok((head, base_sha)))
+}
+
+/// CODEOWNERS (read from the base branch) of the changed files, then the role's reviewers;
+/// never the pull request's author; at most fifteen.
+async fn reviewers_for(
+    engine: &Engine,
+    t: &store::TaskRow,
+    target: &PrTarget,
+    author: &str,
+) -> anyhow::Result<crate::git::codeowners::Reviewers> {
+    use crate::git::codeowners::{self, Codeowners};
+    let (dir, base_ref) = (&target.git_dir, &target.base_ref);
+    let mut text = None;
+    for location in codeowners::LOCATIONS {
+        if let Some(found) = engine.git.read_at(dir, base_ref, location).await? {
+            text = Some(found);
+            break;
+        }
+    }
+    let owners = Codeowners::parse(text.as_deref().unwrap_or_default());
+    let changed = engine
+        .git
+        .changed_between(dir, base_ref, &target.head)
+        .await?;
+    let mut r = owners.reviewers_for(changed.iter().map(String::as_str));
+    if let Some(role) = engine.roles.get(&t.role) {
+        for reviewer in &role.reviewers {
+            codeowners::add_owner(&mut r, reviewer);
+        }
+    }
+    r.users
+        .retain(|u| !u.eq_ignore_ascii_case(author) && !u.ends_with("[bot]"));
+    r.users.truncate(MAX_REVIEWERS);
+    r.teams.truncate(MAX_REVIEWERS - r.users.len());
+    Ok(r)
+}
+
+/// A problem worth a person's attention: on the task's timeline and as a reply on its issue.
+async fn report(engine: &Engine, t: &store::TaskRow, message: &str) {
+    let _ = store::add_event(&engine.pool, t.pk, t.run_seq, "github", message).await;
+    let (Some(installation), Some(issue), Some((owner, repo))) =
+        (t.installation_id, t.issue_number, t.repo.split_once('/'))
+    else {
+        return;
+    };
+    let effect = Effect::Reply {
+        installation,
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+        issue: issue as u64,
+        key: format!("{}-run{}-{}", t.task_id, t.run_seq, short_hash(message)),
+        body: message.to_owned(),
+    };
+    let _ = crate::jobs::push_now(&engine.pool, &OutboxJob::new(effect)).await;
+}
+
+/// A short stable fingerprint of a message, for reply keys.
+fn short_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..6])
+}
+
+/// A database failure inside an effect: retried like a network fault.
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError::Transport {
+        method: "DB",
+        path: String::new(),
+        message: format!("{e:#}"),
+    }
+}
