@@ -140,8 +140,10 @@ impl Job for OutboxJob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Chore {
-    /// Open pull requests for passed tasks that have none (`autodev prize`).
-    Prize,
+    /// Open pull requests for passed tasks that have none (`autodev open-prs`); queued by
+    /// earlier versions as `prize`.
+    #[serde(rename = "open_prs", alias = "prize")]
+    OpenPrs,
     Cleanup,
     Checkpoint,
     Rebase,
@@ -150,7 +152,7 @@ pub enum Chore {
 impl Chore {
     pub fn name(self) -> &'static str {
         match self {
-            Chore::Prize => "prize",
+            Chore::OpenPrs => "open-prs",
             Chore::Cleanup => "cleanup",
             Chore::Checkpoint => "checkpoint",
             Chore::Rebase => "rebase",

@@ -98,7 +98,8 @@ pub enum Command {
     /// Save a work-in-progress commit of every running task now (refs/autodev/checkpoints/<id>; pushed in App mode)
     Checkpoint,
     /// Open pull requests now for passed tasks that have none: App tasks through the App, local ones by pushing to a GitHub `origin` with GITHUB_TOKEN
-    Prize,
+    #[command(name = "open-prs", alias = "prize")]
+    OpenPrs,
     /// Without a sandbox: runs the command and, when it ends, ends everything it started
     /// (autodev starts this itself)
     #[command(hide = true)]
@@ -196,7 +197,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Validate { specs } => validate(&settings, &specs),
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
-        Command::Prize => prize(settings).await,
+        Command::OpenPrs => open_prs(settings).await,
         Command::Relay { .. } | Command::Reap { .. } => {
             unreachable!("the shims run before configuration is read")
         }
@@ -572,7 +573,7 @@ fn list_providers(settings: &Settings) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn prize(settings: Settings) -> anyhow::Result<i32> {
+async fn open_prs(settings: Settings) -> anyhow::Result<i32> {
     use crate::bot::outbox::{self, Effect, PrOutcome};
     let engine = Engine::open(settings).await?;
     if !engine.app_mode()

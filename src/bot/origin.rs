@@ -2,7 +2,7 @@
 //! github.com, or on the GitHub Enterprise Server that `GITHUB_API_URL` names), reached with
 //! `GITHUB_TOKEN`. Task branches are pushed there over HTTPS and their pull requests opened
 //! through the API; without a token, or with an `origin` elsewhere, there is nowhere to open a
-//! pull request, and the prizer says which of the two it is.
+//! pull request, and the pull request sweep says which of the two it is.
 
 use http::Uri;
 

@@ -375,7 +375,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
                     ..
                 }) => {
                     // Refused for a reason waiting will not change: the schedule stops asking;
-                    // `/autodev pr`, the button or `autodev prize` ask again.
+                    // `/autodev pr`, the button or `autodev open-prs` ask again.
                     store::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
                         .await
                         .map_err(internal)?;

@@ -1,7 +1,7 @@
 //! Scheduled git hygiene. Each schedule ticks on wall-clock multiples of its interval (the
 //! same instants in every process), and each tick is queued with the idempotency key
 //! `<job>:<timestamp>`, so with several `serve`/`worker` processes on one database a job runs
-//! once per tick, not once per process. The prizer opens pull requests for passed tasks that
+//! once per tick, not once per process. The pull request sweep opens pull requests for passed tasks that
 //! have none (the on-pass trigger catches most; the schedule catches what it missed).
 
 use std::sync::Arc;
@@ -36,7 +36,7 @@ impl Schedule<apalis_cron::timezone::Utc> for Every {
 pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
     let hygiene = &engine.settings.file.hygiene;
     let schedules = [
-        (Chore::Prize, hygiene.pr_minutes),
+        (Chore::OpenPrs, hygiene.pr_minutes),
         (Chore::Cleanup, hygiene.cleanup_minutes),
         (Chore::Checkpoint, hygiene.checkpoint_minutes),
         (Chore::Rebase, hygiene.rebase_minutes),
@@ -78,9 +78,9 @@ async fn enqueue(engine: &Engine, job: Chore, tick: u64) -> anyhow::Result<()> {
 /// Runs one hygiene job.
 pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
     match job.job {
-        Chore::Prize => {
-            let n = prize(engine).await?;
-            tracing::info!(tick = job.tick, "prizer: {n} pull request(s) to open");
+        Chore::OpenPrs => {
+            let n = open_missing_prs(engine).await?;
+            tracing::info!(tick = job.tick, "pull request sweep: {n} to open");
             Ok(())
         }
         Chore::Rebase => {
@@ -227,7 +227,7 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
 /// Queues a pull request for every passed task that has none and has not been refused one:
 /// App tasks once pushed, local tasks that ran with `GITHUB_TOKEN` and a GitHub `origin`.
 /// Returns how many.
-pub async fn prize(engine: &Engine) -> anyhow::Result<usize> {
+pub async fn open_missing_prs(engine: &Engine) -> anyhow::Result<usize> {
     let keys = pr_candidates(engine, false).await?;
     for key in &keys {
         crate::jobs::push_now(

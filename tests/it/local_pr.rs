@@ -235,7 +235,7 @@ async fn prize_by_hand_pushes_and_opens_it_once_and_a_refusal_is_reported_then_a
     );
 
     l.fake.fail_on(&format!("POST /repos/{REPO}/pulls"), 422);
-    let (code, out, err) = l.cli(&["prize"]).await;
+    let (code, out, err) = l.cli(&["open-prs"]).await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         out.contains("LPR-2: could not open a pull request"),
@@ -243,7 +243,7 @@ async fn prize_by_hand_pushes_and_opens_it_once_and_a_refusal_is_reported_then_a
     );
     assert_eq!(l.on_origin(branch).as_deref(), Some(head.as_str()));
 
-    let (code, out, err) = l.cli(&["prize"]).await;
+    let (code, out, err) = l.cli(&["open-prs"]).await;
     assert_eq!(code, 0, "asked again by hand: {out}\n{err}");
     assert!(out.contains("LPR-2: pull request #"), "{out}");
     let (code, out, _) = l.cli(&["prize"]).await;
@@ -467,7 +467,7 @@ async fn tasks_from_before_the_token_are_left_to_prize_by_hand_not_to_the_schedu
     let server = l.world.serve();
     let pool = l.world.db().await;
     let ticks = "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.hygiene'
-                   AND idempotency_key LIKE 'prize:%' AND status = 'Done'";
+                   AND idempotency_key LIKE 'open-prs:%' AND status = 'Done'";
     let deadline = std::time::Instant::now() + WAIT;
     while sqlx::query_scalar::<_, i64>(ticks)
         .fetch_one(&pool)
@@ -482,7 +482,7 @@ async fn tasks_from_before_the_token_are_left_to_prize_by_hand_not_to_the_schedu
     assert_eq!(l.on_origin("auto/backend/LPR-6"), None);
     drop(server);
 
-    let (code, out, err) = l.cli(&["prize"]).await;
+    let (code, out, err) = l.cli(&["open-prs"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("LPR-6: pull request #"), "{out}");
     assert_eq!(l.pr_posts(), 1);
