@@ -623,43 +623,6 @@ impl Engine {
             .join(repo.dir_name())
             .join(task_id)
     }
-
-    /// The JSON view of a task for the API and `autodev status`.
-    pub async fn view(&self, row: &TaskRow, detail: bool) -> anyhow::Result<serde_json::Value> {
-        let spec: serde_json::Value = serde_json::from_str(&row.spec).unwrap_or_default();
-        let mut v = serde_json::json!({
-            "id": row.task_id,
-            "repo": row.repo,
-            "role": row.role,
-            "title": row.title,
-            "branch": row.branch,
-            "base_branch": row.base_branch,
-            "state": row.state,
-            "last_error": row.last_error,
-            "rounds": row.rounds,
-            "provider": row.provider,
-            "head_sha": row.head_sha,
-            "cost_usd": row.cost_usd,
-            "runs": row.run_seq,
-            "job_id": row.job_id,
-            "worktree": row.worktree,
-            "cancel_requested": row.cancel_requested,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "started_at": row.started_at,
-            "finished_at": row.finished_at,
-            "pushed_sha": row.pushed_sha,
-            "pr_number": row.pr_number,
-            "pr_state": row.pr_state,
-            "page": crate::links::link(&self.settings, row),
-        });
-        if detail {
-            v["spec"] = spec;
-            v["events"] = serde_json::to_value(store::events(&self.pool, row.pk).await?)?;
-            v["gates"] = serde_json::to_value(store::gate_results(&self.pool, row.pk).await?)?;
-        }
-        Ok(v)
-    }
 }
 
 /// Timeline entries that change what the status comment shows.

@@ -196,7 +196,7 @@ async fn list_tasks(
         store::list_tasks(&engine.pool, state, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        out.push(engine.view(row, false).await?);
+        out.push(task_json(&engine, row, false).await?);
     }
     Ok(Json(out))
 }
@@ -245,7 +245,7 @@ async fn get_task(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let row = lookup(&engine, &id).await?;
-    Ok(Json(engine.view(&row, true).await?))
+    Ok(Json(task_json(&engine, &row, true).await?))
 }
 
 async fn get_repo_task(
@@ -253,7 +253,7 @@ async fn get_repo_task(
     Path((owner, repo, id)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
     let row = lookup_in_repo(&engine, &owner, &repo, &id).await?;
-    Ok(Json(engine.view(&row, true).await?))
+    Ok(Json(task_json(&engine, &row, true).await?))
 }
 
 async fn cancel_task(
@@ -291,7 +291,7 @@ async fn cancel(engine: &Engine, row: TaskRow) -> ApiResult<Response> {
         }
     };
     let row = store::get_task(&engine.pool, row.pk).await?.unwrap_or(row);
-    Ok((status, Json(engine.view(&row, false).await?)).into_response())
+    Ok((status, Json(task_json(engine, &row, false).await?)).into_response())
 }
 
 async fn retry_task(
@@ -476,4 +476,45 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
     Ok(Json(json!({ "status": "ok" })))
+}
+
+/// The JSON view of a task for the API and `autodev status`.
+pub async fn task_json(
+    engine: &Engine,
+    row: &TaskRow,
+    detail: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let spec: serde_json::Value = serde_json::from_str(&row.spec).unwrap_or_default();
+    let mut v = serde_json::json!({
+        "id": row.task_id,
+        "repo": row.repo,
+        "role": row.role,
+        "title": row.title,
+        "branch": row.branch,
+        "base_branch": row.base_branch,
+        "state": row.state,
+        "last_error": row.last_error,
+        "rounds": row.rounds,
+        "provider": row.provider,
+        "head_sha": row.head_sha,
+        "cost_usd": row.cost_usd,
+        "runs": row.run_seq,
+        "job_id": row.job_id,
+        "worktree": row.worktree,
+        "cancel_requested": row.cancel_requested,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "pushed_sha": row.pushed_sha,
+        "pr_number": row.pr_number,
+        "pr_state": row.pr_state,
+        "page": crate::links::link(&engine.settings, row),
+    });
+    if detail {
+        v["spec"] = spec;
+        v["events"] = serde_json::to_value(crate::store::events(&engine.pool, row.pk).await?)?;
+        v["gates"] = serde_json::to_value(crate::store::gate_results(&engine.pool, row.pk).await?)?;
+    }
+    Ok(v)
 }
