@@ -3,7 +3,6 @@
 //! (the database) are job errors.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,9 +23,42 @@ use crate::store::{self, LeaseAttempt, LeaseStatus, TaskRow, TaskState};
 /// How often a running task renews its lease and looks for a cancel request.
 const LEASE_TICK: Duration = Duration::from_secs(1);
 
-const STOP_NONE: u8 = 0;
-const STOP_CANCELLED: u8 = 1;
-const STOP_LEASE_LOST: u8 = 2;
+/// Why a run stops before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Someone asked (from any process).
+    Cancelled,
+    /// Another worker holds the task now: this run must write nothing more.
+    LeaseLost,
+}
+
+/// A run's stop signal: the token every wait of the run watches, and why it fired. A lost
+/// lease outranks a cancel: whatever was asked, the run no longer owns the task.
+#[derive(Clone, Default)]
+struct StopSignal {
+    token: CancellationToken,
+    why: Arc<std::sync::Mutex<Option<Stop>>>,
+}
+
+impl StopSignal {
+    fn stop(&self, why: Stop) {
+        {
+            let mut current = self.why.lock().expect("lock");
+            if *current != Some(Stop::LeaseLost) {
+                *current = Some(why);
+            }
+        }
+        self.token.cancel();
+    }
+
+    fn why(&self) -> Option<Stop> {
+        *self.why.lock().expect("lock")
+    }
+
+    fn lease_lost(&self) -> bool {
+        self.why() == Some(Stop::LeaseLost)
+    }
+}
 
 /// Runs a queue job: waits for the task's lease (another worker may still hold it), then runs
 /// the task. A stale job (the task ended, or a retry superseded it) does nothing.
@@ -75,19 +107,14 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
             )
             .await;
     }
-    let cancel = CancellationToken::new();
-    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    let stop = StopSignal::default();
+    let cancel = stop.token.clone();
     // Dropped on every way out, a panic included: the lease stops being renewed (so the task
     // can be finished, or taken over) and the run is no longer tracked.
     let running = RunningGuard {
         engine: engine.clone(),
         key,
-        keeper: tokio::spawn(keep_lease(
-            engine.clone(),
-            key,
-            cancel.clone(),
-            stop.clone(),
-        )),
+        keeper: tokio::spawn(keep_lease(engine.clone(), key, stop.clone())),
     };
     engine.track_running(key, cancel.clone());
     let started = Instant::now();
@@ -95,7 +122,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     let result = pipeline(engine, &row, &cancel, &stop).await;
 
     drop(running);
-    if stop.load(Ordering::SeqCst) == STOP_LEASE_LOST {
+    if stop.lease_lost() {
         tracing::warn!("lease lost; another worker owns the task now");
         return Ok(TaskState::Running);
     }
@@ -213,31 +240,17 @@ pub async fn finish_after_panic(engine: &Arc<Engine>, job: RunTask, message: &st
 
 /// Renews the lease every tick; cancels the run when a cancel is requested (from any process)
 /// or the lease is lost.
-async fn keep_lease(
-    engine: Arc<Engine>,
-    key: crate::core::ids::TaskKey,
-    cancel: CancellationToken,
-    stop: Arc<AtomicU8>,
-) {
+async fn keep_lease(engine: Arc<Engine>, key: crate::core::ids::TaskKey, stop: StopSignal) {
     let ttl = lease_ttl(&engine);
     loop {
         tokio::time::sleep(LEASE_TICK).await;
         match store::renew_lease(&engine.pool, key, &engine.owner, ttl).await {
             Ok(LeaseStatus::Held {
                 cancel_requested: true,
-            }) => {
-                let _ = stop.compare_exchange(
-                    STOP_NONE,
-                    STOP_CANCELLED,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-                cancel.cancel();
-            }
+            }) => stop.stop(Stop::Cancelled),
             Ok(LeaseStatus::Held { .. }) => {}
             Ok(LeaseStatus::Lost) => {
-                stop.store(STOP_LEASE_LOST, Ordering::SeqCst);
-                cancel.cancel();
+                stop.stop(Stop::LeaseLost);
                 return;
             }
             Err(e) => tracing::warn!("renewing lease: {e:#}"),
@@ -395,7 +408,7 @@ async fn pipeline(
     engine: &Arc<Engine>,
     row: &TaskRow,
     cancel: &CancellationToken,
-    stop: &AtomicU8,
+    stop: &StopSignal,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     #[cfg(feature = "failpoints")]
@@ -559,179 +572,66 @@ async fn pipeline(
     let untrusted = row
         .issue_number
         .map(|n| format!("the author of GitHub issue #{n} in {}", row.repo));
+    let rounds = Rounds {
+        run: &run,
+        stop,
+        role: &role,
+        worktree: &worktree,
+        workdir: &workdir,
+        home_git: &home_git,
+        reading: &reading,
+        confine: &confine,
+        providers: &providers,
+        planned: &planned,
+        gate_env: &gate_env,
+        gates_config: &gates_config,
+        paths: &paths,
+        agent_net,
+        gates_net,
+        marker: &marker,
+        homes: &homes,
+        record: &record,
+        untrusted: untrusted.as_deref(),
+    };
     let mut failures: Vec<GateResult> = Vec::new();
     let mut verdict: Option<Outcome> = None;
     let mut passed = false;
     for round in 1..=task.max_rounds {
-        if let Some(o) = interrupted(&run, stop) {
-            verdict = Some(o);
-            break;
-        }
-        let round_start = reading.snapshot(&home_git, &worktree, &confine).await?;
-        let text = prompt::build(&PromptInput {
-            role: &role,
-            spec,
-            settings: task,
-            untrusted: untrusted.as_deref(),
-            branch: &worktree.branch,
-            gates: &planned,
-            round,
-            failures: &failures,
-        });
-        run.note(
-            "agent",
-            &format!("round {round} of {}: running the agent", task.max_rounds),
-        )
-        .await;
-        let request = AgentRequest {
-            jail: engine.jail(&paths, agent_net),
-            prompt: &text,
-            cwd: &workdir,
-            model: task.model.as_deref(),
-            time_left: run.time_left(),
-            marker: &marker,
-            homes_dir: &homes,
-            git_name: &settings.file.agent.git_user_name,
-            git_email: &settings.file.agent.git_user_email,
-            extra_env: &settings.file.agent.env,
-            output_limit: settings.file.agent.max_output_bytes,
-        };
-        let chain =
-            providers::run_chain(&providers, &settings.env, &request, cancel, &record).await;
-        for a in &chain.attempts {
-            engine
-                .metrics
-                .provider_requests_total
-                .with_label_values(&[&a.provider, a.status.as_str()])
-                .inc();
-            run.note(
-                "provider",
-                &format!("{}: {} ({})", a.provider, a.status.as_str(), a.detail),
-            )
-            .await;
-        }
-        // Failed attempts that still cost something (API runs with prices) count too.
-        let failed_cost = chain
-            .attempts
-            .iter()
-            .filter_map(|a| a.cost_usd)
-            .reduce(|a, b| a + b);
-        let Some(report) = chain.report else {
-            if failed_cost.is_some() {
-                store::set_progress(&engine.pool, row.pk, i64::from(round), None, failed_cost)
-                    .await?;
+        match rounds.play(round, &failures).await? {
+            Round::Passed => {
+                passed = true;
+                break;
             }
-            verdict = Some(if let Some(o) = interrupted(&run, stop) {
-                o
-            } else if chain.stopped_by(AttemptStatus::Timeout) {
-                Outcome::ended(
-                    TaskState::Failed,
-                    format!(
-                        "timed out: the task's {}s budget ran out while the agent worked ({})",
-                        run.budget().as_secs(),
-                        chain.reasons()
-                    ),
-                )
-            } else {
-                Outcome::ended(
-                    TaskState::Error,
-                    format!("no provider could run the task: {}", chain.reasons()),
-                )
-            });
-            break;
-        };
-        store::set_progress(
-            &engine.pool,
-            row.pk,
-            i64::from(round),
-            Some(&report.provider),
-            match (report.cost_usd, failed_cost) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            },
-        )
-        .await?;
-        if reading
-            .snapshot(&home_git, &worktree, &confine)
-            .await?
-            .same_as(&round_start)
-        {
-            verdict = Some(Outcome::ended(
-                TaskState::Failed,
+            Round::Retry(failed) => failures = failed,
+            Round::Stop(outcome) => {
+                verdict = Some(outcome);
+                break;
+            }
+        }
+    }
+    if !passed && verdict.is_none() {
+        let why = failures
+            .iter()
+            .map(|f| {
                 format!(
-                    "the agent ({}) changed nothing in round {round}",
-                    report.provider
-                ),
-            ));
-            break;
-        }
-        run.note(
-            "gates",
-            &format!("round {round}: running {} gate(s)", planned.len()),
-        )
-        .await;
-        let mut gate_config = gates_config.clone();
-        gate_config.timeout = gate_config
-            .timeout
-            .min(run.time_left().max(Duration::from_secs(1)));
-        let results = gates::run(
-            &planned,
-            &workdir,
-            &gate_env,
-            &gate_config,
-            cancel,
-            &record,
-            engine.jail(&paths, gates_net),
-        )
-        .await;
-        for r in &results {
-            store::add_gate_result(
-                &engine.pool,
-                row.pk,
-                &store::NewGateResult {
-                    run_seq: row.run_seq,
-                    round: i64::from(round),
-                    gate: &r.name,
-                    command: r.command.as_deref(),
-                    status: r.status.as_str(),
-                    exit_code: r.exit_code.map(i64::from),
-                    duration_ms: r.duration.as_millis() as i64,
-                    output: &r.output,
-                },
-            )
-            .await?;
-            run.note("gate", &r.summary()).await;
-        }
-        if let Some(o) = interrupted(&run, stop) {
-            verdict = Some(o);
-            break;
-        }
-        failures = results.into_iter().filter(|r| !r.status.is_ok()).collect();
-        if failures.is_empty() {
-            passed = true;
-            break;
-        }
-        if round == task.max_rounds {
-            let why = failures
-                .iter()
-                .map(|f| {
-                    format!(
-                        "{}: {}",
-                        f.summary(),
-                        exec::tail_chars(f.output.trim(), 600)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            verdict = Some(Outcome::ended(
-                TaskState::Failed,
-                format!("acceptance not met after {round} round(s): {why}"),
-            ));
-        }
+                    "{}: {}",
+                    f.summary(),
+                    exec::tail_chars(f.output.trim(), 600)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        verdict = Some(Outcome::ended(
+            TaskState::Failed,
+            format!(
+                "acceptance not met after {} round(s): {why}",
+                task.max_rounds
+            ),
+        ));
     }
 
     // A run that lost its lease leaves the worktree to the worker that has the task now.
-    if stop.load(Ordering::SeqCst) == STOP_LEASE_LOST {
+    if stop.lease_lost() {
         return Ok(Outcome::ended(
             TaskState::Cancelled,
             "stopped: another worker took the task over",
@@ -853,6 +753,204 @@ impl Drop for Reading {
             self.index
                 .with_file_name(format!("checkpoint-{}.index", self.key)),
         );
+    }
+}
+
+/// What one round came to.
+enum Round {
+    /// Every gate passed.
+    Passed,
+    /// These gates failed: the next round tells the agent.
+    Retry(Vec<GateResult>),
+    /// The run ends here, with this outcome.
+    Stop(Outcome),
+}
+
+/// What every round of a run uses, prepared once.
+struct Rounds<'a> {
+    run: &'a Run<'a>,
+    stop: &'a StopSignal,
+    role: &'a crate::core::roles::Role,
+    worktree: &'a ops::Worktree,
+    workdir: &'a std::path::Path,
+    home_git: &'a std::path::Path,
+    reading: &'a Reading,
+    confine: &'a ops::Confine<'a>,
+    providers: &'a [providers::Provider],
+    planned: &'a [gates::PlannedGate],
+    gate_env: &'a [(String, String)],
+    gates_config: &'a crate::config::GatesConfig,
+    paths: &'a crate::proc::sandbox::TaskPaths,
+    agent_net: crate::proc::sandbox::Net<'a>,
+    gates_net: crate::proc::sandbox::Net<'a>,
+    marker: &'a str,
+    homes: &'a std::path::Path,
+    record: providers::ProcessRecorder<'a>,
+    untrusted: Option<&'a str>,
+}
+
+impl Rounds<'_> {
+    /// Round `round`: the agent (told what failed before), then, if it changed anything, the
+    /// gates.
+    async fn play(&self, round: u32, failures: &[GateResult]) -> anyhow::Result<Round> {
+        let run = self.run;
+        let stop = self.stop;
+        let engine = run.engine;
+        let row = run.row;
+        let spec = &run.spec;
+        let task = &run.settings;
+        let settings = &engine.settings;
+        let cancel = run.cancel;
+        if let Some(o) = interrupted(run, stop) {
+            return Ok(Round::Stop(o));
+        }
+        let round_start = self
+            .reading
+            .snapshot(self.home_git, self.worktree, self.confine)
+            .await?;
+        let text = prompt::build(&PromptInput {
+            role: self.role,
+            spec,
+            settings: task,
+            untrusted: self.untrusted,
+            branch: &self.worktree.branch,
+            gates: self.planned,
+            round,
+            failures,
+        });
+        run.note(
+            "agent",
+            &format!("round {round} of {}: running the agent", task.max_rounds),
+        )
+        .await;
+        let request = AgentRequest {
+            jail: engine.jail(self.paths, self.agent_net),
+            prompt: &text,
+            cwd: self.workdir,
+            model: task.model.as_deref(),
+            time_left: run.time_left(),
+            marker: self.marker,
+            homes_dir: self.homes,
+            git_name: &settings.file.agent.git_user_name,
+            git_email: &settings.file.agent.git_user_email,
+            extra_env: &settings.file.agent.env,
+            output_limit: settings.file.agent.max_output_bytes,
+        };
+        let chain =
+            providers::run_chain(self.providers, &settings.env, &request, cancel, self.record)
+                .await;
+        for a in &chain.attempts {
+            engine
+                .metrics
+                .provider_requests_total
+                .with_label_values(&[&a.provider, a.status.as_str()])
+                .inc();
+            run.note(
+                "provider",
+                &format!("{}: {} ({})", a.provider, a.status.as_str(), a.detail),
+            )
+            .await;
+        }
+        // Failed attempts that still cost something (API runs with prices) count too.
+        let failed_cost = chain
+            .attempts
+            .iter()
+            .filter_map(|a| a.cost_usd)
+            .reduce(|a, b| a + b);
+        let Some(report) = chain.report else {
+            if failed_cost.is_some() {
+                store::set_progress(&engine.pool, row.pk, i64::from(round), None, failed_cost)
+                    .await?;
+            }
+            return Ok(Round::Stop(if let Some(o) = interrupted(run, stop) {
+                o
+            } else if chain.stopped_by(AttemptStatus::Timeout) {
+                Outcome::ended(
+                    TaskState::Failed,
+                    format!(
+                        "timed out: the task's {}s budget ran out while the agent worked ({})",
+                        run.budget().as_secs(),
+                        chain.reasons()
+                    ),
+                )
+            } else {
+                Outcome::ended(
+                    TaskState::Error,
+                    format!("no provider could run the task: {}", chain.reasons()),
+                )
+            }));
+        };
+        store::set_progress(
+            &engine.pool,
+            row.pk,
+            i64::from(round),
+            Some(&report.provider),
+            match (report.cost_usd, failed_cost) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
+        )
+        .await?;
+        if self
+            .reading
+            .snapshot(self.home_git, self.worktree, self.confine)
+            .await?
+            .same_as(&round_start)
+        {
+            return Ok(Round::Stop(Outcome::ended(
+                TaskState::Failed,
+                format!(
+                    "the agent ({}) changed nothing in round {round}",
+                    report.provider
+                ),
+            )));
+        }
+        run.note(
+            "gates",
+            &format!("round {round}: running {} gate(s)", self.planned.len()),
+        )
+        .await;
+        let mut gate_config = self.gates_config.clone();
+        gate_config.timeout = gate_config
+            .timeout
+            .min(run.time_left().max(Duration::from_secs(1)));
+        let results = gates::run(
+            self.planned,
+            self.workdir,
+            self.gate_env,
+            &gate_config,
+            cancel,
+            self.record,
+            engine.jail(self.paths, self.gates_net),
+        )
+        .await;
+        for r in &results {
+            store::add_gate_result(
+                &engine.pool,
+                row.pk,
+                &store::NewGateResult {
+                    run_seq: row.run_seq,
+                    round: i64::from(round),
+                    gate: &r.name,
+                    command: r.command.as_deref(),
+                    status: r.status.as_str(),
+                    exit_code: r.exit_code.map(i64::from),
+                    duration_ms: r.duration.as_millis() as i64,
+                    output: &r.output,
+                },
+            )
+            .await?;
+            run.note("gate", &r.summary()).await;
+        }
+        if let Some(o) = interrupted(run, stop) {
+            return Ok(Round::Stop(o));
+        }
+        let failures: Vec<GateResult> = results.into_iter().filter(|r| !r.status.is_ok()).collect();
+        Ok(if failures.is_empty() {
+            Round::Passed
+        } else {
+            Round::Retry(failures)
+        })
     }
 }
 
@@ -999,11 +1097,11 @@ async fn push(
 }
 
 /// A cancel request or a spent budget ends the run between steps.
-fn interrupted(run: &Run<'_>, stop: &AtomicU8) -> Option<Outcome> {
+fn interrupted(run: &Run<'_>, stop: &StopSignal) -> Option<Outcome> {
     if run.cancel.is_cancelled() {
-        let why = match stop.load(Ordering::SeqCst) {
-            STOP_LEASE_LOST => "stopped: another worker took the task over",
-            _ => "cancelled on request",
+        let why = match stop.why() {
+            Some(Stop::LeaseLost) => "stopped: another worker took the task over",
+            Some(Stop::Cancelled) | None => "cancelled on request",
         };
         return Some(Outcome::ended(TaskState::Cancelled, why));
     }
