@@ -655,7 +655,15 @@ async fn catch_up(
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
         let paths = engine.task_paths(&tmp, &home_git);
         let egress = crate::run::pipeline::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
-        let results = crate::run::gates::run(
+        let round = task.rounds + 1;
+        let at = crate::run::gates::Recorded {
+            engine,
+            task: task.pk,
+            run_seq: task.run_seq,
+            round,
+        };
+        let results = crate::run::gates::run_recorded(
+            at,
             &planned,
             &workdir,
             &env,
@@ -666,24 +674,7 @@ async fn catch_up(
         )
         .await;
         egress.finish().await;
-        let round = task.rounds + 1;
-        for r in &results {
-            crate::store::add_gate_result(
-                &engine.pool,
-                task.pk,
-                &crate::store::NewGateResult {
-                    run_seq: task.run_seq,
-                    round,
-                    gate: &r.name,
-                    command: r.command.as_deref(),
-                    status: r.status.as_str(),
-                    exit_code: r.exit_code.map(i64::from),
-                    duration_ms: r.duration.as_millis() as i64,
-                    output: &r.output,
-                },
-            )
-            .await?;
-        }
+        let results = results?;
         crate::store::set_progress(&engine.pool, task.pk, round, None, None).await?;
         let failures = results
             .iter()

@@ -277,6 +277,52 @@ pub async fn run(
     results
 }
 
+/// Which task and round gate results belong to.
+#[derive(Clone, Copy)]
+pub struct Recorded<'a> {
+    pub engine: &'a crate::engine::Engine,
+    pub task: crate::core::ids::TaskKey,
+    pub run_seq: i64,
+    pub round: i64,
+}
+
+/// The gate step of a round (a run's, or a rebase's): runs the planned gates in the sandbox
+/// `jail` and records each result on the task, its gate results and its timeline.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_recorded(
+    at: Recorded<'_>,
+    planned: &[PlannedGate],
+    dir: &Path,
+    env: &[(String, String)],
+    config: &GatesConfig,
+    cancel: &CancellationToken,
+    record: ProcessRecorder<'_>,
+    jail: Option<crate::proc::sandbox::Jail<'_>>,
+) -> anyhow::Result<Vec<GateResult>> {
+    let results = run(planned, dir, env, config, cancel, record, jail).await;
+    for r in &results {
+        crate::store::add_gate_result(
+            &at.engine.pool,
+            at.task,
+            &crate::store::NewGateResult {
+                run_seq: at.run_seq,
+                round: at.round,
+                gate: &r.name,
+                command: r.command.as_deref(),
+                status: r.status.as_str(),
+                exit_code: r.exit_code.map(i64::from),
+                duration_ms: r.duration.as_millis() as i64,
+                output: &r.output,
+            },
+        )
+        .await?;
+        at.engine
+            .record(at.task, at.run_seq, "gate", &r.summary())
+            .await;
+    }
+    Ok(results)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

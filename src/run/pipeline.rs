@@ -177,11 +177,7 @@ async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: O
         if t.pushed_sha.is_some() {
             effects.push(Effect::CheckRun { task: key });
         }
-        // App tasks once pushed; local ones push their branch when the PR is opened, and
-        // again when a task with an open PR passes anew.
-        let local = t.repo_name().is_local() && gh.personal_token().is_some();
-        let wanted = engine.settings.file.hygiene.pr_on_pass || (local && t.pr_number.is_some());
-        if state == TaskState::Passed && wanted && (t.pushed_sha.is_some() || local) {
+        if state == TaskState::Passed && pr_on_pass(engine, gh, &t) {
             effects.push(Effect::OpenPr { task: key });
         }
         for effect in effects {
@@ -192,6 +188,16 @@ async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: O
             }
         }
     }
+}
+
+/// Whether a task that just passed gets its pull request now: App tasks once pushed, when
+/// `hygiene.pr_on_pass` says so; local ones (which push their branch when the pull request is
+/// opened) likewise, and always when their pull request is already open, so that the new work
+/// reaches it.
+fn pr_on_pass(engine: &Engine, gh: &crate::github::client::GithubClient, t: &TaskRow) -> bool {
+    let local = t.repo_name().is_local() && gh.personal_token().is_some();
+    let wanted = engine.settings.file.hygiene.pr_on_pass || (local && t.pr_number.is_some());
+    wanted && (t.pushed_sha.is_some() || local)
 }
 
 /// Stops renewing a run's lease and forgets the run, however the run ends.
@@ -914,7 +920,14 @@ impl Rounds<'_> {
         gate_config.timeout = gate_config
             .timeout
             .min(run.time_left().max(Duration::from_secs(1)));
-        let results = gates::run(
+        let at = gates::Recorded {
+            engine,
+            task: row.pk,
+            run_seq: row.run_seq,
+            round: i64::from(round),
+        };
+        let results = gates::run_recorded(
+            at,
             self.planned,
             self.workdir,
             self.gate_env,
@@ -923,25 +936,7 @@ impl Rounds<'_> {
             self.record,
             engine.jail(self.paths, self.gates_net),
         )
-        .await;
-        for r in &results {
-            store::add_gate_result(
-                &engine.pool,
-                row.pk,
-                &store::NewGateResult {
-                    run_seq: row.run_seq,
-                    round: i64::from(round),
-                    gate: &r.name,
-                    command: r.command.as_deref(),
-                    status: r.status.as_str(),
-                    exit_code: r.exit_code.map(i64::from),
-                    duration_ms: r.duration.as_millis() as i64,
-                    output: &r.output,
-                },
-            )
-            .await?;
-            run.note("gate", &r.summary()).await;
-        }
+        .await?;
         if let Some(o) = interrupted(run, stop) {
             return Ok(Round::Stop(o));
         }
