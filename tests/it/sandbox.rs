@@ -7,6 +7,16 @@ use crate::support::{CLAUDE_OK, World, assert_holds, assert_lacks};
 const TOKEN: &str = "ghp_sandboxProbeSecret42";
 const API_TOKEN: &str = "sk-ant-key-from-a-file-7";
 
+/// Whether bubblewrap can make a sandbox here; says the test was not run when it cannot. CI
+/// installs bubblewrap (`.ci/run`); a machine without user namespaces cannot run it.
+fn sandbox_here() -> bool {
+    let works = bwrap_works();
+    if !works {
+        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    }
+    works
+}
+
 fn bwrap_works() -> bool {
     std::process::Command::new("bwrap")
         .args(["--ro-bind", "/", "/", "--unshare-pid", "--", "true"])
@@ -85,9 +95,7 @@ async fn probe(sandbox: bool) -> Probe {
 
 #[tokio::test]
 async fn a_sandboxed_agent_cannot_read_autodevs_environment_credentials_or_database() {
-    if !bwrap_works() {
-        // CI installs bubblewrap (.ci/run); a machine without user namespaces cannot run it.
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let open = probe(false).await;
@@ -183,8 +191,7 @@ async fn a_sandbox_that_cannot_run_stops_serve_unless_it_may_go_without() {
 
 #[tokio::test]
 async fn an_agent_installed_in_home_does_not_uncover_homes_secrets() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let world = World::new();
@@ -221,8 +228,7 @@ async fn an_agent_installed_in_home_does_not_uncover_homes_secrets() {
 
 #[tokio::test]
 async fn the_tool_loops_commands_run_in_the_sandbox() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     use crate::fake_models::{FakeModels, Turn};
@@ -340,8 +346,7 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
 
 #[tokio::test]
 async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let world = World::new();
@@ -400,8 +405,7 @@ async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
 
 #[tokio::test]
 async fn an_agent_that_rebuilds_its_git_directory_runs_nothing_in_autodevs_git() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let world = World::new();
@@ -451,8 +455,7 @@ async fn an_agent_that_rebuilds_its_git_directory_runs_nothing_in_autodevs_git()
 
 #[tokio::test]
 async fn an_agent_moves_none_of_the_users_branches_and_reaches_no_other_tasks_work() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     use crate::support::git;
@@ -514,8 +517,7 @@ async fn an_agent_moves_none_of_the_users_branches_and_reaches_no_other_tasks_wo
 
 #[tokio::test]
 async fn links_in_the_task_repository_bring_no_other_repositorys_history_out() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     use crate::support::git;
@@ -590,8 +592,7 @@ fn assert_no_secret(world: &World, secret_sha: &str) {
 
 #[tokio::test]
 async fn a_git_file_in_the_task_repository_leads_autodevs_fetch_nowhere() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let world = World::new();
@@ -621,8 +622,7 @@ async fn a_git_file_in_the_task_repository_leads_autodevs_fetch_nowhere() {
 
 #[tokio::test]
 async fn a_deleted_head_does_not_open_the_task_repository_to_the_next_job() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let world = World::new();
@@ -665,8 +665,7 @@ async fn a_deleted_head_does_not_open_the_task_repository_to_the_next_job() {
 
 #[tokio::test]
 async fn the_checkpointer_reads_a_tasks_files_from_inside_its_sandbox() {
-    if !bwrap_works() {
-        eprintln!("not run: bubblewrap cannot make a sandbox on this machine");
+    if !sandbox_here() {
         return;
     }
     let world = World::new();
