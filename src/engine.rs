@@ -377,7 +377,7 @@ impl Engine {
         self.record(
             key,
             1,
-            "queued",
+            crate::store::EventKind::Queued,
             &format!("queued as job {job_id} for branch {branch}"),
         )
         .await;
@@ -429,7 +429,7 @@ impl Engine {
             self.record(
                 key,
                 t.run_seq,
-                "recovered",
+                crate::store::EventKind::Recovered,
                 "stopped agent processes left by a worker that died",
             )
             .await;
@@ -440,8 +440,13 @@ impl Engine {
             Some(TaskState::Queued) => {
                 let task = store::get_task(&self.pool, key).await?;
                 if let Some(t) = task {
-                    self.record(key, t.run_seq, "cancelled", "cancelled before it started")
-                        .await;
+                    self.record(
+                        key,
+                        t.run_seq,
+                        crate::store::EventKind::Cancelled,
+                        "cancelled before it started",
+                    )
+                    .await;
                     self.metrics
                         .tasks_total
                         .with_label_values(&[&t.role, "cancelled"])
@@ -481,7 +486,7 @@ impl Engine {
         self.record(
             key,
             run_seq,
-            "queued",
+            crate::store::EventKind::Queued,
             &format!("retry queued as job {job_id}"),
         )
         .await;
@@ -490,17 +495,18 @@ impl Engine {
 
     /// Adds to a task's timeline (database, live listeners, log). A failure to record is
     /// logged, not fatal: the task's state is what matters.
-    pub async fn record(&self, key: TaskKey, run_seq: i64, kind: &str, message: &str) {
-        tracing::info!(task = %key, run = run_seq, kind, "{message}");
+    pub async fn record(&self, key: TaskKey, run_seq: i64, kind: store::EventKind, message: &str) {
+        let kind_name = kind.as_str();
+        tracing::info!(task = %key, run = run_seq, kind = kind_name, "{message}");
         if let Err(e) = store::add_event(&self.pool, key, run_seq, kind, message).await {
             tracing::warn!(task = %key, "could not record event: {e:#}");
         }
-        if self.app_mode() && STATUS_KINDS.contains(&kind) {
+        if self.app_mode() && kind.changes_status() {
             self.update_github_status(key).await;
         }
         let _ = self.live.send(LiveEvent {
             task: key,
-            kind: kind.to_owned(),
+            kind: kind_name.to_owned(),
             message: message.to_owned(),
         });
     }
@@ -548,7 +554,7 @@ impl Engine {
                 self.record(
                     task.pk,
                     task.run_seq,
-                    "recovered",
+                    crate::store::EventKind::Recovered,
                     "stopped agent processes left by a worker that died",
                 )
                 .await;
@@ -624,18 +630,6 @@ impl Engine {
             .join(task_id)
     }
 }
-
-/// Timeline entries that change what the status comment shows.
-const STATUS_KINDS: &[&str] = &[
-    "queued",
-    "worktree",
-    "agent",
-    "passed",
-    "failed",
-    "error",
-    "cancelled",
-    "recovered",
-];
 
 fn count_worktrees(dir: &std::path::Path) -> usize {
     let Ok(repos) = std::fs::read_dir(dir) else {

@@ -407,13 +407,15 @@ impl Ctx<'_> {
         store::set_job_id(&mut *tx, key, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
         if let Some(notice) = &notice {
-            engine.record(key, run, "settings", notice).await;
+            engine
+                .record(key, run, crate::store::EventKind::Settings, notice)
+                .await;
         }
         engine
             .record(
                 key,
                 run,
-                "queued",
+                crate::store::EventKind::Queued,
                 &format!(
                     "queued by @{} from issue #{} as job {job} for branch {branch}",
                     sender.login, t.issue
@@ -597,7 +599,7 @@ impl Ctx<'_> {
             .record(
                 task.pk,
                 run,
-                "queued",
+                crate::store::EventKind::Queued,
                 &format!(
                     "fix requested by @{} on pull request #{} as job {job}{}",
                     author.login,

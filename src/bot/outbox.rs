@@ -54,7 +54,7 @@ pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
                     &engine.pool,
                     task,
                     t.run_seq,
-                    "github",
+                    crate::store::EventKind::Github,
                     &format!("could not update GitHub: {e}"),
                 )
                 .await;
@@ -376,7 +376,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
                 }) => {
                     // Refused for a reason waiting will not change: the schedule stops asking;
                     // `/autodev pr`, the button or `autodev open-prs` ask again.
-                    store::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
+                    store::set_pr_state(&engine.pool, t.pk, store::PrState::Refused)
                         .await
                         .map_err(internal)?;
                     let why = format!("could not open a pull request: {message}");
@@ -428,7 +428,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
         &engine.pool,
         t.pk,
         t.run_seq,
-        "pull_request",
+        crate::store::EventKind::PullRequest,
         &format!(
             "pull request #{number} open for {} on {owner}/{repo}",
             t.branch
@@ -442,10 +442,6 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
     }
     Ok(PrOutcome::Open(number))
 }
-
-/// The `pr_state` of a task whose pull request GitHub refused (422), or whose branch had
-/// nothing to open one for: the schedule leaves it.
-pub const PR_REFUSED: &str = "refused";
 
 /// App tasks: their repository, through the installation, once pushed. Local tasks: `origin`
 /// on GitHub, through the token, once their branch is pushed there (which this does first).
@@ -490,7 +486,7 @@ async fn pr_target(
         Err(why) => {
             // Nothing to push (the branch is gone, or holds nothing new) or not allowed to:
             // the schedule stops asking.
-            store::set_pr_state(&engine.pool, t.pk, PR_REFUSED)
+            store::set_pr_state(&engine.pool, t.pk, store::PrState::Refused)
                 .await
                 .map_err(internal)?;
             report(engine, t, &why).await;
@@ -640,7 +636,7 @@ async fn publish_local(
         &engine.pool,
         t.pk,
         t.run_seq,
-        "push",
+        crate::store::EventKind::Push,
         &format!(
             "pushed {} to {} on {full_name}",
             &head[..10.min(head.len())],
@@ -688,7 +684,14 @@ async fn reviewers_for(
 
 /// A problem worth a person's attention: on the task's timeline and as a reply on its issue.
 async fn report(engine: &Engine, t: &store::TaskRow, message: &str) {
-    let _ = store::add_event(&engine.pool, t.pk, t.run_seq, "github", message).await;
+    let _ = store::add_event(
+        &engine.pool,
+        t.pk,
+        t.run_seq,
+        crate::store::EventKind::Github,
+        message,
+    )
+    .await;
     let (Some(installation), Some(issue), Some((owner, repo))) =
         (t.installation_id, t.issue_number, t.repo.split_once('/'))
     else {

@@ -125,7 +125,7 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
             .record(
                 task.pk,
                 task.run_seq,
-                "cleanup",
+                crate::store::EventKind::Cleanup,
                 &format!("removed worktree {}", path.display()),
             )
             .await;
@@ -175,12 +175,13 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
         }
         if task.installation_id.is_none() {
             // Local mode: the branch is in the user's repository, and stays there.
-            crate::store::set_pr_state(&engine.pool, task.pk, "closed").await?;
+            crate::store::set_pr_state(&engine.pool, task.pk, crate::store::PrState::Closed)
+                .await?;
             engine
                 .record(
                     task.pk,
                     task.run_seq,
-                    "cleanup",
+                    crate::store::EventKind::Cleanup,
                     &format!(
                         "pull request #{pr} is closed: {} is no longer kept up to date",
                         task.branch
@@ -207,12 +208,12 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
                 &format!("refs/autodev/checkpoints/{}", task.task_id),
             )
             .await?;
-        crate::store::set_pr_state(&engine.pool, task.pk, "closed").await?;
+        crate::store::set_pr_state(&engine.pool, task.pk, crate::store::PrState::Closed).await?;
         engine
             .record(
                 task.pk,
                 task.run_seq,
-                "cleanup",
+                crate::store::EventKind::Cleanup,
                 &format!(
                     "pull request #{pr} is closed: pruned {} from the mirror",
                     task.branch
@@ -325,7 +326,7 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             .record(
                 task.pk,
                 task.run_seq,
-                "checkpoint",
+                crate::store::EventKind::Checkpoint,
                 &format!(
                     "checkpoint {} saved as {side_ref}",
                     &commit[..10.min(commit.len())]
@@ -384,7 +385,7 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
                         .record(
                             task.pk,
                             task.run_seq,
-                            "checkpoint",
+                            crate::store::EventKind::Checkpoint,
                             &format!("checkpoint {e:#}"),
                         )
                         .await;
@@ -414,7 +415,9 @@ pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
             .await?
             .into_iter()
             // A local branch whose pull request was merged or closed is left alone.
-            .filter(|t| t.repo_name().is_local() && t.pr_state.as_deref() != Some("closed")),
+            .filter(|t| {
+                t.repo_name().is_local() && t.pr_state != Some(crate::store::PrState::Closed)
+            }),
     );
     for task in tasks {
         let result = match (&engine.github, task.installation_id) {
@@ -505,7 +508,12 @@ async fn rebase_pushed(
         if e.is::<crate::git::ops::HeldBack>() {
             // What the base brought in is not the task's to push; the branch stays as it was.
             engine
-                .record(task.pk, task.run_seq, "rebase", &format!("{e:#}"))
+                .record(
+                    task.pk,
+                    task.run_seq,
+                    crate::store::EventKind::Rebase,
+                    &format!("{e:#}"),
+                )
                 .await;
             return Ok(false);
         }
@@ -597,7 +605,7 @@ async fn catch_up(
                 .record(
                     task.pk,
                     task.run_seq,
-                    "rebase",
+                    crate::store::EventKind::Rebase,
                     &format!("conflicts with {base} in {}", files.join(", ")),
                 )
                 .await;
@@ -710,7 +718,7 @@ async fn settle(
         .record(
             task.pk,
             task.run_seq,
-            "rebase",
+            crate::store::EventKind::Rebase,
             &format!(
                 "brought up to date with {base}: {} is now {}",
                 task.branch,

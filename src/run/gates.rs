@@ -317,7 +317,12 @@ pub async fn run_recorded(
         )
         .await?;
         at.engine
-            .record(at.task, at.run_seq, "gate", &r.summary())
+            .record(
+                at.task,
+                at.run_seq,
+                crate::store::EventKind::Gate,
+                &r.summary(),
+            )
             .await;
     }
     Ok(results)

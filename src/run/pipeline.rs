@@ -102,7 +102,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
             .record(
                 key,
                 run_seq,
-                "recovered",
+                crate::store::EventKind::Recovered,
                 "stopped agent processes left by an earlier run",
             )
             .await;
@@ -167,7 +167,7 @@ async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: O
         None => state.to_string(),
     };
     engine
-        .record(key, row.run_seq, state.as_str(), &message)
+        .record(key, row.run_seq, state.into(), &message)
         .await;
     if let Some(gh) = &engine.github
         && let Ok(Some(t)) = store::get_task(&engine.pool, key).await
@@ -292,7 +292,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn note(&self, kind: &str, message: &str) {
+    async fn note(&self, kind: store::EventKind, message: &str) {
         self.engine
             .record(self.row.pk, self.row.run_seq, kind, message)
             .await;
@@ -359,7 +359,9 @@ impl RunEgress {
                 } else {
                     format!("refused the {who}'s connection to {host}")
                 };
-                engine.record(key, run_seq, "egress", &message).await;
+                engine
+                    .record(key, run_seq, crate::store::EventKind::Egress, &message)
+                    .await;
             }
         });
         Ok(Self {
@@ -462,7 +464,7 @@ async fn pipeline(
         cancel,
     };
     for note in &run.settings.notes {
-        run.note("settings", note).await;
+        run.note(crate::store::EventKind::Settings, note).await;
     }
     let spec = &run.spec;
     let task = &run.settings;
@@ -493,7 +495,7 @@ async fn pipeline(
     )
     .await?;
     run.note(
-        "worktree",
+        crate::store::EventKind::Worktree,
         &format!(
             "worktree {} on {} ({} from {base} at {})",
             worktree.path.display(),
@@ -652,7 +654,7 @@ async fn pipeline(
     let snap = reading.snapshot(&home_git, &worktree, &confine).await?;
     if let Some(why) = &snap.unread {
         run.note(
-            "commit",
+            crate::store::EventKind::Commit,
             &format!(
                 "the agent's branch was not read from its repository ({why}); its files are kept on top of {}",
                 short(&snap.tip)
@@ -663,7 +665,7 @@ async fn pipeline(
     let head = match git.commit_snapshot(&home_git, &snap, &message).await? {
         Some(sha) => {
             run.note(
-                "commit",
+                crate::store::EventKind::Commit,
                 &format!("committed {} on {}", short(&sha), worktree.branch),
             )
             .await;
@@ -825,7 +827,7 @@ impl Rounds<'_> {
             failures,
         });
         run.note(
-            "agent",
+            crate::store::EventKind::Agent,
             &format!("round {round} of {}: running the agent", task.max_rounds),
         )
         .await;
@@ -852,7 +854,7 @@ impl Rounds<'_> {
                 .with_label_values(&[&a.provider, a.status.as_str()])
                 .inc();
             run.note(
-                "provider",
+                crate::store::EventKind::Provider,
                 &format!("{}: {} ({})", a.provider, a.status.as_str(), a.detail),
             )
             .await;
@@ -912,7 +914,7 @@ impl Rounds<'_> {
             )));
         }
         run.note(
-            "gates",
+            crate::store::EventKind::Gates,
             &format!("round {round}: running {} gate(s)", self.planned.len()),
         )
         .await;
@@ -985,7 +987,7 @@ impl Source {
                         .record(
                             row.pk,
                             row.run_seq,
-                            "github",
+                            crate::store::EventKind::Github,
                             &format!(
                                 "`origin` now leads to {}; the task before pushed to {before}",
                                 remote.push_url
@@ -1086,8 +1088,11 @@ async fn push(
         return Ok(Some(Outcome::ended(state, format!("{e:#}"))));
     }
     store::set_pushed(&engine.pool, run.row.pk, head).await?;
-    run.note("push", &format!("pushed {} to {branch}", short(head)))
-        .await;
+    run.note(
+        crate::store::EventKind::Push,
+        &format!("pushed {} to {branch}", short(head)),
+    )
+    .await;
     Ok(None)
 }
 

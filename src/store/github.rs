@@ -1,0 +1,318 @@
+//! What GitHub brings and what autodev did there: deliveries, installations, and a task's
+//! GitHub objects (status comment, check run, pull request, `origin`).
+
+use super::*;
+
+pub struct NewDelivery<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+    pub repo: Option<&'a str>,
+    pub installation: Option<i64>,
+    /// The parsed domain event, as JSON.
+    pub payload: &'a str,
+    pub outcome: &'a str,
+}
+
+/// Records a delivery; `false` when this delivery id was already recorded (a redelivery, or a
+/// copy that arrived at the same moment).
+pub async fn insert_delivery<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    d: &NewDelivery<'_>,
+) -> anyhow::Result<bool> {
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO deliveries (id, event, repo, installation_id, payload, outcome, received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(d.id)
+    .bind(d.event)
+    .bind(d.repo)
+    .bind(d.installation)
+    .bind(d.payload)
+    .bind(d.outcome)
+    .bind(Utc::now())
+    .fetch_optional(ex)
+    .await
+    .context("recording delivery")?;
+    Ok(inserted.is_some())
+}
+
+pub async fn delivery_payload(pool: &SqlitePool, id: &str) -> anyhow::Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT payload FROM deliveries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .flatten(),
+    )
+}
+
+pub async fn count_deliveries(pool: &SqlitePool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Records an installation and, when given, the full list of its repositories.
+pub async fn upsert_installation(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    id: i64,
+    account: &str,
+    active: bool,
+    repos: Option<&[String]>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO installations (id, account, active, updated_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET account = excluded.account, active = excluded.active,
+           updated_at = excluded.updated_at",
+    )
+    .bind(id)
+    .bind(account)
+    .bind(active)
+    .bind(Utc::now())
+    .execute(&mut **tx)
+    .await?;
+    if let Some(repos) = repos {
+        sqlx::query("DELETE FROM installation_repos WHERE installation_id = ?")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        add_installation_repos(tx, id, repos).await?;
+    }
+    Ok(())
+}
+
+pub async fn add_installation_repos(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    id: i64,
+    repos: &[String],
+) -> anyhow::Result<()> {
+    for repo in repos {
+        sqlx::query(
+            "INSERT INTO installation_repos (installation_id, repo) VALUES (?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(repo.to_lowercase())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn remove_installation_repos(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    id: i64,
+    repos: &[String],
+) -> anyhow::Result<()> {
+    for repo in repos {
+        sqlx::query("DELETE FROM installation_repos WHERE installation_id = ? AND repo = ?")
+            .bind(id)
+            .bind(repo.to_lowercase())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether an active installation covers `repo` (`owner/name`, any case).
+pub async fn repo_installed(
+    pool: &SqlitePool,
+    installation: i64,
+    repo: &str,
+) -> anyhow::Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM installation_repos r JOIN installations i ON i.id = r.installation_id
+         WHERE i.id = ? AND i.active = 1 AND r.repo = ?",
+    )
+    .bind(installation)
+    .bind(repo.to_lowercase())
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Marks a task as coming from a GitHub issue.
+pub async fn set_github_origin<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    installation: i64,
+    issue: i64,
+    requested_by: &str,
+    clone_url: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET installation_id = ?, issue_number = ?, requested_by = ?, clone_url = ?
+         WHERE pk = ?",
+    )
+    .bind(installation)
+    .bind(issue)
+    .bind(requested_by)
+    .bind(clone_url)
+    .bind(key)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Whether autodev may answer `login` on issue `issue` of `repo` now: true at most once per
+/// `window` for each of them (the claim is recorded).
+pub async fn claim_outsider_reply(
+    pool: &SqlitePool,
+    repo: &str,
+    issue: i64,
+    login: &str,
+    window: Duration,
+) -> anyhow::Result<bool> {
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO outsider_replies (repo, issue, login, last_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (repo, issue, login) DO UPDATE SET last_at = excluded.last_at
+         WHERE outsider_replies.last_at <= ?",
+    )
+    .bind(repo.to_lowercase())
+    .bind(issue)
+    .bind(login.to_lowercase())
+    .bind(now)
+    .bind(now - window.as_millis() as i64)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_status_comment(
+    pool: &SqlitePool,
+    key: TaskKey,
+    comment_id: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET status_comment_id = ? WHERE pk = ?")
+        .bind(comment_id)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_pushed(pool: &SqlitePool, key: TaskKey, sha: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET pushed_sha = ? WHERE pk = ?")
+        .bind(sha)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_check_run(pool: &SqlitePool, key: TaskKey, id: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET check_run_id = ? WHERE pk = ?")
+        .bind(id)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// What became of a delivery after its job looked at it (e.g. refused).
+pub async fn set_delivery_outcome(
+    pool: &SqlitePool,
+    id: &str,
+    outcome: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
+        .bind(outcome)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_pr(pool: &SqlitePool, key: TaskKey, number: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET pr_number = ?, pr_state = 'open' WHERE pk = ?")
+        .bind(number)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records where a local task's branch goes on GitHub, the first time only.
+pub async fn set_local_remote(pool: &SqlitePool, key: TaskKey, url: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET clone_url = ? WHERE pk = ? AND clone_url IS NULL")
+        .bind(url)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Where the latest other local task's pull request went.
+pub async fn last_local_remote(
+    pool: &SqlitePool,
+    except: TaskKey,
+) -> anyhow::Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT clone_url FROM tasks WHERE repo = 'local' AND clone_url IS NOT NULL AND pk != ?
+         ORDER BY pk DESC LIMIT 1",
+    )
+    .bind(except)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Passed GitHub tasks whose branch is pushed and has no pull request yet. The schedule
+/// leaves those refused one; asked `by_hand`, they are tried again.
+pub async fn tasks_needing_pr(pool: &SqlitePool, by_hand: bool) -> anyhow::Result<Vec<TaskKey>> {
+    Ok(sqlx::query_scalar(
+        "SELECT pk FROM tasks WHERE state = 'passed' AND pushed_sha IS NOT NULL
+           AND pr_number IS NULL AND installation_id IS NOT NULL
+           AND (? OR pr_state IS NOT 'refused') ORDER BY pk",
+    )
+    .bind(by_hand)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Passed local tasks without a pull request (local mode pushes their branch when it opens
+/// one). The schedule takes only those that ran with local pull requests set up (their
+/// `origin` recorded) and were not refused one; asked `by_hand`, all of them.
+pub async fn local_tasks_needing_pr(
+    pool: &SqlitePool,
+    by_hand: bool,
+) -> anyhow::Result<Vec<TaskKey>> {
+    Ok(sqlx::query_scalar(
+        "SELECT pk FROM tasks WHERE state = 'passed' AND repo = 'local' AND pr_number IS NULL
+           AND (? OR (pr_state IS NOT 'refused' AND clone_url IS NOT NULL)) ORDER BY pk",
+    )
+    .bind(by_hand)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Passed GitHub tasks with an open pull request (the rebase job's work list).
+pub async fn tasks_with_open_pr(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE state = 'passed' AND pr_number IS NOT NULL
+           AND pushed_sha IS NOT NULL AND installation_id IS NOT NULL
+           AND (pr_state IS NULL OR pr_state = 'open') ORDER BY pk",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Tasks with a pull request not yet known to be closed.
+pub async fn tasks_with_pr_not_closed(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE pr_number IS NOT NULL
+           AND state NOT IN ('queued', 'running') AND (pr_state IS NULL OR pr_state = 'open') ORDER BY pk",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn set_pr_state(pool: &SqlitePool, key: TaskKey, state: PrState) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET pr_state = ? WHERE pk = ?")
+        .bind(state)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
