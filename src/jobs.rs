@@ -43,6 +43,32 @@ pub async fn push<J: Job>(
     Ok(id.to_string())
 }
 
+/// How many times a delivery or a GitHub effect is tried before it is given up.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// A payload that is tried again, after a wait, when it fails for a reason that may pass.
+pub trait Retried: Job + Sized {
+    /// Tries so far, before this one.
+    fn attempt(&self) -> u32;
+    /// The same payload, one attempt further.
+    fn again(self) -> Self;
+}
+
+/// Queues `job`'s next attempt to run after `wait`; `false`, and nothing queued, when it has
+/// been tried [`MAX_ATTEMPTS`] times.
+pub async fn retry<J: Retried>(
+    pool: &sqlx::SqlitePool,
+    job: J,
+    wait: Duration,
+) -> anyhow::Result<bool> {
+    if job.attempt() + 1 >= MAX_ATTEMPTS {
+        return Ok(false);
+    }
+    let mut conn = pool.acquire().await?;
+    push(&mut conn, &job.again(), wait).await?;
+    Ok(true)
+}
+
 /// [`push`] on a connection of its own, now.
 pub async fn push_now<J: Job>(pool: &sqlx::SqlitePool, job: &J) -> anyhow::Result<String> {
     let mut conn = pool.acquire().await?;
@@ -72,6 +98,19 @@ pub struct HandleDelivery {
     pub delivery: String,
     #[serde(default)]
     pub attempt: u32,
+}
+
+impl Retried for HandleDelivery {
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn again(self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self
+        }
+    }
 }
 
 impl Job for HandleDelivery {
@@ -124,6 +163,19 @@ impl OutboxJob {
     /// The first try of `effect`.
     pub fn new(effect: Effect) -> Self {
         Self { effect, attempt: 0 }
+    }
+}
+
+impl Retried for OutboxJob {
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn again(self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self
+        }
     }
 }
 

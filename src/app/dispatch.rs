@@ -40,21 +40,18 @@ async fn handle_delivery_inner(
     job: HandleDelivery,
     engine: Data<Arc<Engine>>,
 ) -> Result<(), BoxDynError> {
-    const MAX_ATTEMPTS: u32 = 8;
     let wait = crate::bot::handler::handle(&engine, &job.delivery)
         .await
         .map_err(|e| -> BoxDynError { format!("{e:#}").into() })?;
     if let Some(wait) = wait {
-        if job.attempt + 1 >= MAX_ATTEMPTS {
-            tracing::error!(delivery = %job.delivery, "giving up after {MAX_ATTEMPTS} attempts");
-            return Ok(());
+        let delivery = job.delivery.clone();
+        if !crate::jobs::retry(&engine.pool, job, wait).await? {
+            tracing::error!(
+                %delivery,
+                "giving up after {} attempts",
+                crate::jobs::MAX_ATTEMPTS
+            );
         }
-        let again = HandleDelivery {
-            delivery: job.delivery.clone(),
-            attempt: job.attempt + 1,
-        };
-        let mut conn = engine.pool.acquire().await?;
-        crate::jobs::push(&mut conn, &again, wait).await?;
     }
     Ok(())
 }

@@ -17,8 +17,6 @@ use crate::github::event::InstallationId;
 pub use crate::jobs::{Effect, OutboxJob};
 use crate::store;
 
-const MAX_ATTEMPTS: u32 = 8;
-
 /// Runs one outbox job; retryable failures are queued again with GitHub's wait.
 pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
     let Some(gh) = engine.github.clone() else {
@@ -31,23 +29,24 @@ pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
         Retry::After(d) => Some(d),
         Retry::Backoff => Some(Duration::from_secs(2u64.pow(job.attempt.min(8)))),
     };
-    match wait {
-        Some(d) if job.attempt + 1 < MAX_ATTEMPTS => {
+    let effect = job.effect.clone();
+    let attempt = job.attempt;
+    let retried = match wait {
+        Some(d) => crate::jobs::retry(&engine.pool, job, d).await?,
+        None => false,
+    };
+    match (retried, wait) {
+        (true, Some(d)) => {
             tracing::warn!(
-                attempt = job.attempt,
+                attempt,
                 "GitHub side effect failed, again in {}s: {e}",
                 d.as_secs()
             );
-            let again = OutboxJob {
-                effect: job.effect,
-                attempt: job.attempt + 1,
-            };
-            let mut conn = engine.pool.acquire().await?;
-            crate::jobs::push(&mut conn, &again, d).await.map(|_| ())
+            Ok(())
         }
         _ => {
             tracing::error!("GitHub side effect dropped: {e}");
-            if let Effect::Status { task } | Effect::OpenPr { task } = job.effect
+            if let Effect::Status { task } | Effect::OpenPr { task } = effect
                 && let Ok(Some(t)) = store::get_task(&engine.pool, task).await
             {
                 let _ = store::add_event(
