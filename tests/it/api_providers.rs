@@ -3,14 +3,11 @@
 //! working directory, commands never see the API key, and failures fall back or go back to
 //! the model like a CLI's.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::fake_models::{FakeModels, Turn};
 use crate::support::{World, git, spec};
 
-const WAIT: Duration = Duration::from_secs(60);
 const KEY: &str = "sk-test-0123456789";
 
 /// The tool results the model received in request `n` (Anthropic form): (content, is_error).
@@ -76,9 +73,7 @@ async fn the_anthropic_api_writes_the_change_through_tools_confined_to_the_workt
             ),
         )
         .await;
-    let task = server
-        .wait_for("API-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("API-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["provider"], "anthropic_api");
     // Four answers of 100 tokens in and 20 out, at $3 and $15 per million.
@@ -176,9 +171,7 @@ async fn a_refused_key_falls_back_to_the_openai_api_and_gate_failures_go_back_to
             ),
         )
         .await;
-    let task = server
-        .wait_for("API-2", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("API-2").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["provider"], "openai_api");
     assert_eq!(task["rounds"], 2, "{task:#}");
@@ -254,9 +247,7 @@ async fn a_model_that_never_finishes_is_stopped_at_max_turns_and_its_tokens_stil
     server
         .post_spec("application/yaml", &spec("API-4", "max_rounds: 1\n"))
         .await;
-    let task = server
-        .wait_for("API-4", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("API-4").await;
     assert_ne!(task["state"], "passed", "{task:#}");
     assert_eq!(fake.requests().len(), 2, "stopped at max_turns");
     let events = task["events"].to_string();

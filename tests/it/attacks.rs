@@ -11,7 +11,7 @@ use crate::github_app::{REPO, app_with_setup};
 use crate::support::{CLAUDE_OK, World, git, spec};
 use crate::webhooks::deliver;
 
-const ENDED: &[&str] = &["passed", "failed", "error", "cancelled"];
+use crate::support::ENDED;
 
 /// One raw HTTP/1.1 request (the `Host` and every header exactly as given); the status code
 /// and the body.

@@ -58,6 +58,18 @@ async fn app() -> App {
 }
 
 impl App {
+    /// GitHub tells autodev that `by` put `label` on issue #1, in a delivery of its own;
+    /// autodev takes it in.
+    pub async fn label(&self, label: &str, by: &str) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = format!(
+            "story-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (status, body) = deliver(&self.server, "issues", &id, &self.labeled(label, by)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+
     pub fn labeled(&self, label: &str, sender: &str) -> Value {
         let mut p = labeled(label, sender);
         p["repository"]["clone_url"] = json!(self.git.clone_url(REPO));
@@ -121,14 +133,7 @@ async fn a_label_from_a_writer_makes_one_task_with_a_reaction_and_a_status_comme
 
     // Labelling again while the task exists and has ended re-runs the same task, never a
     // second one; the status comment is edited, not posted again.
-    let ended = a
-        .server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(30),
-        )
-        .await;
+    let ended = a.server.ended("issue-1").await;
     a.fake
         .wait_until("the status comment edited to the final state", |st| {
             st.comments.iter().any(|c| {
@@ -189,13 +194,7 @@ async fn opened_and_labeled_for_one_new_issue_make_one_task() {
         deliver(&a.server, "issues", "OL-2", &labeled)
     );
     assert_eq!((s1.0, s2.0), (202, 202));
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(30),
-        )
-        .await;
+    a.server.ended("issue-1").await;
     let t = task(&a.server).await;
     assert_eq!(t["runs"], 1, "{t:#}");
     // Neither copy said "already running".
@@ -393,21 +392,8 @@ async fn a_labelled_issue_ends_as_a_pushed_branch_with_a_check_run_and_no_token_
         },
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "P-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    let t = a
-        .server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    let t = a.server.ended("issue-1").await;
     assert_eq!(t["state"], "passed", "{t:#}");
 
     // The branch is on the remote, with the agent's work.
@@ -512,21 +498,8 @@ async fn workflow_changes_are_not_pushed_and_the_task_says_why() {
         "cat >/dev/null\nmkdir -p ../.github/workflows 2>/dev/null; mkdir -p .github/workflows\necho 'on: push' > .github/workflows/ci.yml\necho '{CLAUDE_OK}'"
     ))
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "W-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    let t = a
-        .server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    let t = a.server.ended("issue-1").await;
     assert_eq!(t["state"], "failed", "{t:#}");
     let err = t["last_error"].as_str().unwrap();
     assert!(
@@ -551,13 +524,7 @@ async fn cancel_by_command_stops_the_agent_and_concludes_the_check_run_cancelled
         |world, _| world.unconfine(),
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "X-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     let pid: i32 = crate::support::wait_for_file(
         &a.world.agent_dir.join("agent.pid"),
         Duration::from_secs(30),
@@ -604,20 +571,8 @@ async fn re_run_on_the_check_run_retries_the_task() {
         "cat >/dev/null\ndate +%s%N >> runs.txt\necho '{CLAUDE_OK}'"
     ))
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "RR-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    a.server.ended("issue-1").await;
     a.fake
         .wait_until("the check run", |st| {
             st.check_runs.iter().any(|c| c.conclusion.is_some())
@@ -649,20 +604,8 @@ async fn fix_on_an_autodev_pull_request_runs_again_with_the_review() {
          case \"$prompt\" in *'Requested changes'*) echo fixed > fixed.txt ;; *) echo first > feature.txt ;; esac\necho '{CLAUDE_OK}'"
     ))
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "F-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    a.server.ended("issue-1").await;
     // Anyone can comment on a public pull request; only writers' review comments count.
     a.fake.set_permission(REPO, "reviewer", "write");
     a.fake.set_permission(REPO, "drive-by", "read");
@@ -824,13 +767,7 @@ async fn app_with_codeowners(codeowners: &str) -> App {
 }
 
 async fn wait_for_pr(a: &App) -> crate::fake_github::Pull {
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.server.ended("issue-1").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let t = task(&a.server).await;
@@ -857,13 +794,7 @@ async fn a_passed_task_gets_one_pull_request_with_codeowners_and_team_reviewers(
         "* @Codertocat\n*.txt @alice @acme/docs\n*.rs @bob\n/.github/ @acme/admins\n",
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "PR-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     let pr = wait_for_pr(&a).await;
     assert_eq!(pr.head_ref, "auto/backend/issue-1");
     assert_eq!(pr.base, "master");
@@ -918,20 +849,8 @@ async fn a_pull_request_made_before_a_crash_is_found_not_made_again() {
             title: "feat(backend): earlier".into(),
             ..Default::default()
         });
-    deliver(
-        &a.server,
-        "issues",
-        "PC-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    a.server.ended("issue-1").await;
     a.fake
         .wait_until("reviewers on the existing PR", |st| {
             st.pulls
@@ -956,13 +875,7 @@ async fn a_pull_request_made_before_a_crash_is_found_not_made_again() {
 #[tokio::test]
 async fn reviewers_github_refuses_are_reported_on_the_issue_once() {
     let a = app_with_codeowners("*.txt @mallory\n").await;
-    deliver(
-        &a.server,
-        "issues",
-        "RV-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     a.fake
         .wait_until("the refusal reported", |st| {
             st.comments
@@ -1014,20 +927,8 @@ async fn the_scheduled_prizer_opens_it_once_with_two_processes_on_one_database()
     )
     .await;
     let _second = a.world.worker();
-    deliver(
-        &a.server,
-        "issues",
-        "S-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    a.server.ended("issue-1").await;
     a.fake
         .wait_until("a pull request from the schedule", |st| {
             !st.pulls.is_empty()
@@ -1072,20 +973,8 @@ async fn pr_command_and_open_pr_button_open_it_on_demand() {
                 .any(|c| c.body.contains("no pull request to open yet"))
         })
         .await;
-    deliver(
-        &a.server,
-        "issues",
-        "B-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    a.server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    a.server.ended("issue-1").await;
     a.fake
         .wait_until("the Open PR button", |st| {
             st.check_runs.iter().any(|c| c.actions == ["open_pr"])
@@ -1121,13 +1010,7 @@ async fn checkpoints_are_pushed_while_the_agent_runs_and_the_final_commit_replac
         |world, _| world.write_config("providers:\n  order: [claude_cli]\nhygiene: {checkpoint_minutes: \"1s\"}\n"),
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "CK-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     let bare = a.git.root.join("codertocat/hello-world.git");
     // While the agent sleeps, the checkpoint reaches the remote, with an in-progress check run.
     a.fake
@@ -1139,14 +1022,7 @@ async fn checkpoints_are_pushed_while_the_agent_runs_and_the_final_commit_replac
         git(&bare, &["show", "auto/backend/issue-1:early.txt"]),
         "early"
     );
-    let t = a
-        .server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let t = a.server.ended("issue-1").await;
     assert_eq!(t["state"], "passed", "{t:#}");
     let head = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
     assert_eq!(
@@ -1184,21 +1060,8 @@ async fn an_agent_cannot_redirect_the_push_or_run_hooks_in_autodevs_git() {
          git config remote.origin.url http://127.0.0.1:9/evil.git\necho x > feature.txt\necho '{CLAUDE_OK}'"
     ))
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "H-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    let t = a
-        .server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    let t = a.server.ended("issue-1").await;
     assert_eq!(t["state"], "passed", "{t:#}");
     assert!(
         a.world.agent_dir.join("hook-selftest.txt").exists(),
@@ -1225,21 +1088,8 @@ async fn a_repository_allowed_workflow_changes_gets_them_pushed() {
         },
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "WA-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
-    let t = a
-        .server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error"],
-            Duration::from_secs(60),
-        )
-        .await;
+    a.label("autodev:backend", "Codertocat").await;
+    let t = a.server.ended("issue-1").await;
     assert_eq!(t["state"], "passed", "{t:#}");
     let bare = a.git.root.join("codertocat/hello-world.git");
     assert_eq!(
@@ -1296,13 +1146,7 @@ async fn a_branch_behind_its_base_is_rebased_checked_and_pushed() {
         with_rebase,
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "RB-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     wait_for_pr(&a).await;
     let bare = a.git.root.join("codertocat/hello-world.git");
     let before = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
@@ -1366,13 +1210,7 @@ async fn a_conflicting_base_leaves_the_branch_and_names_the_files_on_the_pr() {
         with_rebase,
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "RC-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     let pr = wait_for_pr(&a).await;
     let bare = a.git.root.join("codertocat/hello-world.git");
     let before = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
@@ -1410,13 +1248,7 @@ async fn a_closed_pull_requests_branch_is_pruned_from_the_mirror() {
         },
     )
     .await;
-    deliver(
-        &a.server,
-        "issues",
-        "PX-1",
-        &a.labeled("autodev:backend", "Codertocat"),
-    )
-    .await;
+    a.label("autodev:backend", "Codertocat").await;
     let pr = wait_for_pr(&a).await;
     let mirror = a.world.data.join("mirrors/codertocat__hello-world.git");
     git(

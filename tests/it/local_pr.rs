@@ -151,9 +151,7 @@ async fn a_passed_local_task_is_pushed_to_its_github_origin_and_gets_one_pull_re
     server
         .post_spec("application/yaml", &spec("LPR-1", ""))
         .await;
-    let task = server
-        .wait_for("LPR-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("LPR-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     let task = wait_for_pr_number(&server, "LPR-1").await;
 

@@ -24,9 +24,7 @@ async fn falls_back_past_a_missing_binary_and_a_failing_one() {
     server
         .post_spec("application/yaml", &spec("FB-1", ""))
         .await;
-    let task = server
-        .wait_for("FB-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("FB-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["provider"], "gemini_cli");
     let events: Vec<String> = task["events"]
@@ -72,9 +70,7 @@ async fn every_provider_failing_is_an_error_listing_each_reason() {
     server
         .post_spec("application/yaml", &spec("ALL-1", ""))
         .await;
-    let task = server
-        .wait_for("ALL-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("ALL-1").await;
     assert_eq!(task["state"], "error");
     let err = task["last_error"].as_str().unwrap();
     assert!(
@@ -102,9 +98,7 @@ async fn a_failing_gate_is_fed_back_and_round_two_passes() {
     server
         .post_spec("application/yaml", &spec("FIX-1", "acceptance:\n  tests: [\"test -f fixed.txt || { echo 'fixed.txt is missing'; exit 1; }\"]\n"))
         .await;
-    let task = server
-        .wait_for("FIX-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("FIX-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["rounds"], 2);
     let gates = task["gates"].as_array().unwrap();
@@ -142,9 +136,7 @@ async fn rounds_exhausted_ends_failed_with_the_gate_and_its_output() {
             ),
         )
         .await;
-    let task = server
-        .wait_for("NOPE-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("NOPE-1").await;
     assert_eq!(task["state"], "failed");
     assert_eq!(task["rounds"], 2);
     let err = task["last_error"].as_str().unwrap();
@@ -168,9 +160,7 @@ async fn an_agent_that_changes_nothing_fails_the_task() {
     server
         .post_spec("application/yaml", &spec("IDLE-1", ""))
         .await;
-    let task = server
-        .wait_for("IDLE-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("IDLE-1").await;
     assert_eq!(task["state"], "failed");
     assert!(
         task["last_error"]
@@ -189,9 +179,7 @@ async fn an_agent_that_commits_its_own_work_counts_as_a_change() {
     server
         .post_spec("application/yaml", &spec("SELF-1", ""))
         .await;
-    let task = server
-        .wait_for("SELF-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("SELF-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     let author = git(
         &world.repo,
@@ -222,9 +210,7 @@ async fn a_hanging_agent_is_killed_at_the_timeout_with_nothing_left_behind() {
         .trim()
         .parse()
         .unwrap();
-    let task = server
-        .wait_for("HANG-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("HANG-1").await;
     assert_eq!(task["state"], "failed");
     assert!(
         task["last_error"].as_str().unwrap().contains("timed out"),
@@ -329,18 +315,14 @@ async fn retry_continues_on_the_same_branch() {
             ),
         )
         .await;
-    let first = server
-        .wait_for("RT-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let first = server.ended("RT-1").await;
     assert_eq!(first["state"], "failed");
     let first_head = first["head_sha"].as_str().unwrap().to_owned();
 
     let (status, body) = server.post("/tasks/RT-1/retry").await;
     assert_eq!(status, 202, "{body}");
     assert_ne!(body["job_id"], first["job_id"], "a retry is a new job");
-    let second = server
-        .wait_for("RT-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let second = server.ended("RT-1").await;
     assert_eq!(second["state"], "passed", "{second:#}");
     assert_eq!(second["runs"], 2);
     let log = git(
@@ -413,9 +395,7 @@ async fn the_agent_sees_no_secret_and_a_home_of_its_own() {
     server
         .post_spec("application/yaml", &spec("ENV-1", ""))
         .await;
-    let task = server
-        .wait_for("ENV-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("ENV-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
 
     let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap();
@@ -495,17 +475,11 @@ async fn base_branch_comes_from_the_spec_then_dev_branch_and_a_missing_one_is_an
     server
         .post_spec("application/yaml", &spec("B-3", "base_branch: nope\n"))
         .await;
-    let one = server
-        .wait_for("B-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let one = server.ended("B-1").await;
     assert_eq!(one["base_branch"], "develop");
-    let two = server
-        .wait_for("B-2", &["passed", "failed", "error"], WAIT)
-        .await;
+    let two = server.ended("B-2").await;
     assert_eq!(two["base_branch"], "release");
-    let three = server
-        .wait_for("B-3", &["passed", "failed", "error"], WAIT)
-        .await;
+    let three = server.ended("B-3").await;
     assert_eq!(three["state"], "error");
     assert!(
         three["last_error"]
@@ -543,9 +517,7 @@ async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
     server
         .post_spec("application/yaml", &spec("CLN-1", ""))
         .await;
-    let task = server
-        .wait_for("CLN-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("CLN-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     // Where autodev puts it (the record may be cleared already: clean-up runs every second).
     let path = world.data.join("worktrees/local/CLN-1");
@@ -604,9 +576,7 @@ async fn checkpoints_while_the_agent_writes_lose_nothing_and_break_nothing() {
     server
         .post_spec("application/yaml", &spec("CP-1", ""))
         .await;
-    let task = server
-        .wait_for("CP-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("CP-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     let checkpoints = task["events"]
         .as_array()
@@ -661,9 +631,7 @@ async fn in_local_mode_a_passed_branch_behind_its_base_is_rebased_in_place() {
             &spec("LRB-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n"),
         )
         .await;
-    let task = server
-        .wait_for("LRB-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("LRB-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     std::fs::write(world.repo.join("base.txt"), "moved on\n").unwrap();
     git(&world.repo, &["add", "base.txt"]);
@@ -754,9 +722,7 @@ async fn autodev_checkpoint_by_hand_saves_a_running_tasks_work() {
             .starts_with("chore(backend): checkpoint"),
     );
     std::fs::write(world.agent_dir.join("go"), "").unwrap();
-    let task = server
-        .wait_for("CPH-1", &["passed", "failed", "error"], WAIT)
-        .await;
+    let task = server.ended("CPH-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
 }
 
@@ -791,13 +757,7 @@ async fn the_users_gc_while_a_task_runs_breaks_nothing() {
     git(&world.repo, &["reflog", "expire", "--expire=now", "--all"]);
     git(&world.repo, &["gc", "-q", "--prune=now"]);
     std::fs::write(world.agent_dir.join("go"), "go").unwrap();
-    let task = server
-        .wait_for(
-            "GC-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let task = server.ended("GC-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(world.left("log.txt"), "the base\n");
     assert_eq!(

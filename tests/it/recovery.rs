@@ -40,13 +40,7 @@ async fn a_killed_server_restarts_the_task_once_and_stops_the_old_agent() {
     );
 
     let server = world.serve();
-    let task = server
-        .wait_for(
-            "CRASH-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let task = server.ended("CRASH-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert!(!alive(agent), "old agent {agent} still running");
     assert!(!alive(child), "old agent's child {child} still running");
@@ -129,9 +123,7 @@ async fn two_processes_on_one_database_run_each_task_once() {
         assert_eq!(status, 201);
     }
     for id in &ids {
-        let task = server
-            .wait_for(id, &["passed", "failed", "error"], Duration::from_secs(60))
-            .await;
+        let task = server.ended(id).await;
         assert_eq!(task["state"], "passed", "{task:#}");
     }
     let runs = std::fs::read_to_string(world.agent_dir.join("runs.txt")).unwrap();
@@ -185,13 +177,7 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
     assert!(alive(agent) && alive(child), "the orphaned agent runs on");
 
     let server = world.serve();
-    let task = server
-        .wait_for(
-            "UNREC-1",
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let task = server.ended("UNREC-1").await;
     assert_eq!(task["state"], "passed", "{task:#}");
     assert!(!alive(agent), "old agent {agent} still running");
     assert!(!alive(child), "old agent's child {child} still running");

@@ -453,16 +453,19 @@ impl World {
     }
 }
 
+/// The states a task ends in.
+pub const ENDED: &[&str] = &["passed", "failed", "error", "cancelled"];
+
 impl Server {
+    /// Waits until task `id` has ended (see [`ENDED`]); the task.
+    pub async fn ended(&self, id: &str) -> Value {
+        self.wait_for(id, ENDED, Duration::from_secs(60)).await
+    }
+
     /// Submits `spec(id, extra)` and waits until the task has ended; the task.
     pub async fn run_to_end(&self, id: &str, extra: &str) -> Value {
         let (status, body) = self.post_spec("application/yaml", &spec(id, extra)).await;
         assert_eq!(status, 201, "{body}");
-        self.wait_for(
-            id,
-            &["passed", "failed", "error", "cancelled"],
-            Duration::from_secs(60),
-        )
-        .await
+        self.ended(id).await
     }
 }
