@@ -69,6 +69,27 @@ pub async fn retry<J: Retried>(
     Ok(true)
 }
 
+/// [`Retried`] for a payload with an `attempt` field.
+macro_rules! retried {
+    ($payload:ty) => {
+        impl Retried for $payload {
+            fn attempt(&self) -> u32 {
+                self.attempt
+            }
+
+            fn again(self) -> Self {
+                Self {
+                    attempt: self.attempt + 1,
+                    ..self
+                }
+            }
+        }
+    };
+}
+
+retried!(HandleDelivery);
+retried!(OutboxJob);
+
 /// [`push`] on a connection of its own, now.
 pub async fn push_now<J: Job>(pool: &sqlx::SqlitePool, job: &J) -> anyhow::Result<String> {
     let mut conn = pool.acquire().await?;
@@ -98,19 +119,6 @@ pub struct HandleDelivery {
     pub delivery: String,
     #[serde(default)]
     pub attempt: u32,
-}
-
-impl Retried for HandleDelivery {
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn again(self) -> Self {
-        Self {
-            attempt: self.attempt + 1,
-            ..self
-        }
-    }
 }
 
 impl Job for HandleDelivery {
@@ -163,19 +171,6 @@ impl OutboxJob {
     /// The first try of `effect`.
     pub fn new(effect: Effect) -> Self {
         Self { effect, attempt: 0 }
-    }
-}
-
-impl Retried for OutboxJob {
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn again(self) -> Self {
-        Self {
-            attempt: self.attempt + 1,
-            ..self
-        }
     }
 }
 

@@ -233,6 +233,20 @@ impl FakeGithub {
         }
     }
 
+    /// Waits until a comment holding `needle` is there (on any issue); that comment.
+    pub async fn comment_with(&self, needle: &str) -> Comment {
+        self.wait_until(&format!("a comment holding {needle:?}"), |st| {
+            st.comments.iter().any(|c| c.body.contains(needle))
+        })
+        .await;
+        let st = self.state.lock().unwrap();
+        st.comments
+            .iter()
+            .find(|c| c.body.contains(needle))
+            .cloned()
+            .expect("seen above")
+    }
+
     /// The next request(s) get this answer instead of being handled.
     pub fn fail_next(&self, status: u16, headers: &[(&str, &str)]) {
         self.state.lock().unwrap().failures.push_back((

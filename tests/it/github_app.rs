@@ -61,13 +61,28 @@ impl App {
     /// GitHub tells autodev that `by` put `label` on issue #1, in a delivery of its own;
     /// autodev takes it in.
     pub async fn label(&self, label: &str, by: &str) {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = format!(
-            "story-{}",
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let (status, body) = deliver(&self.server, "issues", &id, &self.labeled(label, by)).await;
+        let (status, body) = deliver(
+            &self.server,
+            "issues",
+            &story_id(),
+            &self.labeled(label, by),
+        )
+        .await;
         assert_eq!(status, 202, "{body}");
+    }
+
+    /// GitHub tells autodev that `by` commented `body` on issue #1, in a delivery of its own;
+    /// autodev takes it in.
+    pub async fn say(&self, body: &str, by: &str) -> Value {
+        let (status, answer) = deliver(
+            &self.server,
+            "issue_comment",
+            &story_id(),
+            &comment(body, by),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        answer
     }
 
     pub fn labeled(&self, label: &str, sender: &str) -> Value {
@@ -75,6 +90,15 @@ impl App {
         p["repository"]["clone_url"] = json!(self.git.clone_url(REPO));
         p
     }
+}
+
+/// A delivery id no other delivery of the test run has.
+fn story_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "story-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 fn labeled(label: &str, sender: &str) -> Value {
@@ -111,13 +135,7 @@ async fn a_label_from_a_writer_makes_one_task_with_a_reaction_and_a_status_comme
     )
     .await;
     assert_eq!(status, 202);
-    a.fake
-        .wait_until("the status comment", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("autodev:status issue-1"))
-        })
-        .await;
+    a.fake.comment_with("autodev:status issue-1").await;
     a.fake
         .wait_until("the eyes reaction", |st| {
             st.reactions.iter().any(|r| r.1 == "eyes")
@@ -220,20 +238,9 @@ async fn an_unauthorized_person_is_refused_once_and_nothing_runs() {
         &labeled("autodev:backend", "mallory"),
     )
     .await;
-    deliver(
-        &a.server,
-        "issue_comment",
-        "U-2",
-        &comment("/autodev run backend\n/autodev retry", "mallory"),
-    )
-    .await;
-    deliver(
-        &a.server,
-        "issue_comment",
-        "U-3",
-        &comment("/autodev run backend", "eve"),
-    )
-    .await;
+    a.say("/autodev run backend\n/autodev retry", "mallory")
+        .await;
+    a.say("/autodev run backend", "eve").await;
     a.fake
         .wait_until("a refusal for each of them", |st| {
             ["@mallory", "@eve"]
@@ -264,32 +271,16 @@ async fn an_unauthorized_person_is_refused_once_and_nothing_runs() {
 #[tokio::test]
 async fn commands_in_code_blocks_and_bot_comments_are_ignored_and_help_answers() {
     let a = app().await;
-    let (_, body) = deliver(
-        &a.server,
-        "issue_comment",
-        "C-1",
-        &comment("Try this:\n```\n/autodev run backend\n```", "Codertocat"),
-    )
-    .await;
+    let body = a
+        .say("Try this:\n```\n/autodev run backend\n```", "Codertocat")
+        .await;
     assert_eq!(body["ok"], "queued");
     let mut bot = comment("/autodev run backend", "autodev[bot]");
     bot["comment"]["user"]["type"] = json!("Bot");
     let (_, body) = deliver(&a.server, "issue_comment", "C-2", &bot).await;
     assert!(body["ignored"].as_str().unwrap().contains("bot"), "{body}");
-    deliver(
-        &a.server,
-        "issue_comment",
-        "C-3",
-        &comment("/autodev frobnicate", "Codertocat"),
-    )
-    .await;
-    a.fake
-        .wait_until("the help reply", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("unknown command `frobnicate`"))
-        })
-        .await;
+    a.say("/autodev frobnicate", "Codertocat").await;
+    a.fake.comment_with("unknown command `frobnicate`").await;
     let reply = a
         .fake
         .comments(1)
@@ -306,19 +297,9 @@ async fn commands_in_code_blocks_and_bot_comments_are_ignored_and_help_answers()
         .get("/repos/codertocat/hello-world/tasks/issue-1")
         .await;
     assert_eq!(status, 404, "the command in the code block did not run");
-    deliver(
-        &a.server,
-        "issue_comment",
-        "C-4",
-        &comment("/autodev status", "Codertocat"),
-    )
-    .await;
+    a.say("/autodev status", "Codertocat").await;
     a.fake
-        .wait_until("the status reply", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("no autodev task for this issue yet"))
-        })
+        .comment_with("no autodev task for this issue yet")
         .await;
 }
 
@@ -327,35 +308,11 @@ async fn github_failing_then_rate_limiting_is_retried_without_duplicates() {
     let a = app().await;
     // The permission lookup meets a 500, then the reply meets a secondary rate limit.
     a.fake.fail_next(500, &[]);
-    deliver(
-        &a.server,
-        "issue_comment",
-        "R-1",
-        &comment("/autodev help", "Codertocat"),
-    )
-    .await;
-    a.fake
-        .wait_until("the help reply", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("autodev commands"))
-        })
-        .await;
+    a.say("/autodev help", "Codertocat").await;
+    a.fake.comment_with("autodev commands").await;
     a.fake.fail_next(403, &[("retry-after", "1")]);
-    deliver(
-        &a.server,
-        "issue_comment",
-        "R-2",
-        &comment("/autodev status", "Codertocat"),
-    )
-    .await;
-    a.fake
-        .wait_until("the status reply", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("no autodev task"))
-        })
-        .await;
+    a.say("/autodev status", "Codertocat").await;
+    a.fake.comment_with("no autodev task").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let comments = a.fake.comments(1);
     assert_eq!(
@@ -509,11 +466,7 @@ async fn workflow_changes_are_not_pushed_and_the_task_says_why() {
     let bare = a.git.root.join("codertocat/hello-world.git");
     let branches = git(&bare, &["branch", "--list", "auto/*"]);
     assert!(branches.is_empty(), "nothing was pushed: {branches}");
-    a.fake
-        .wait_until("the status comment says why", |st| {
-            st.comments.iter().any(|c| c.body.contains("not pushed"))
-        })
-        .await;
+    a.fake.comment_with("not pushed").await;
 }
 
 #[tokio::test]
@@ -533,13 +486,7 @@ async fn cancel_by_command_stops_the_agent_and_concludes_the_check_run_cancelled
     .trim()
     .parse()
     .unwrap();
-    deliver(
-        &a.server,
-        "issue_comment",
-        "X-2",
-        &comment("/autodev cancel", "Codertocat"),
-    )
-    .await;
+    a.say("/autodev cancel", "Codertocat").await;
     let t = a
         .server
         .wait_for(
@@ -863,26 +810,14 @@ async fn a_pull_request_made_before_a_crash_is_found_not_made_again() {
         1,
         "no second pull request"
     );
-    a.fake
-        .wait_until("the status comment links PR 77", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("pull request: #77"))
-        })
-        .await;
+    a.fake.comment_with("pull request: #77").await;
 }
 
 #[tokio::test]
 async fn reviewers_github_refuses_are_reported_on_the_issue_once() {
     let a = app_with_codeowners("*.txt @mallory\n").await;
     a.label("autodev:backend", "Codertocat").await;
-    a.fake
-        .wait_until("the refusal reported", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("refused its reviewers"))
-        })
-        .await;
+    a.fake.comment_with("refused its reviewers").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let st = a.fake.state.lock().unwrap();
     assert_eq!(st.pulls.len(), 1, "the pull request is open anyway");
@@ -959,20 +894,8 @@ async fn pr_command_and_open_pr_button_open_it_on_demand() {
         |world, _| hygiene(world, "600"),
     )
     .await;
-    deliver(
-        &a.server,
-        "issue_comment",
-        "B-0",
-        &comment("/autodev pr", "Codertocat"),
-    )
-    .await;
-    a.fake
-        .wait_until("no task yet", |st| {
-            st.comments
-                .iter()
-                .any(|c| c.body.contains("no pull request to open yet"))
-        })
-        .await;
+    a.say("/autodev pr", "Codertocat").await;
+    a.fake.comment_with("no pull request to open yet").await;
     a.label("autodev:backend", "Codertocat").await;
     a.server.ended("issue-1").await;
     a.fake
@@ -992,13 +915,7 @@ async fn pr_command_and_open_pr_button_open_it_on_demand() {
     a.fake
         .wait_until("the pull request", |st| st.pulls.len() == 1)
         .await;
-    deliver(
-        &a.server,
-        "issue_comment",
-        "B-3",
-        &comment("/autodev pr", "Codertocat"),
-    )
-    .await;
+    a.say("/autodev pr", "Codertocat").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(pr_posts(&a), 1, "asking again does not open a second one");
 }
