@@ -241,3 +241,105 @@ pub const OPEN_PR_ACTION: &str = "open_pr";
 pub fn nothing_to_open() -> String {
     "There is no passed and pushed autodev task for this issue, so there is no pull request to open yet.".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::core::ids::TaskKey;
+
+    /// A task of issue #7 that failed its tests in round 2 after a passing lint.
+    fn failed_task() -> (TaskRow, Vec<GateRow>) {
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 9, 30, 0).unwrap();
+        let task = TaskRow {
+            pk: TaskKey(42),
+            repo: "acme/web".into(),
+            task_id: "issue-7".into(),
+            role: "backend".into(),
+            title: "Add a health check".into(),
+            spec: "{}".into(),
+            branch: "auto/backend/issue-7".into(),
+            base_branch: Some("main".into()),
+            state: TaskState::Failed,
+            run_seq: 1,
+            job_id: None,
+            rounds: 2,
+            provider: Some("claude_cli".into()),
+            last_error: Some("acceptance not met after 2 round(s): tests: exit 1".into()),
+            head_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            worktree: None,
+            cost_usd: Some(0.42),
+            cancel_requested: false,
+            lease_owner: None,
+            lease_until: None,
+            agent_pgid: None,
+            agent_marker: None,
+            created_at: at,
+            updated_at: at,
+            started_at: Some(at),
+            finished_at: Some(at),
+            installation_id: Some(1),
+            issue_number: Some(7),
+            requested_by: Some("octocat".into()),
+            status_comment_id: None,
+            check_run_id: None,
+            clone_url: None,
+            pushed_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            pr_number: None,
+            pr_state: None,
+            notice: Some("the issue's `autodev` block was not read".into()),
+            base_sha: None,
+        };
+        let gate = |round, gate: &str, status: &str, code, output: &str| GateRow {
+            run_seq: 1,
+            round,
+            gate: gate.into(),
+            command: Some(format!("make {gate}")),
+            status: status.into(),
+            exit_code: code,
+            duration_ms: 1200,
+            output: output.into(),
+            at,
+        };
+        let gates = vec![
+            gate(2, "lint", "passed", Some(0), ""),
+            gate(
+                2,
+                "tests",
+                "failed",
+                Some(1),
+                "test health ... FAILED\n```\nclosing the block is not possible\n",
+            ),
+        ];
+        (task, gates)
+    }
+
+    #[test]
+    fn the_status_comment_of_a_failed_task() {
+        let (task, gates) = failed_task();
+        insta::assert_snapshot!(status_comment(
+            &task,
+            &gates,
+            Some("https://autodev.example.com/view/repos/acme/web/tasks/issue-7")
+        ));
+    }
+
+    #[test]
+    fn the_check_run_of_a_failed_task() {
+        let (task, gates) = failed_task();
+        let (title, summary, text) = check_output(&task, &gates);
+        insta::assert_snapshot!(format!("{title}\n---\n{summary}\n---\n{text}"));
+    }
+
+    #[test]
+    fn the_pull_request_body_of_a_passed_task() {
+        let (mut task, mut gates) = failed_task();
+        task.state = TaskState::Passed;
+        task.last_error = None;
+        gates[1].status = "passed".into();
+        gates[1].exit_code = Some(0);
+        gates[1].output = String::new();
+        insta::assert_snapshot!(pr_body(&task, &gates));
+    }
+}
