@@ -168,14 +168,7 @@ impl Git {
                 .arg(format!("--work-tree={}", tree.display()));
         }
         cmd.args(["-c", &name, "-c", &email, "-c", "commit.gpgsign=false"])
-            // Without a sandbox the agent can write to the repository's config and hooks:
-            // none of its hooks or file monitors run in autodev's git.
-            .args([
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "core.fsmonitor=false",
-            ]);
+            .args(NO_HOOKS);
         // The token reaches git on a pipe (its file descriptor 3), read by a credential helper
         // that answers only for the clone URL's host: never in an environment (which a
         // process of the same user could read in /proc) or on a command line.
@@ -203,16 +196,8 @@ impl Git {
             );
         }
         cmd.args(args)
-            // Only what git needs of autodev's environment: never its secrets.
             .env_clear()
-            .envs(
-                ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
-                    .iter()
-                    .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
-            )
-            .env("GIT_TERMINAL_PROMPT", "0")
-            // The agent can write `refs/replace/`: autodev's git sees the real objects.
-            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .envs(git_env())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -453,21 +438,10 @@ impl Git {
             let mut all: Vec<String> = vec![
                 format!("--git-dir={home_s}"),
                 format!("--work-tree={tree_s}"),
-                "-c".into(),
-                "core.hooksPath=/dev/null".into(),
-                "-c".into(),
-                "core.fsmonitor=false".into(),
             ];
-            all.extend(args.iter().map(|a| (*a).to_owned()));
-            let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
-                .iter()
-                .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-                .collect();
-            env.extend([
-                ("GIT_TERMINAL_PROMPT".into(), "0".into()),
-                ("GIT_NO_REPLACE_OBJECTS".into(), "1".into()),
-                ("GIT_INDEX_FILE".into(), index.display().to_string()),
-            ]);
+            all.extend(NO_HOOKS.iter().chain(args).map(|a| (*a).to_owned()));
+            let mut env = git_env();
+            env.push(("GIT_INDEX_FILE".into(), index.display().to_string()));
             let job = crate::proc::exec::Job {
                 program: PathBuf::from("git"),
                 args: all,
@@ -609,12 +583,7 @@ impl Git {
                 to,
             ])
             .env_clear()
-            .envs(
-                ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
-                    .iter()
-                    .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
-            )
-            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .envs(git_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -1344,6 +1313,28 @@ fn plain_git_dir(dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Without a sandbox the agent can write to a repository's config and hooks: none of its
+/// hooks or file monitors run in autodev's git.
+const NO_HOOKS: [&str; 4] = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+];
+
+/// The whole environment of every git autodev runs: only what git needs of autodev's own
+/// (never its secrets), no prompts, and the real objects whatever `refs/replace/` the agent
+/// wrote.
+fn git_env() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
+    env.push(("GIT_NO_REPLACE_OBJECTS".into(), "1".into()));
+    env
 }
 
 /// git's empty tree, which every repository knows.

@@ -173,54 +173,40 @@ async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
         if state != "closed" {
             continue;
         }
-        if task.installation_id.is_none() {
+        let what = if task.installation_id.is_none() {
             // Local mode: the branch is in the user's repository, and stays there.
-            crate::store::set_pr_state(&engine.pool, task.pk, crate::store::PrState::Closed)
-                .await?;
-            engine
-                .record(
-                    task.pk,
-                    task.run_seq,
-                    crate::store::EventKind::Cleanup,
-                    &format!(
-                        "pull request #{pr} is closed: {} is no longer kept up to date",
-                        task.branch
-                    ),
-                )
-                .await;
-            continue;
-        }
-        let mirror = engine.mirror_path(&task.repo_name());
-        let _lock =
-            crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
-        if let Some(wt) = task.worktree.as_deref() {
+            format!("{} is no longer kept up to date", task.branch)
+        } else {
+            let mirror = engine.mirror_path(&task.repo_name());
+            let _lock =
+                crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+            if let Some(wt) = task.worktree.as_deref() {
+                engine
+                    .git
+                    .remove_worktree(&mirror, std::path::Path::new(wt))
+                    .await?;
+                crate::store::clear_worktree(&engine.pool, task.pk).await?;
+            }
             engine
                 .git
-                .remove_worktree(&mirror, std::path::Path::new(wt))
+                .delete_branch(
+                    &mirror,
+                    &task.branch,
+                    &format!("refs/autodev/checkpoints/{}", task.task_id),
+                )
                 .await?;
-            crate::store::clear_worktree(&engine.pool, task.pk).await?;
-        }
-        engine
-            .git
-            .delete_branch(
-                &mirror,
-                &task.branch,
-                &format!("refs/autodev/checkpoints/{}", task.task_id),
-            )
-            .await?;
+            pruned += 1;
+            format!("pruned {} from the mirror", task.branch)
+        };
         crate::store::set_pr_state(&engine.pool, task.pk, crate::store::PrState::Closed).await?;
         engine
             .record(
                 task.pk,
                 task.run_seq,
                 crate::store::EventKind::Cleanup,
-                &format!(
-                    "pull request #{pr} is closed: pruned {} from the mirror",
-                    task.branch
-                ),
+                &format!("pull request #{pr} is closed: {what}"),
             )
             .await;
-        pruned += 1;
     }
     Ok(pruned)
 }
