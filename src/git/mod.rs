@@ -1,6 +1,6 @@
 //! Git: task repositories, snapshots, commits, pushes and the workflow guard (`ops`), and
-//! CODEOWNERS (`codeowners`). Imports `proc` (to run git, confined when asked); never the
-//! store, the engine or GitHub.
+//! CODEOWNERS (`codeowners`). Imports `core`, `config` and `proc` (to run git, confined when
+//! asked); never the store, the engine or GitHub.
 
 pub mod codeowners;
 pub mod ops;
