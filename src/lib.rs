@@ -13,7 +13,7 @@
 //! | the core service | [`engine`] (submit, cancel, retry, record) |
 //! | agents | [`agent`] (providers: CLIs and the API tool loop) |
 //! | GitHub behaviour | [`bot`] (intake, handlers, commands, the outbox of effects, local mode's `origin`) |
-//! | one task's life | [`run`] (the pipeline, gates, prompts) |
+//! | one task's life | [`run`] (the pipeline in steps: prepare, rounds, finalize; gates, prompts) |
 //! | schedules | [`maintenance`] (checkpoints, rebases, clean-up, pull request sweeps) |
 //! | HTTP | [`web`] (the JSON API, task pages, request guards) |
 //! | the program | [`app`] (command line, queue dispatch and worker supervision) |

@@ -648,7 +648,8 @@ async fn catch_up(
         let no_record =
             |_: Option<i32>| -> futures::future::BoxFuture<'static, ()> { Box::pin(async {}) };
         let paths = engine.task_paths(&tmp, &home_git);
-        let egress = crate::run::pipeline::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
+        let mut egress =
+            crate::run::workspace::RunEgress::start(engine, &homes, task.pk, task.run_seq)?;
         let round = task.rounds + 1;
         let at = crate::run::gates::Recorded {
             engine,

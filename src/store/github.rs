@@ -157,8 +157,8 @@ pub async fn set_github_origin<'e, E: Executor<'e, Database = Sqlite>>(
 
 /// Whether autodev may answer `login` on issue `issue` of `repo` now: true at most once per
 /// `window` for each of them (the claim is recorded).
-pub async fn claim_outsider_reply(
-    pool: &SqlitePool,
+pub async fn claim_outsider_reply<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     repo: &str,
     issue: i64,
     login: &str,
@@ -175,71 +175,87 @@ pub async fn claim_outsider_reply(
     .bind(login.to_lowercase())
     .bind(now)
     .bind(now - window.as_millis() as i64)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_status_comment(
-    pool: &SqlitePool,
+pub async fn set_status_comment<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     comment_id: i64,
 ) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET status_comment_id = ? WHERE pk = ?")
         .bind(comment_id)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
-pub async fn set_pushed(pool: &SqlitePool, key: TaskKey, sha: &str) -> anyhow::Result<()> {
+pub async fn set_pushed<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    sha: &str,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET pushed_sha = ? WHERE pk = ?")
         .bind(sha)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
-pub async fn set_check_run(pool: &SqlitePool, key: TaskKey, id: i64) -> anyhow::Result<()> {
+pub async fn set_check_run<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    id: i64,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET check_run_id = ? WHERE pk = ?")
         .bind(id)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
 /// What became of a delivery after its job looked at it (e.g. refused).
-pub async fn set_delivery_outcome(
-    pool: &SqlitePool,
+pub async fn set_delivery_outcome<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     id: &str,
     outcome: &str,
 ) -> anyhow::Result<()> {
     sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
         .bind(outcome)
         .bind(id)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
-pub async fn set_pr(pool: &SqlitePool, key: TaskKey, number: i64) -> anyhow::Result<()> {
+pub async fn set_pr<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    number: i64,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET pr_number = ?, pr_state = 'open' WHERE pk = ?")
         .bind(number)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
 /// Records where a local task's branch goes on GitHub, the first time only.
-pub async fn set_local_remote(pool: &SqlitePool, key: TaskKey, url: &str) -> anyhow::Result<()> {
+pub async fn set_local_remote<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    url: &str,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET clone_url = ? WHERE pk = ? AND clone_url IS NULL")
         .bind(url)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
@@ -308,11 +324,15 @@ pub async fn tasks_with_pr_not_closed(pool: &SqlitePool) -> anyhow::Result<Vec<T
     .await?)
 }
 
-pub async fn set_pr_state(pool: &SqlitePool, key: TaskKey, state: PrState) -> anyhow::Result<()> {
+pub async fn set_pr_state<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    state: PrState,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE tasks SET pr_state = ? WHERE pk = ?")
         .bind(state)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }

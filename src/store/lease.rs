@@ -80,8 +80,8 @@ pub enum LeaseStatus {
     Lost,
 }
 
-pub async fn renew_lease(
-    pool: &SqlitePool,
+pub async fn renew_lease<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     owner: &str,
     ttl: Duration,
@@ -93,7 +93,7 @@ pub async fn renew_lease(
     .bind(now_ms() + ttl.as_millis() as i64)
     .bind(key)
     .bind(owner)
-    .fetch_optional(pool)
+    .fetch_optional(ex)
     .await?;
     Ok(match row {
         Some(cancel_requested) => LeaseStatus::Held { cancel_requested },
@@ -102,8 +102,8 @@ pub async fn renew_lease(
 }
 
 /// Marks a leased task running for this run.
-pub async fn mark_running(
-    pool: &SqlitePool,
+pub async fn mark_running<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     owner: &str,
     base_branch: &str,
@@ -123,15 +123,15 @@ pub async fn mark_running(
     .bind(now)
     .bind(key)
     .bind(owner)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
 
 /// Records the process group of the agent (or gate) now running, so that a later run can stop
 /// it if this process dies.
-pub async fn set_agent_process(
-    pool: &SqlitePool,
+pub async fn set_agent_process<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     pgid: Option<i64>,
     marker: Option<&str>,
@@ -140,14 +140,14 @@ pub async fn set_agent_process(
         .bind(pgid)
         .bind(marker)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
 /// Ends a run: final state, error, head, and the lease released. Only the lease holder can.
-pub async fn finish(
-    pool: &SqlitePool,
+pub async fn finish<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     owner: &str,
     state: TaskState,
@@ -168,7 +168,7 @@ pub async fn finish(
     .bind(now)
     .bind(key)
     .bind(owner)
-    .execute(pool)
+    .execute(ex)
     .await?
     .rows_affected();
     Ok(done == 1)
@@ -270,8 +270,8 @@ pub async fn expired_leases(pool: &SqlitePool, grace: Duration) -> anyhow::Resul
 }
 
 /// Forgets the agent process of a run, unless another run has recorded its own since.
-pub async fn clear_agent_process_if(
-    pool: &SqlitePool,
+pub async fn clear_agent_process_if<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     marker: &str,
 ) -> anyhow::Result<()> {
@@ -280,7 +280,7 @@ pub async fn clear_agent_process_if(
     )
     .bind(key)
     .bind(marker)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }

@@ -122,8 +122,8 @@ pub async fn count_in_state(pool: &SqlitePool, state: TaskState) -> anyhow::Resu
 
 /// The round reached, the provider that ran it, and what it cost (added to what the task
 /// has cost so far, over all rounds and runs).
-pub async fn set_progress(
-    pool: &SqlitePool,
+pub async fn set_progress<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     rounds: i64,
     provider: Option<&str>,
@@ -139,7 +139,7 @@ pub async fn set_progress(
     .bind(cost_usd)
     .bind(Utc::now())
     .bind(key)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
@@ -192,19 +192,22 @@ pub async fn ended_with_worktree(
     .await?)
 }
 
-pub async fn clear_worktree(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<()> {
+pub async fn clear_worktree<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE tasks SET worktree = NULL WHERE pk = ? AND state NOT IN ('queued', 'running')",
     )
     .bind(key)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
 
 /// A passed task whose branch no longer passes after hygiene (a rebase) is failed.
-pub async fn fail_after_hygiene(
-    pool: &SqlitePool,
+pub async fn fail_after_hygiene<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     error: &str,
 ) -> anyhow::Result<()> {
@@ -214,14 +217,14 @@ pub async fn fail_after_hygiene(
     .bind(error)
     .bind(Utc::now())
     .bind(key)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
 
 /// The branch's new head after it caught up with its base at `base_sha`.
-pub async fn set_head(
-    pool: &SqlitePool,
+pub async fn set_head<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     sha: &str,
     base_sha: &str,
@@ -230,7 +233,7 @@ pub async fn set_head(
         .bind(sha)
         .bind(base_sha)
         .bind(key)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }

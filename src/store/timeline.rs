@@ -87,8 +87,8 @@ impl From<TaskState> for EventKind {
     }
 }
 
-pub async fn add_event(
-    pool: &SqlitePool,
+pub async fn add_event<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     run_seq: i64,
     kind: EventKind,
@@ -102,7 +102,7 @@ pub async fn add_event(
     .bind(Utc::now())
     .bind(kind.as_str())
     .bind(message)
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
@@ -127,8 +127,8 @@ pub struct NewGateResult<'a> {
     pub output: &'a str,
 }
 
-pub async fn add_gate_result(
-    pool: &SqlitePool,
+pub async fn add_gate_result<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     key: TaskKey,
     g: &NewGateResult<'_>,
 ) -> anyhow::Result<()> {
@@ -147,7 +147,7 @@ pub async fn add_gate_result(
     .bind(g.duration_ms)
     .bind(g.output)
     .bind(Utc::now())
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }

@@ -1,0 +1,205 @@
+//! One round of a run: the prompt, the agent (through the provider chain), then, if the agent
+//! changed anything, the gates. Part of `run`: imports what `pipeline` does, never
+//! `maintenance`, `web` or `app`.
+
+use std::time::Duration;
+
+use super::pipeline::{Outcome, Run, StopSignal, interrupted};
+use super::workspace::Workspace;
+use crate::agent::providers::{self, AgentRequest, AttemptStatus};
+use crate::proc::exec;
+use crate::run::gates::{self, GateResult};
+use crate::run::prompt::{self, PromptInput};
+use crate::store::{self, TaskState};
+
+/// What one round came to.
+pub(super) enum Round {
+    /// Every gate passed.
+    Passed,
+    /// These gates failed: the next round tells the agent.
+    Retry(Vec<GateResult>),
+    /// The run ends here, with this outcome.
+    Stop(Outcome),
+}
+
+/// The rounds of a run.
+pub(super) struct Rounds<'a> {
+    pub run: &'a Run<'a>,
+    pub ws: &'a Workspace,
+    pub stop: &'a StopSignal,
+}
+
+impl Rounds<'_> {
+    /// Plays rounds until the gates pass, a round stops the run, or the rounds run out; the
+    /// outcome is the run's verdict before its work is committed.
+    pub async fn play_all(&self) -> anyhow::Result<Outcome> {
+        let max_rounds = self.run.settings.max_rounds;
+        let mut failures: Vec<GateResult> = Vec::new();
+        for round in 1..=max_rounds {
+            match self.play(round, &failures).await? {
+                Round::Passed => return Ok(Outcome::passed()),
+                Round::Retry(failed) => failures = failed,
+                Round::Stop(outcome) => return Ok(outcome),
+            }
+        }
+        let why = failures
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}: {}",
+                    f.summary(),
+                    exec::tail_chars(f.output.trim(), 600)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(Outcome::ended(
+            TaskState::Failed,
+            format!("acceptance not met after {max_rounds} round(s): {why}"),
+        ))
+    }
+
+    /// Round `round`: the agent (told what failed before), then, if it changed anything, the
+    /// gates.
+    async fn play(&self, round: u32, failures: &[GateResult]) -> anyhow::Result<Round> {
+        let run = self.run;
+        let stop = self.stop;
+        let engine = run.engine;
+        let row = run.row;
+        let spec = &run.spec;
+        let task = &run.settings;
+        let settings = &engine.settings;
+        let cancel = run.cancel;
+        if let Some(o) = interrupted(run, stop) {
+            return Ok(Round::Stop(o));
+        }
+        let ws = self.ws;
+        let round_start = ws.snapshot(engine).await?;
+        let text = prompt::build(&PromptInput {
+            role: &run.role,
+            spec,
+            settings: task,
+            untrusted: ws.untrusted.as_deref(),
+            branch: &ws.worktree.branch,
+            gates: &ws.planned,
+            round,
+            failures,
+        });
+        run.note(
+            store::EventKind::Agent,
+            &format!("round {round} of {}: running the agent", task.max_rounds),
+        )
+        .await;
+        let request = AgentRequest {
+            jail: engine.jail(&ws.paths, ws.egress.agent_net()),
+            prompt: &text,
+            cwd: &ws.workdir,
+            model: task.model.as_deref(),
+            time_left: run.time_left(),
+            marker: &ws.marker,
+            homes_dir: ws.homes.path(),
+            git_name: &settings.file.agent.git_user_name,
+            git_email: &settings.file.agent.git_user_email,
+            extra_env: &settings.file.agent.env,
+            output_limit: settings.file.agent.max_output_bytes,
+        };
+        let chain =
+            providers::run_chain(&ws.providers, &settings.env, &request, cancel, &*ws.record).await;
+        for a in &chain.attempts {
+            engine
+                .metrics
+                .provider_requests_total
+                .with_label_values(&[&a.provider, a.status.as_str()])
+                .inc();
+            run.note(
+                store::EventKind::Provider,
+                &format!("{}: {} ({})", a.provider, a.status.as_str(), a.detail),
+            )
+            .await;
+        }
+        // Failed attempts that still cost something (API runs with prices) count too.
+        let failed_cost = chain
+            .attempts
+            .iter()
+            .filter_map(|a| a.cost_usd)
+            .reduce(|a, b| a + b);
+        let Some(report) = chain.report else {
+            if failed_cost.is_some() {
+                store::set_progress(&engine.pool, row.pk, i64::from(round), None, failed_cost)
+                    .await?;
+            }
+            return Ok(Round::Stop(if let Some(o) = interrupted(run, stop) {
+                o
+            } else if chain.stopped_by(AttemptStatus::Timeout) {
+                Outcome::ended(
+                    TaskState::Failed,
+                    format!(
+                        "timed out: the task's {}s budget ran out while the agent worked ({})",
+                        run.budget().as_secs(),
+                        chain.reasons()
+                    ),
+                )
+            } else {
+                Outcome::ended(
+                    TaskState::Error,
+                    format!("no provider could run the task: {}", chain.reasons()),
+                )
+            }));
+        };
+        store::set_progress(
+            &engine.pool,
+            row.pk,
+            i64::from(round),
+            Some(&report.provider),
+            match (report.cost_usd, failed_cost) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
+        )
+        .await?;
+        if ws.snapshot(engine).await?.same_as(&round_start) {
+            return Ok(Round::Stop(Outcome::ended(
+                TaskState::Failed,
+                format!(
+                    "the agent ({}) changed nothing in round {round}",
+                    report.provider
+                ),
+            )));
+        }
+        run.note(
+            store::EventKind::Gates,
+            &format!("round {round}: running {} gate(s)", ws.planned.len()),
+        )
+        .await;
+        let mut gate_config = ws.gates_config.clone();
+        gate_config.timeout = gate_config
+            .timeout
+            .min(run.time_left().max(Duration::from_secs(1)));
+        let at = gates::Recorded {
+            engine,
+            task: row.pk,
+            run_seq: row.run_seq,
+            round: i64::from(round),
+        };
+        let results = gates::run_recorded(
+            at,
+            &ws.planned,
+            &ws.workdir,
+            &ws.gate_env,
+            &gate_config,
+            cancel,
+            &*ws.record,
+            engine.jail(&ws.paths, ws.egress.gates_net()),
+        )
+        .await?;
+        if let Some(o) = interrupted(run, stop) {
+            return Ok(Round::Stop(o));
+        }
+        let failures: Vec<GateResult> = results.into_iter().filter(|r| !r.status.is_ok()).collect();
+        Ok(if failures.is_empty() {
+            Round::Passed
+        } else {
+            Round::Retry(failures)
+        })
+    }
+}
