@@ -341,14 +341,7 @@ impl Ctx<'_> {
         let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
         let branch = role_def.branch_for(&spec.id);
         let mut tx = store::begin_write(&engine.pool).await?;
-        let existing = sqlx::query_as::<_, store::TaskRow>(
-            "SELECT * FROM tasks WHERE repo = ? AND task_id = ?",
-        )
-        .bind(repo_name.as_str())
-        .bind(spec.id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(anyhow::Error::from)?;
+        let existing = store::find_task(&mut *tx, &repo_name, spec.id.as_str()).await?;
         let (key, run) = match existing {
             None => {
                 let new = store::NewTask {

@@ -195,6 +195,12 @@ pub async fn begin_write(pool: &SqlitePool) -> anyhow::Result<sqlx::Transaction<
         .context("starting a write transaction")
 }
 
+/// Whether the database answers.
+pub async fn ping(pool: &SqlitePool) -> anyhow::Result<()> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }

@@ -82,8 +82,9 @@ pub async fn find_tasks(pool: &SqlitePool, task_id: &str) -> anyhow::Result<Vec<
     )
 }
 
-pub async fn find_task(
-    pool: &SqlitePool,
+/// The task `task_id` of `repo`; in a write transaction, what the transaction sees.
+pub async fn find_task<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
     repo: &RepoName,
     task_id: &str,
 ) -> anyhow::Result<Option<TaskRow>> {
@@ -91,7 +92,7 @@ pub async fn find_task(
         sqlx::query_as("SELECT * FROM tasks WHERE repo = ? AND task_id = ?")
             .bind(repo.as_str())
             .bind(task_id)
-            .fetch_optional(pool)
+            .fetch_optional(ex)
             .await?,
     )
 }

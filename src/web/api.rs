@@ -449,10 +449,9 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
 
 /// Ready to work: the database answers and every queue this process serves has a live worker.
 async fn readyz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
-    sqlx::query("SELECT 1")
-        .execute(&engine.pool)
+    store::ping(&engine.pool)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e:#}")))?;
     let dead = engine.workers.dead();
     if !dead.is_empty() {
         return Err(ApiError(
@@ -471,10 +470,9 @@ async fn readyz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
 }
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Value>> {
-    sqlx::query("SELECT 1")
-        .execute(&engine.pool)
+    store::ping(&engine.pool)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e:#}")))?;
     Ok(Json(json!({ "status": "ok" })))
 }
 

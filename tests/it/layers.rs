@@ -123,3 +123,22 @@ fn an_import_upwards_is_caught() {
     assert_eq!(rank("store"), rank("proc"));
     assert!(rank("engine") < rank("bot"));
 }
+
+#[test]
+fn every_sql_statement_is_in_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("store")))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            ["sqlx::query", "query_as", "query_scalar"]
+                .iter()
+                .any(|q| text.contains(q))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(outside.is_empty(), "SQL outside src/store/: {outside:?}");
+}
