@@ -532,6 +532,11 @@ impl Engine {
         self.running.lock().expect("lock").insert(key, token);
     }
 
+    /// Whether this process runs task `key` now.
+    pub fn is_running(&self, key: TaskKey) -> bool {
+        self.running.lock().expect("lock").contains_key(&key)
+    }
+
     pub fn untrack_running(&self, key: TaskKey) {
         self.running.lock().expect("lock").remove(&key);
     }

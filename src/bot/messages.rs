@@ -290,6 +290,7 @@ mod tests {
             pr_state: None,
             notice: Some("the issue's `autodev` block was not read".into()),
             base_sha: None,
+            push_intent: None,
         };
         let gate = |round, gate: &str, status: &str, code, output: &str| GateRow {
             run_seq: 1,

@@ -2,6 +2,7 @@
 //! roles, the rules that settle what a run may use (`trust`), and what hides in untrusted
 //! text. Imports nothing of autodev's outside `core`.
 
+pub mod faults;
 pub mod ids;
 pub mod roles;
 pub mod spec;

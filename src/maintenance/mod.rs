@@ -337,7 +337,6 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             if !still || kept_now != kept_before {
                 continue;
             }
-            let lease = now.and_then(|t| t.pushed_sha);
             // Checked like the final push, against the base commit the run started from (a ref
             // in the git directory is the agent's to move): a checkpoint must not carry what
             // the end would not.
@@ -345,27 +344,17 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
                 continue;
             };
             let guard = engine.push_guard(&task.repo, base_sha);
-            match engine
-                .git
-                .push(
-                    &home_git,
-                    url,
-                    &commit,
-                    &task.branch,
-                    &token,
-                    lease.as_deref(),
-                    &guard,
-                )
-                .await
-            {
-                Ok(()) => {
-                    crate::store::set_pushed(&engine.pool, task.pk, &commit).await?;
-                    crate::jobs::push_now(
-                        &engine.pool,
-                        &crate::jobs::OutboxJob::new(Effect::CheckRun { task: task.pk }),
-                    )
-                    .await?;
-                }
+            let push = crate::run::publish::Push {
+                dir: &home_git,
+                url,
+                token: &token,
+                branch: &task.branch,
+                head: &commit,
+                guard: &guard,
+            };
+            let effects = [Effect::CheckRun { task: task.pk }];
+            match crate::run::publish::push_branch(engine, task.pk, push, &effects).await {
+                Ok(()) => {}
                 Err(e) if e.is::<crate::git::ops::HeldBack>() => {
                     engine
                         .record(
@@ -479,18 +468,15 @@ async fn rebase_pushed(
         CatchUp::Done { new, failures } => (new, failures),
     };
     let guard = engine.push_guard(&task.repo, &base_sha);
-    if let Err(e) = git
-        .push(
-            &mirror,
-            url,
-            &new,
-            &task.branch,
-            &token,
-            Some(&head),
-            &guard,
-        )
-        .await
-    {
+    let push = crate::run::publish::Push {
+        dir: &mirror,
+        url,
+        token: &token,
+        branch: &task.branch,
+        head: &new,
+        guard: &guard,
+    };
+    if let Err(e) = crate::run::publish::push_branch(engine, task.pk, push, &[]).await {
         if e.is::<crate::git::ops::HeldBack>() {
             // What the base brought in is not the task's to push; the branch stays as it was.
             engine
@@ -505,7 +491,6 @@ async fn rebase_pushed(
         }
         return Err(e);
     }
-    crate::store::set_pushed(&engine.pool, task.pk, &new).await?;
     // The mirror's own branch follows, unless something else moved it.
     let _ = git.move_branch(&mirror, &task.branch, &new, &head).await;
     settle(engine, task, &base, &base_sha, &new, &failures).await?;

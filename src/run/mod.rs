@@ -6,5 +6,6 @@
 pub mod gates;
 pub mod pipeline;
 pub mod prompt;
+pub mod publish;
 mod round;
 pub mod workspace;

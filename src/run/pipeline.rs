@@ -15,6 +15,7 @@ use crate::git::ops;
 use crate::jobs::RunTask;
 use crate::proc::exec;
 use crate::proc::lock::FileLock;
+use crate::run::publish::{Push, push_branch};
 use crate::run::round::Rounds;
 use crate::run::workspace::{Source, Workspace};
 use crate::store::{self, LeaseAttempt, LeaseStatus, TaskRow, TaskState};
@@ -63,10 +64,18 @@ impl StopSignal {
 /// the task. A stale job (the task ended, or a retry superseded it) does nothing.
 pub async fn run_job(engine: &Arc<Engine>, job: RunTask) -> anyhow::Result<()> {
     let ttl = lease_ttl(engine);
+    // A run of the task that this process still runs (one a retry superseded) stops first: its
+    // lease is lost at its next renewal. Two runs never share a worktree, unless the old one
+    // ignores its stop for longer than this.
+    let wait_until = Instant::now() + ttl.max(Duration::from_secs(30));
+    while engine.is_running(job.task) && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let row = loop {
         match store::acquire_lease(&engine.pool, job.task, job.run, &engine.owner, ttl).await? {
             LeaseAttempt::Acquired(row) => break row,
             LeaseAttempt::NothingToRun(_) | LeaseAttempt::Missing => return Ok(()),
+            LeaseAttempt::Orphaned(row) => return requeue_orphan(engine, &row).await,
             LeaseAttempt::HeldElsewhere { until_ms, .. } => {
                 let wait = (until_ms - store::now_ms()).clamp(100, 1000) as u64;
                 tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -74,6 +83,26 @@ pub async fn run_job(engine: &Arc<Engine>, job: RunTask) -> anyhow::Result<()> {
         }
     };
     run_leased(engine, *row).await.map(|_| ())
+}
+
+/// Ends a run whose worker died mid-run by queuing the task again, as a run with a number of its
+/// own: what the dead run left running is stopped by the new run before it starts.
+async fn requeue_orphan(engine: &Arc<Engine>, row: &TaskRow) -> anyhow::Result<()> {
+    if let Some(job) = engine.retry(row.pk).await? {
+        engine
+            .record(
+                row.pk,
+                row.run_seq,
+                store::EventKind::Recovered,
+                &format!(
+                    "run {} stopped with its worker before it ended; run {} is queued as job {job}",
+                    row.run_seq,
+                    row.run_seq + 1
+                ),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 fn lease_ttl(engine: &Engine) -> Duration {
@@ -113,7 +142,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     let running = RunningGuard {
         engine: engine.clone(),
         key,
-        keeper: tokio::spawn(keep_lease(engine.clone(), key, stop.clone())),
+        keeper: tokio::spawn(keep_lease(engine.clone(), key, run_seq, stop.clone())),
     };
     engine.track_running(key, cancel.clone());
     let started = Instant::now();
@@ -133,6 +162,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     let finished = store::finish(
         &engine.pool,
         key,
+        run_seq,
         &engine.owner,
         outcome.state,
         outcome.error.as_deref(),
@@ -230,6 +260,7 @@ pub async fn finish_after_panic(engine: &Arc<Engine>, job: RunTask, message: &st
     match store::finish(
         &engine.pool,
         job.task,
+        job.run,
         &engine.owner,
         TaskState::Error,
         Some(&why),
@@ -245,11 +276,16 @@ pub async fn finish_after_panic(engine: &Arc<Engine>, job: RunTask, message: &st
 
 /// Renews the lease every tick; cancels the run when a cancel is requested (from any process)
 /// or the lease is lost.
-async fn keep_lease(engine: Arc<Engine>, key: crate::core::ids::TaskKey, stop: StopSignal) {
+async fn keep_lease(
+    engine: Arc<Engine>,
+    key: crate::core::ids::TaskKey,
+    run_seq: i64,
+    stop: StopSignal,
+) {
     let ttl = lease_ttl(&engine);
     loop {
         tokio::time::sleep(LEASE_TICK).await;
-        match store::renew_lease(&engine.pool, key, &engine.owner, ttl).await {
+        match store::renew_lease(&engine.pool, key, run_seq, &engine.owner, ttl).await {
             Ok(LeaseStatus::Held {
                 cancel_requested: true,
             }) => stop.stop(Stop::Cancelled),
@@ -522,11 +558,6 @@ async fn push(
     let engine = run.engine;
     let guard = engine.push_guard(&run.row.repo, &run.source.base_sha);
     let _lock = FileLock::acquire(engine.repo_lock(&run.row.repo_name())).await?;
-    // The last commit autodev pushed there (a checkpoint, an earlier run): the one the push may
-    // replace.
-    let lease = store::get_task(&engine.pool, run.row.pk)
-        .await?
-        .and_then(|t| t.pushed_sha);
     // A fresh token: the one from the start of the task may be near its end by now.
     let pushed = match (
         &engine.github,
@@ -537,18 +568,15 @@ async fn push(
             let token = gh
                 .installation_token(crate::github::event::InstallationId(installation))
                 .await?;
-            engine
-                .git
-                .push(
-                    home_git,
-                    url,
-                    head,
-                    branch,
-                    &token,
-                    lease.as_deref(),
-                    &guard,
-                )
-                .await
+            let push = Push {
+                dir: home_git,
+                url,
+                token: &token,
+                branch,
+                head,
+                guard: &guard,
+            };
+            push_branch(engine, run.row.pk, push, &[]).await
         }
         _ => Err(anyhow::anyhow!(
             "this task has no GitHub installation or clone URL to push to"
@@ -562,7 +590,6 @@ async fn push(
         };
         return Ok(Some(Outcome::ended(state, format!("{e:#}"))));
     }
-    store::set_pushed(&engine.pool, run.row.pk, head).await?;
     run.note(
         store::EventKind::Push,
         &format!("pushed {} to {branch}", short(head)),

@@ -61,6 +61,7 @@ impl Workspace {
         store::mark_running(
             &engine.pool,
             row.pk,
+            row.run_seq,
             &engine.owner,
             &source.base,
             &source.base_sha,
@@ -119,7 +120,7 @@ impl Workspace {
         }
         // Recorded before anything is started: a crash between starting an agent and recording
         // its group still leaves the marker to find it by, in this run or after a retry.
-        store::set_agent_process(&engine.pool, row.pk, None, Some(&marker)).await?;
+        store::set_agent_process(&engine.pool, row.pk, row.run_seq, None, Some(&marker)).await?;
         Ok(Self {
             reading: Reading::new(engine, row),
             record: process_recorder(engine, row, &marker),
@@ -165,14 +166,15 @@ fn process_recorder(
     marker: &str,
 ) -> Box<dyn Fn(Option<i32>) -> futures::future::BoxFuture<'static, ()> + Send + Sync> {
     let pool = engine.pool.clone();
-    let key = row.pk;
+    let (key, run_seq) = (row.pk, row.run_seq);
     let marker = marker.to_owned();
     Box::new(move |pgid: Option<i32>| {
         let pool = pool.clone();
         let marker = marker.clone();
         Box::pin(async move {
             if let Err(e) =
-                store::set_agent_process(&pool, key, pgid.map(i64::from), Some(&marker)).await
+                store::set_agent_process(&pool, key, run_seq, pgid.map(i64::from), Some(&marker))
+                    .await
             {
                 tracing::warn!("recording the agent process: {e:#}");
             }

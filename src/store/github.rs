@@ -193,12 +193,27 @@ pub async fn set_status_comment<'e, E: Executor<'e, Database = Sqlite>>(
     Ok(())
 }
 
+/// Records that the task's branch on GitHub is at `sha` now; the intent is spent.
 pub async fn set_pushed<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     key: TaskKey,
     sha: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE tasks SET pushed_sha = ? WHERE pk = ?")
+    sqlx::query("UPDATE tasks SET pushed_sha = ?, push_intent = NULL WHERE pk = ?")
+        .bind(sha)
+        .bind(key)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Records the commit about to be pushed to the task's branch, before the push.
+pub async fn set_push_intent<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    sha: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET push_intent = ? WHERE pk = ?")
         .bind(sha)
         .bind(key)
         .execute(ex)

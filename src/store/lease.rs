@@ -1,5 +1,7 @@
-//! Who runs a task: acquiring and renewing its lease, bound to the owner, and the state
-//! changes that only the lease holder (or a cancel) may make.
+//! Who runs a task: acquiring and renewing its lease, bound to the owner and the run, and the
+//! state changes that only the lease holder (or a cancel) may make. A lease is held by one
+//! process for one run: a run that a retry superseded writes nothing more, even in the process
+//! that now runs its successor.
 
 use super::*;
 
@@ -15,6 +17,9 @@ pub enum LeaseAttempt {
     },
     /// Nothing to run: the task ended, or a retry made this job stale.
     NothingToRun(Box<TaskRow>),
+    /// The run was started, and its worker stopped renewing the lease before it ended (the
+    /// process died): the run is over, and the task is to be queued again as a new run.
+    Orphaned(Box<TaskRow>),
     Missing,
 }
 
@@ -46,6 +51,9 @@ pub async fn acquire_lease(
             owner: holder.clone(),
             until_ms: until,
         });
+    }
+    if row.state == TaskState::Running {
+        return Ok(LeaseAttempt::Orphaned(Box::new(row)));
     }
     let taken = sqlx::query(
         "UPDATE tasks SET lease_owner = ?, lease_until = ?, updated_at = ?
@@ -80,18 +88,23 @@ pub enum LeaseStatus {
     Lost,
 }
 
+/// Extends the lease of run `run_seq`; `Lost` once the task is another process's, ended, or on
+/// a later run.
 pub async fn renew_lease<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     key: TaskKey,
+    run_seq: i64,
     owner: &str,
     ttl: Duration,
 ) -> anyhow::Result<LeaseStatus> {
     let row: Option<bool> = sqlx::query_scalar(
-        "UPDATE tasks SET lease_until = ? WHERE pk = ? AND lease_owner = ?
+        "UPDATE tasks SET lease_until = ?
+         WHERE pk = ? AND run_seq = ? AND lease_owner = ? AND state IN ('queued', 'running')
          RETURNING cancel_requested",
     )
     .bind(now_ms() + ttl.as_millis() as i64)
     .bind(key)
+    .bind(run_seq)
     .bind(owner)
     .fetch_optional(ex)
     .await?;
@@ -101,10 +114,11 @@ pub async fn renew_lease<'e, E: Executor<'e, Database = Sqlite>>(
     })
 }
 
-/// Marks a leased task running for this run.
+/// Marks a leased task running for run `run_seq`.
 pub async fn mark_running<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     key: TaskKey,
+    run_seq: i64,
     owner: &str,
     base_branch: &str,
     base_sha: &str,
@@ -114,7 +128,7 @@ pub async fn mark_running<'e, E: Executor<'e, Database = Sqlite>>(
     sqlx::query(
         "UPDATE tasks SET state = 'running', base_branch = ?, base_sha = ?, worktree = ?,
            rounds = 0, last_error = NULL, started_at = ?, finished_at = NULL, updated_at = ?
-         WHERE pk = ? AND lease_owner = ? AND state IN ('queued', 'running')",
+         WHERE pk = ? AND run_seq = ? AND lease_owner = ? AND state IN ('queued', 'running')",
     )
     .bind(base_branch)
     .bind(base_sha)
@@ -122,33 +136,38 @@ pub async fn mark_running<'e, E: Executor<'e, Database = Sqlite>>(
     .bind(now)
     .bind(now)
     .bind(key)
+    .bind(run_seq)
     .bind(owner)
     .execute(ex)
     .await?;
     Ok(())
 }
 
-/// Records the process group of the agent (or gate) now running, so that a later run can stop
-/// it if this process dies.
+/// Records the process group of run `run_seq`'s agent (or gate) now running, so that a later
+/// run can stop it if this process dies. A superseded run records nothing.
 pub async fn set_agent_process<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     key: TaskKey,
+    run_seq: i64,
     pgid: Option<i64>,
     marker: Option<&str>,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE tasks SET agent_pgid = ?, agent_marker = ? WHERE pk = ?")
+    sqlx::query("UPDATE tasks SET agent_pgid = ?, agent_marker = ? WHERE pk = ? AND run_seq = ?")
         .bind(pgid)
         .bind(marker)
         .bind(key)
+        .bind(run_seq)
         .execute(ex)
         .await?;
     Ok(())
 }
 
-/// Ends a run: final state, error, head, and the lease released. Only the lease holder can.
+/// Ends run `run_seq`: final state, error, head, and the lease released. Only the holder of
+/// that run's lease can.
 pub async fn finish<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     key: TaskKey,
+    run_seq: i64,
     owner: &str,
     state: TaskState,
     last_error: Option<&str>,
@@ -159,7 +178,7 @@ pub async fn finish<'e, E: Executor<'e, Database = Sqlite>>(
         "UPDATE tasks SET state = ?, last_error = ?, head_sha = COALESCE(?, head_sha),
            finished_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL,
            agent_pgid = NULL, agent_marker = NULL, cancel_requested = 0
-         WHERE pk = ? AND lease_owner = ? AND state IN ('queued', 'running')",
+         WHERE pk = ? AND run_seq = ? AND lease_owner = ? AND state IN ('queued', 'running')",
     )
     .bind(state)
     .bind(last_error)
@@ -167,6 +186,7 @@ pub async fn finish<'e, E: Executor<'e, Database = Sqlite>>(
     .bind(now)
     .bind(now)
     .bind(key)
+    .bind(run_seq)
     .bind(owner)
     .execute(ex)
     .await?
@@ -283,4 +303,157 @@ pub async fn clear_agent_process_if<'e, E: Executor<'e, Database = Sqlite>>(
     .execute(ex)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqlitePool, TaskKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("autodev.db").display());
+        let pool = connect(&url, &DatabaseConfig::default()).await.unwrap();
+        migrate(&pool).await.unwrap();
+        let key = insert_task(
+            &pool,
+            &NewTask {
+                repo: &RepoName::local(),
+                task_id: "t-1",
+                role: "backend",
+                title: "a task",
+                spec_json: "{}",
+                branch: "auto/backend/t-1",
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        (dir, pool, key)
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// One process, two runs of one task: run 1's lease ran out, a retry made run 2, and the
+    /// same process took run 2. Run 1 must be unable to renew, record its agent, or finish.
+    #[tokio::test]
+    async fn a_superseded_run_writes_nothing_even_in_the_process_running_its_successor() {
+        let (_dir, pool, key) = store().await;
+        let me = "host:1";
+        assert!(matches!(
+            acquire_lease(&pool, key, 1, me, TTL).await.unwrap(),
+            LeaseAttempt::Acquired(_)
+        ));
+        mark_running(&pool, key, 1, me, "main", "abc", "/w")
+            .await
+            .unwrap();
+        // Run 1's lease runs out; a retry queues run 2, which this same process takes.
+        sqlx::query("UPDATE tasks SET lease_until = 0 WHERE pk = ?")
+            .bind(key)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(requeue(&pool, key).await.unwrap(), Some(2));
+        assert!(matches!(
+            acquire_lease(&pool, key, 1, me, TTL).await.unwrap(),
+            LeaseAttempt::NothingToRun(_)
+        ));
+        assert!(matches!(
+            acquire_lease(&pool, key, 2, me, TTL).await.unwrap(),
+            LeaseAttempt::Acquired(_)
+        ));
+        mark_running(&pool, key, 2, me, "main", "abc", "/w")
+            .await
+            .unwrap();
+        set_agent_process(&pool, key, 2, Some(42), Some("run-2"))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            renew_lease(&pool, key, 1, me, TTL).await.unwrap(),
+            LeaseStatus::Lost
+        );
+        set_agent_process(&pool, key, 1, Some(7), Some("run-1"))
+            .await
+            .unwrap();
+        assert!(
+            !finish(
+                &pool,
+                key,
+                1,
+                me,
+                TaskState::Error,
+                Some("run 1's end"),
+                None
+            )
+            .await
+            .unwrap()
+        );
+        let row = get_task(&pool, key).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.state,
+                row.run_seq,
+                row.agent_pgid,
+                row.agent_marker.as_deref()
+            ),
+            (TaskState::Running, 2, Some(42), Some("run-2"))
+        );
+
+        // Run 2's own lease works to the end.
+        assert_eq!(
+            renew_lease(&pool, key, 2, me, TTL).await.unwrap(),
+            LeaseStatus::Held {
+                cancel_requested: false
+            }
+        );
+        assert!(
+            finish(&pool, key, 2, me, TaskState::Passed, None, Some("def"))
+                .await
+                .unwrap()
+        );
+        let row = get_task(&pool, key).await.unwrap().unwrap();
+        assert_eq!((row.state, row.last_error), (TaskState::Passed, None));
+        assert_eq!(
+            renew_lease(&pool, key, 2, me, TTL).await.unwrap(),
+            LeaseStatus::Lost,
+            "an ended run holds no lease"
+        );
+    }
+
+    /// A process died mid-run: whoever finds its lease run out is told the run is orphaned
+    /// (the task is queued again as a new run), never handed the dead run to continue.
+    #[tokio::test]
+    async fn a_dead_workers_run_is_orphaned_not_taken_over() {
+        let (_dir, pool, key) = store().await;
+        assert!(matches!(
+            acquire_lease(&pool, key, 1, "host:1", TTL).await.unwrap(),
+            LeaseAttempt::Acquired(_)
+        ));
+        assert!(matches!(
+            acquire_lease(&pool, key, 1, "host:2", TTL).await.unwrap(),
+            LeaseAttempt::HeldElsewhere { .. }
+        ));
+        mark_running(&pool, key, 1, "host:1", "main", "abc", "/w")
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tasks SET lease_until = 0 WHERE pk = ?")
+            .bind(key)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let LeaseAttempt::Orphaned(row) =
+            acquire_lease(&pool, key, 1, "host:2", TTL).await.unwrap()
+        else {
+            panic!("not orphaned");
+        };
+        assert_eq!(
+            (row.run_seq, row.lease_owner.as_deref()),
+            (1, Some("host:1"))
+        );
+        assert_eq!(requeue(&pool, key).await.unwrap(), Some(2));
+        assert!(matches!(
+            acquire_lease(&pool, key, 2, "host:2", TTL).await.unwrap(),
+            LeaseAttempt::Acquired(_)
+        ));
+    }
 }

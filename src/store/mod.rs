@@ -119,6 +119,8 @@ pub struct TaskRow {
     pub notice: Option<String>,
     /// The base commit the last run started from.
     pub base_sha: Option<String>,
+    /// The commit being pushed to the branch, until the push is recorded in `pushed_sha`.
+    pub push_intent: Option<String>,
 }
 
 impl TaskRow {

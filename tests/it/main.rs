@@ -10,6 +10,7 @@ mod cli;
 mod examples;
 mod fake_github;
 mod fake_models;
+mod faults;
 mod git_server;
 mod github_app;
 mod github_client;

@@ -300,6 +300,30 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Waits until the process dies of a crash point (`SIGABRT`), as a test build does where
+    /// `FAILPOINTS` says; its log says where.
+    pub async fn crashed(mut self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(libc::SIGABRT),
+                    "{status}:\n{}",
+                    self.log.lock().unwrap()
+                );
+                return self.log.lock().unwrap().clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never reached its crash point:\n{}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => rb.bearer_auth(t),
