@@ -493,38 +493,55 @@ impl Engine {
         Ok(Some(job_id))
     }
 
-    /// Adds to a task's timeline (database, live listeners, log). A failure to record is
-    /// logged, not fatal: the task's state is what matters.
+    /// Adds to a task's timeline (database, live listeners, log), with the status comment's
+    /// update when the event changes what it shows. A failure to record is logged, not fatal:
+    /// the task's state is what matters.
     pub async fn record(&self, key: TaskKey, run_seq: i64, kind: store::EventKind, message: &str) {
-        let kind_name = kind.as_str();
-        tracing::info!(task = %key, run = run_seq, kind = kind_name, "{message}");
-        if let Err(e) = store::add_event(&self.pool, key, run_seq, kind, message).await {
+        let written = async {
+            let mut tx = store::begin_write(&self.pool).await?;
+            self.record_in(&mut tx, key, run_seq, kind, message).await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = written.await {
             tracing::warn!(task = %key, "could not record event: {e:#}");
         }
-        if self.app_mode() && kind.changes_status() {
-            self.update_github_status(key).await;
+        self.announce(key, run_seq, kind, message);
+    }
+
+    /// Writes a timeline event in `tx`, and queues with it, in App mode, the update of the
+    /// task's status comment when the event changes what it shows. [`Engine::announce`] it
+    /// once `tx` is committed.
+    pub async fn record_in(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        key: TaskKey,
+        run_seq: i64,
+        kind: store::EventKind,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        store::add_event(&mut *tx, key, run_seq, kind, message).await?;
+        if self.app_mode()
+            && kind.changes_status()
+            && store::get_task(&mut *tx, key)
+                .await?
+                .is_some_and(|t| t.issue_number.is_some())
+        {
+            let effect = jobs::OutboxJob::new(jobs::Effect::Status { task: key });
+            jobs::push(tx, &effect, std::time::Duration::ZERO).await?;
         }
+        Ok(())
+    }
+
+    /// Tells the log and live listeners (pages, `autodev run`) of an event recorded.
+    pub fn announce(&self, key: TaskKey, run_seq: i64, kind: store::EventKind, message: &str) {
+        let kind_name = kind.as_str();
+        tracing::info!(task = %key, run = run_seq, kind = kind_name, "{message}");
         let _ = self.live.send(LiveEvent {
             task: key,
             kind: kind_name.to_owned(),
             message: message.to_owned(),
         });
-    }
-
-    /// Queues an edit of a GitHub task's status comment (it renders the task as it is then).
-    pub async fn update_github_status(&self, key: TaskKey) {
-        match store::get_task(&self.pool, key).await {
-            Ok(Some(t)) if t.issue_number.is_some() => {
-                let effect = crate::jobs::Effect::Status { task: key };
-                if let Err(e) =
-                    crate::jobs::push_now(&self.pool, &crate::jobs::OutboxJob::new(effect)).await
-                {
-                    tracing::warn!("queueing a status comment update: {e:#}");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("reading task {key}: {e:#}"),
-        }
     }
 
     /// Registers a running task's cancel token so a cancel in this process acts at once.

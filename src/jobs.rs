@@ -156,8 +156,21 @@ pub enum Effect {
     Status { task: TaskKey },
     /// Create or conclude the task's check run on the commit last pushed.
     CheckRun { task: TaskKey },
-    /// Open the pull request of a passed task's branch, with CODEOWNERS and role reviewers.
+    /// Open the pull request of a passed task's branch; its reviewers follow as an effect of
+    /// their own.
     OpenPr { task: TaskKey },
+    /// Ask for reviews of the task's pull request `number` in `owner/repo`: through the
+    /// installation, or, without one, with local mode's `GITHUB_TOKEN`. Worked out (CODEOWNERS,
+    /// the role's reviewers) when the pull request was opened, and queued with its record.
+    Reviewers {
+        task: TaskKey,
+        installation: Option<i64>,
+        owner: String,
+        repo: String,
+        number: i64,
+        users: Vec<String>,
+        teams: Vec<String>,
+    },
 }
 
 /// An [`Effect`] and how many times it was tried.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::messages;
+use crate::core::faults::crash_point;
 use crate::core::ids::TaskKey;
 use crate::engine::Engine;
 use crate::github::api::{
@@ -97,10 +98,12 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
             let repo = RepoPath { owner, name: repo };
             gh.create_comment(inst, repo, *issue, &format!("{marker}\n{body}"))
                 .await?;
+            crash_point("comment-posted");
             Ok(())
         }
         Effect::CheckRun { task } => check_run(engine, gh, *task).await,
         Effect::OpenPr { task } => open_pr(engine, gh, *task).await.map(|_| ()),
+        Effect::Reviewers { .. } => request_reviewers(engine, gh, effect).await,
         Effect::Status { task } => {
             let Some(t) = store::get_task(&engine.pool, *task)
                 .await
@@ -147,7 +150,11 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                     gh.update_comment(inst, repo, id, &body).await?;
                     id
                 }
-                None => gh.create_comment(inst, repo, issue as u64, &body).await?,
+                None => {
+                    let id = gh.create_comment(inst, repo, issue as u64, &body).await?;
+                    crash_point("comment-posted");
+                    id
+                }
             };
             if t.status_comment_id != Some(id as i64) {
                 store::set_status_comment(&engine.pool, t.pk, id as i64)
@@ -268,7 +275,11 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
             gh.update_check_run(inst, repo, id, &run).await?;
             id
         }
-        None => gh.create_check_run(inst, repo, &run).await?,
+        None => {
+            let id = gh.create_check_run(inst, repo, &run).await?;
+            crash_point("check-run-created");
+            id
+        }
     };
     store::set_check_run(&engine.pool, t.pk, id as i64)
         .await
@@ -386,34 +397,21 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
             }
         }
     };
+    crash_point("pr-created");
     let number = pr.number;
-    // Recorded before anything else can fail: an open pull request is never asked for again.
-    store::set_pr(&engine.pool, t.pk, number)
-        .await
-        .map_err(internal)?;
     let author = pr.user.map(|u| u.login).unwrap_or_default();
-    // Reviewers are asked once; what stops that is said, not retried.
+    let mut after = Vec::new();
     match reviewers_for(engine, &t, &target, &author).await {
         Ok(r) if r.users.is_empty() && r.teams.is_empty() => {}
-        Ok(r) => {
-            if let Err(e) = gh
-                .request_reviewers(who, repo_path, number, &r.users, &r.teams)
-                .await
-            {
-                let why = match e {
-                    ApiError::Status { message, .. } => message,
-                    other => other.to_string(),
-                };
-                report(
-                    engine,
-                    &t,
-                    &format!(
-                        "pull request #{number} is open, but GitHub refused its reviewers: {why}"
-                    ),
-                )
-                .await;
-            }
-        }
+        Ok(r) => after.push(Effect::Reviewers {
+            task: t.pk,
+            installation: t.installation_id,
+            owner: owner.clone(),
+            repo: repo.clone(),
+            number,
+            users: r.users,
+            teams: r.teams,
+        }),
         Err(e) => {
             report(
                 engine,
@@ -423,23 +421,90 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
             .await;
         }
     }
-    let _ = store::add_event(
-        &engine.pool,
-        t.pk,
-        t.run_seq,
-        crate::store::EventKind::PullRequest,
-        &format!(
-            "pull request #{number} open for {} on {owner}/{repo}",
-            t.branch
-        ),
-    )
-    .await;
     if t.issue_number.is_some() {
-        crate::jobs::push_now(&engine.pool, &OutboxJob::new(Effect::Status { task: t.pk }))
-            .await
-            .map_err(internal)?;
+        after.push(Effect::Status { task: t.pk });
     }
+    // Recorded with what follows it, in one transaction: an open pull request is never asked
+    // for again, and its reviewers and the status comment's update are not lost.
+    let recorded = async {
+        let mut tx = store::begin_write(&engine.pool).await?;
+        store::set_pr(&mut *tx, t.pk, number).await?;
+        store::add_event(
+            &mut *tx,
+            t.pk,
+            t.run_seq,
+            crate::store::EventKind::PullRequest,
+            &format!(
+                "pull request #{number} open for {} on {owner}/{repo}",
+                t.branch
+            ),
+        )
+        .await?;
+        for effect in after {
+            crate::jobs::push(&mut tx, &OutboxJob::new(effect), Duration::ZERO).await?;
+        }
+        tx.commit().await?;
+        anyhow::Ok(())
+    };
+    recorded.await.map_err(internal)?;
     Ok(PrOutcome::Open(number))
+}
+
+/// Asks for the reviews worked out when the pull request was opened. A refusal (a reviewer who
+/// cannot review, a team GitHub does not know) is said on the task's timeline and its issue,
+/// not retried; what may pass is.
+async fn request_reviewers(
+    engine: &Engine,
+    gh: &GithubClient,
+    effect: &Effect,
+) -> Result<(), ApiError> {
+    let Effect::Reviewers {
+        task,
+        installation,
+        owner,
+        repo,
+        number,
+        users,
+        teams,
+    } = effect
+    else {
+        return Ok(());
+    };
+    let who = match installation {
+        Some(id) => InstallationId(*id).into(),
+        None => Identity::Token,
+    };
+    let repo_path = RepoPath { owner, name: repo };
+    let asked = gh
+        .request_reviewers(who, repo_path, *number, users, teams)
+        .await;
+    match asked {
+        Ok(()) => {
+            crash_point("reviewers-requested");
+            Ok(())
+        }
+        Err(e) if matches!(e.retry(), Retry::Never) => {
+            let why = match e {
+                ApiError::Status { message, .. } => message,
+                other => other.to_string(),
+            };
+            if let Some(t) = store::get_task(&engine.pool, *task)
+                .await
+                .map_err(internal)?
+            {
+                report(
+                    engine,
+                    &t,
+                    &format!(
+                        "pull request #{number} is open, but GitHub refused its reviewers: {why}"
+                    ),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// App tasks: their repository, through the installation, once pushed. Local tasks: `origin`

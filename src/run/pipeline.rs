@@ -9,10 +9,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::core::faults::crash_point;
 use crate::core::spec::{self, TaskSpec};
 use crate::engine::Engine;
 use crate::git::ops;
-use crate::jobs::RunTask;
+use crate::jobs::{Effect, OutboxJob, RunTask};
 use crate::proc::exec;
 use crate::proc::lock::FileLock;
 use crate::run::publish::{Push, push_branch};
@@ -159,17 +160,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         error: Some(format!("{e:#}")),
         head: None,
     });
-    let finished = store::finish(
-        &engine.pool,
-        key,
-        run_seq,
-        &engine.owner,
-        outcome.state,
-        outcome.error.as_deref(),
-        outcome.head.as_deref(),
-    )
-    .await?;
-    if !finished {
+    if !end_run(engine, &row, &outcome).await? {
         tracing::warn!("lease lost before the result could be written");
         return Ok(TaskState::Running);
     }
@@ -178,30 +169,38 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         .task_duration_seconds
         .with_label_values(&[&row.role])
         .observe(started.elapsed().as_secs_f64());
-    announce_end(engine, &row, outcome.state, outcome.error.as_deref()).await;
     Ok(outcome.state)
 }
 
-/// What follows a run's final state, once written: the metric, the timeline, and on GitHub
-/// the check run's conclusion and, for a passed task, its pull request.
-async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: Option<&str>) {
-    let key = row.pk;
-    engine
-        .metrics
-        .tasks_total
-        .with_label_values(&[&row.role, state.as_str()])
-        .inc();
-    let message = match error {
+/// Writes a run's final state and, in the same transaction, what follows it: the timeline
+/// event and, on GitHub, the status comment, the check run's conclusion and, for a passed
+/// task, its pull request (jobs of the outbox). `false` when the run's lease was lost first.
+async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::Result<bool> {
+    let (key, state) = (row.pk, outcome.state);
+    let message = match &outcome.error {
         Some(e) => format!("{state}: {e}"),
         None => state.to_string(),
     };
+    let mut tx = store::begin_write(&engine.pool).await?;
+    let finished = store::finish(
+        &mut *tx,
+        key,
+        row.run_seq,
+        &engine.owner,
+        state,
+        outcome.error.as_deref(),
+        outcome.head.as_deref(),
+    )
+    .await?;
+    if !finished {
+        return Ok(false);
+    }
     engine
-        .record(key, row.run_seq, state.into(), &message)
-        .await;
+        .record_in(&mut tx, key, row.run_seq, state.into(), &message)
+        .await?;
     if let Some(gh) = &engine.github
-        && let Ok(Some(t)) = store::get_task(&engine.pool, key).await
+        && let Some(t) = store::get_task(&mut *tx, key).await?
     {
-        use crate::jobs::Effect;
         let mut effects = Vec::new();
         if t.pushed_sha.is_some() {
             effects.push(Effect::CheckRun { task: key });
@@ -210,13 +209,18 @@ async fn announce_end(engine: &Engine, row: &TaskRow, state: TaskState, error: O
             effects.push(Effect::OpenPr { task: key });
         }
         for effect in effects {
-            if let Err(e) =
-                crate::jobs::push_now(&engine.pool, &crate::jobs::OutboxJob::new(effect)).await
-            {
-                tracing::warn!("queueing a GitHub update: {e:#}");
-            }
+            crate::jobs::push(&mut tx, &OutboxJob::new(effect), Duration::ZERO).await?;
         }
     }
+    tx.commit().await.context("writing the run's end")?;
+    crash_point("final-state-written");
+    engine.announce(key, row.run_seq, state.into(), &message);
+    engine
+        .metrics
+        .tasks_total
+        .with_label_values(&[&row.role, state.as_str()])
+        .inc();
+    Ok(true)
 }
 
 /// Whether a task that just passed gets its pull request now: App tasks once pushed, when
@@ -257,20 +261,9 @@ pub async fn finish_after_panic(engine: &Arc<Engine>, job: RunTask, message: &st
     if let Some(marker) = row.agent_marker.as_deref() {
         exec::kill_marked(marker).await;
     }
-    match store::finish(
-        &engine.pool,
-        job.task,
-        job.run,
-        &engine.owner,
-        TaskState::Error,
-        Some(&why),
-        None,
-    )
-    .await
-    {
-        Ok(true) => announce_end(engine, &row, TaskState::Error, Some(&why)).await,
-        Ok(false) => {}
-        Err(e) => tracing::error!("finishing task {} after a panic: {e:#}", job.task),
+    let outcome = Outcome::ended(TaskState::Error, why);
+    if let Err(e) = end_run(engine, &row, &outcome).await {
+        tracing::error!("finishing task {} after a panic: {e:#}", job.task);
     }
 }
 
@@ -524,6 +517,7 @@ async fn finalize(run: &Run<'_>, mut ws: Workspace, verdict: Outcome) -> Result<
         }
         None => snap.tip.clone(),
     };
+    crash_point("commit-made");
     {
         let _lock = FileLock::acquire(engine.repo_lock(&row.repo_name())).await?;
         git.set_branch(home_git, &worktree.branch, &head).await?;

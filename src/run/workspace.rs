@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use super::pipeline::{EndAs, Ended, Run};
 use crate::agent::providers;
+use crate::core::faults::crash_point;
 use crate::core::spec::TaskSpec;
 use crate::engine::{Engine, Homes};
 use crate::git::ops;
@@ -58,6 +59,7 @@ impl Workspace {
                 .await
                 .end_as(TaskState::Error, "preparing the worktree")?
         };
+        crash_point("worktree-created");
         store::mark_running(
             &engine.pool,
             row.pk,
@@ -172,6 +174,9 @@ fn process_recorder(
         let pool = pool.clone();
         let marker = marker.clone();
         Box::pin(async move {
+            if pgid.is_some() {
+                crash_point("agent-started");
+            }
             if let Err(e) =
                 store::set_agent_process(&pool, key, run_seq, pgid.map(i64::from), Some(&marker))
                     .await

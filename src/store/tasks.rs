@@ -50,10 +50,13 @@ pub async fn set_job_id<'e, E: Executor<'e, Database = Sqlite>>(
     Ok(())
 }
 
-pub async fn get_task(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Option<TaskRow>> {
+pub async fn get_task<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+) -> anyhow::Result<Option<TaskRow>> {
     Ok(sqlx::query_as("SELECT * FROM tasks WHERE pk = ?")
         .bind(key)
-        .fetch_optional(pool)
+        .fetch_optional(ex)
         .await?)
 }
 

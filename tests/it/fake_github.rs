@@ -960,8 +960,17 @@ async fn request_reviewers(
             "Review cannot be requested from pull request author.",
         );
     }
-    p.reviewers.extend(users);
-    p.team_reviewers.extend(teams);
+    // GitHub keeps a set: asking again for someone already asked changes nothing.
+    for u in users {
+        if !p.reviewers.contains(&u) {
+            p.reviewers.push(u);
+        }
+    }
+    for t in teams {
+        if !p.team_reviewers.contains(&t) {
+            p.team_reviewers.push(t);
+        }
+    }
     let v = pull_json(p);
     (StatusCode::CREATED, axum::Json(v)).into_response()
 }

@@ -85,3 +85,148 @@ async fn a_crash_between_a_push_and_its_record_is_reconciled_from_github() {
     let runs = fake.state.lock().unwrap().check_runs.clone();
     assert_eq!(runs.len(), 1, "{runs:#?}");
 }
+
+/// The agent of the walk: it leaves a process behind in its group (which autodev stops when
+/// the agent ends, or, after a crash, when the next run starts), notes its pids, and changes
+/// the file on every run.
+fn lingering_agent() -> String {
+    format!(
+        "cat >/dev/null\nsleep 600 >/dev/null 2>&1 &\necho $! >> \"$FAKE_AGENT_DIR/pids\"\n\
+         echo $$ >> \"$FAKE_AGENT_DIR/pids\"\ndate +%s%N > feature.txt\necho '{CLAUDE_OK}'"
+    )
+}
+
+/// Crashes at `point` once, restarts, and checks what a user would see: one terminal state per
+/// run and the last one passed, the branch on GitHub at the commit recorded, one pull request
+/// with its reviewers, one check run per pushed commit and every one concluded, one status
+/// comment showing the end, and no agent process left.
+async fn crash_once_at(point: &str) {
+    if !crash_points() {
+        return;
+    }
+    let scenario = format!("{point}=return");
+    let app = app_with_setup(&lingering_agent(), move |world, fake| {
+        world.unconfine();
+        world.extra_env.push(("FAILPOINTS".into(), scenario));
+        std::fs::create_dir_all(world.repo.join(".github")).unwrap();
+        std::fs::write(world.repo.join(".github/CODEOWNERS"), "* @alice\n").unwrap();
+        git(&world.repo, &["add", "."]);
+        git(&world.repo, &["commit", "-q", "-m", "codeowners"]);
+        fake.set_permission(crate::github_app::REPO, "alice", "write");
+    })
+    .await;
+    app.label("autodev:backend", "Codertocat").await;
+    let App {
+        mut world,
+        fake,
+        git: remote,
+        server,
+    } = app;
+    server.crashed().await;
+    world.extra_env.retain(|(k, _)| k != "FAILPOINTS");
+    let server = world.serve();
+    let t = server
+        .wait_for(
+            "issue-1",
+            crate::support::ENDED,
+            std::time::Duration::from_secs(90),
+        )
+        .await;
+    assert_eq!(t["state"], "passed", "crashed at {point}: {t:#}");
+
+    // One terminal state per run, and the last run has its own.
+    let runs = t["runs"].as_i64().unwrap();
+    for run in 1..=runs {
+        let ends = t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["run_seq"] == run && crate::support::ENDED.contains(&e["kind"].as_str().unwrap())
+            })
+            .count();
+        assert!(
+            ends <= 1,
+            "crashed at {point}: run {run} ended {ends} times: {t:#}"
+        );
+        if run == runs {
+            assert_eq!(ends, 1, "crashed at {point}: {t:#}");
+        }
+    }
+
+    // The branch on GitHub is the commit recorded.
+    let bare = remote.root.join("codertocat/hello-world.git");
+    let head = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    assert_eq!(t["pushed_sha"], head.as_str(), "crashed at {point}: {t:#}");
+    assert_eq!(t["head_sha"], head.as_str(), "crashed at {point}: {t:#}");
+
+    // What GitHub shows once the outbox has caught up.
+    fake.wait_until("one pull request, with its reviewer", |st| {
+        st.pulls.len() == 1 && st.pulls[0].reviewers == ["alice"]
+    })
+    .await;
+    fake.wait_until("the check run of the head, concluded", |st| {
+        st.check_runs
+            .iter()
+            .any(|c| c.head_sha == head && c.conclusion.as_deref() == Some("success"))
+    })
+    .await;
+    fake.wait_until("the status comment showing the end", |st| {
+        st.comments
+            .iter()
+            .any(|c| c.body.contains("autodev:status issue-1") && c.body.contains("passed"))
+    })
+    .await;
+    let st = fake.state.lock().unwrap();
+    let mut heads: Vec<&str> = st.check_runs.iter().map(|c| c.head_sha.as_str()).collect();
+    heads.sort();
+    let before = heads.len();
+    heads.dedup();
+    assert_eq!(
+        before,
+        heads.len(),
+        "crashed at {point}: one check run per commit: {:#?}",
+        st.check_runs
+    );
+    assert!(
+        st.check_runs.iter().all(|c| c.status == "completed"),
+        "crashed at {point}: every check run concluded: {:#?}",
+        st.check_runs
+    );
+    let status_comments = st
+        .comments
+        .iter()
+        .filter(|c| c.body.contains("autodev:status issue-1"))
+        .count();
+    assert_eq!(status_comments, 1, "crashed at {point}: {:#?}", st.comments);
+
+    // No agent, and nothing an agent started, outlives its run.
+    let pids = std::fs::read_to_string(world.agent_dir.join("pids")).unwrap_or_default();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        assert!(
+            !crate::support::alive(pid),
+            "crashed at {point}: process {pid} left running"
+        );
+    }
+}
+
+macro_rules! crash_walk {
+    ($($name:ident: $point:literal,)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            crash_once_at($point).await;
+        }
+    )*};
+}
+
+crash_walk! {
+    crash_when_the_worktree_is_created: "worktree-created",
+    crash_when_the_agent_has_started: "agent-started",
+    crash_when_the_commit_is_made: "commit-made",
+    crash_when_the_push_is_done: "push-done",
+    crash_when_the_final_state_is_written: "final-state-written",
+    crash_when_the_check_run_is_created: "check-run-created",
+    crash_when_the_pull_request_is_created: "pr-created",
+    crash_when_the_reviewers_are_requested: "reviewers-requested",
+    crash_when_a_comment_is_posted: "comment-posted",
+}
