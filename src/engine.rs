@@ -672,6 +672,23 @@ fn count_worktrees(dir: &std::path::Path) -> usize {
         .sum()
 }
 
+impl Engine {
+    /// Whether `holder` (another process's owner name) is a process of this host that is no
+    /// longer running. A holder on another host is never known to be gone.
+    pub fn holder_gone(&self, holder: &str) -> bool {
+        let mut parts = holder.rsplitn(3, '-');
+        let (Some(_nonce), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let mine = self.owner.rsplitn(3, '-').nth(2);
+        match (pid.parse::<i32>(), mine) {
+            (Ok(pid), Some(mine)) if host == mine && pid > 0 => !exec::process_exists(pid),
+            _ => false,
+        }
+    }
+}
+
 fn unique_owner_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

@@ -16,7 +16,7 @@ use crate::github::api::{
 use crate::github::client::{ApiError, GithubClient, Identity, Retry};
 use crate::github::event::InstallationId;
 pub use crate::jobs::{Effect, OutboxJob};
-use crate::store;
+use crate::store::{self, Claim, GithubObject};
 
 /// Runs one outbox job; retryable failures are queued again with GitHub's wait.
 pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
@@ -130,38 +130,66 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
                 .await
                 .map_err(internal)?
                 .and_then(|t| t.status_comment_id);
-            let existing = match recorded {
-                Some(id) => Some(id as u64),
-                None => {
-                    find_comment(
-                        gh,
-                        inst,
-                        owner,
-                        repo,
-                        issue as u64,
-                        &messages::status_marker(&t.task_id),
-                    )
-                    .await?
-                }
+            let (existing, claimed) = match recorded {
+                Some(id) => (Some(id as u64), false),
+                // One status comment per task, whichever process gets here first.
+                None => match claim(engine, t.pk, GithubObject::StatusComment, "").await? {
+                    Claim::Made(id) => (Some(id as u64), false),
+                    Claim::Busy => return Err(busy("the status comment")),
+                    Claim::Ours { .. } => (None, true),
+                },
             };
-            let repo = RepoPath { owner, name: repo };
-            let id = match existing {
-                Some(id) => {
-                    gh.update_comment(inst, repo, id, &body).await?;
-                    id
+            let result = async {
+                let existing = match existing {
+                    Some(id) => Some(id),
+                    None => {
+                        find_comment(
+                            gh,
+                            inst,
+                            owner,
+                            repo,
+                            issue as u64,
+                            &messages::status_marker(&t.task_id),
+                        )
+                        .await?
+                    }
+                };
+                let repo = RepoPath { owner, name: repo };
+                let id = match existing {
+                    Some(id) => {
+                        gh.update_comment(inst, repo, id, &body).await?;
+                        id
+                    }
+                    None => {
+                        let id = gh.create_comment(inst, repo, issue as u64, &body).await?;
+                        crash_point("comment-posted");
+                        id
+                    }
+                };
+                if t.status_comment_id != Some(id as i64) {
+                    let recorded = async {
+                        let mut tx = store::begin_write(&engine.pool).await?;
+                        store::set_status_comment(&mut *tx, t.pk, id as i64).await?;
+                        store::claim_made(
+                            &mut *tx,
+                            t.pk,
+                            GithubObject::StatusComment,
+                            "",
+                            id as i64,
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        anyhow::Ok(())
+                    };
+                    recorded.await.map_err(internal)?;
                 }
-                None => {
-                    let id = gh.create_comment(inst, repo, issue as u64, &body).await?;
-                    crash_point("comment-posted");
-                    id
-                }
-            };
-            if t.status_comment_id != Some(id as i64) {
-                store::set_status_comment(&engine.pool, t.pk, id as i64)
-                    .await
-                    .map_err(internal)?;
+                Ok(())
             }
-            Ok(())
+            .await;
+            if claimed && result.is_err() {
+                release(engine, t.pk, GithubObject::StatusComment, "").await;
+            }
+            result
         }
     }
 }
@@ -242,49 +270,112 @@ async fn check_run(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<
         details_url: crate::links::link(&engine.settings, &t),
     };
     let repo = RepoPath { owner, name: repo };
-    // Look before create: this task's run on this commit, by external id.
-    let existing = gh
-        .check_runs(inst, repo, &sha, &name)
-        .await?
-        .into_iter()
-        .find(|r| r.external_id.as_deref() == Some(t.task_id.as_str()))
-        .map(|r| r.id);
-    let _write = gh.write_lock(inst).await?;
-    // A run on an earlier commit (a checkpoint) is concluded as superseded, not left going.
-    if let (None, Some(previous)) = (existing, t.check_run_id) {
-        let superseded = CheckRun {
-            name: None,
-            head_sha: None,
-            external_id: None,
-            status: CheckStatus::Completed,
-            conclusion: Some("neutral".into()),
-            completed_at: None,
-            output: CheckOutput {
-                title: "Superseded".into(),
-                summary: format!("autodev pushed a newer commit of this task: {sha}"),
-                text: None,
-            },
-            actions: None,
-            details_url: None,
-        };
-        gh.update_check_run(inst, repo, previous as u64, &superseded)
-            .await?;
-    }
-    let id = match existing {
-        Some(id) => {
-            gh.update_check_run(inst, repo, id, &run).await?;
-            id
-        }
-        None => {
-            let id = gh.create_check_run(inst, repo, &run).await?;
-            crash_point("check-run-created");
-            id
-        }
+    // One check run per commit, whichever process gets here first: claimed, then made.
+    let made = match claim(engine, t.pk, GithubObject::CheckRun, &sha).await? {
+        Claim::Made(id) => Some(id as u64),
+        Claim::Busy => return Err(busy("the check run")),
+        Claim::Ours { .. } => None,
     };
-    store::set_check_run(&engine.pool, t.pk, id as i64)
-        .await
-        .map_err(internal)?;
-    Ok(())
+    let result = async {
+        let existing = match made {
+            Some(id) => Some(id),
+            // Look before create: this task's run on this commit, by external id, made by a
+            // process that died before recording it.
+            None => gh
+                .check_runs(inst, repo, &sha, &name)
+                .await?
+                .into_iter()
+                .find(|r| r.external_id.as_deref() == Some(t.task_id.as_str()))
+                .map(|r| r.id),
+        };
+        let _write = gh.write_lock(inst).await?;
+        // A run on an earlier commit (a checkpoint) is concluded as superseded, not left going.
+        if let (None, Some(previous)) = (existing, t.check_run_id) {
+            let superseded = CheckRun {
+                name: None,
+                head_sha: None,
+                external_id: None,
+                status: CheckStatus::Completed,
+                conclusion: Some("neutral".into()),
+                completed_at: None,
+                output: CheckOutput {
+                    title: "Superseded".into(),
+                    summary: format!("autodev pushed a newer commit of this task: {sha}"),
+                    text: None,
+                },
+                actions: None,
+                details_url: None,
+            };
+            gh.update_check_run(inst, repo, previous as u64, &superseded)
+                .await?;
+        }
+        let id = match existing {
+            Some(id) => {
+                gh.update_check_run(inst, repo, id, &run).await?;
+                id
+            }
+            None => {
+                let id = gh.create_check_run(inst, repo, &run).await?;
+                crash_point("check-run-created");
+                id
+            }
+        };
+        let recorded = async {
+            let mut tx = store::begin_write(&engine.pool).await?;
+            store::set_check_run(&mut *tx, t.pk, id as i64).await?;
+            store::claim_made(&mut *tx, t.pk, GithubObject::CheckRun, &sha, id as i64).await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        recorded.await.map_err(internal)
+    }
+    .await;
+    if made.is_none() && result.is_err() {
+        release(engine, t.pk, GithubObject::CheckRun, &sha).await;
+    }
+    result
+}
+
+/// How long a claim on a GitHub object holds while its holder makes it.
+const CLAIM_TTL: Duration = Duration::from_secs(60);
+
+/// Claims the `kind` object of task `key` for `head` for this process. A claim whose holder
+/// is known to have died (a process of this host that is gone) is taken over at once.
+async fn claim(
+    engine: &Engine,
+    key: TaskKey,
+    kind: GithubObject,
+    head: &str,
+) -> Result<Claim, ApiError> {
+    let gone = |holder: &str| engine.holder_gone(holder);
+    store::claim(
+        &engine.pool,
+        key,
+        kind,
+        head,
+        &engine.owner,
+        CLAIM_TTL,
+        gone,
+    )
+    .await
+    .map_err(internal)
+}
+
+/// Gives up this process's claim when it did not make the object, so that the next try need
+/// not wait for the claim to run out.
+async fn release(engine: &Engine, key: TaskKey, kind: GithubObject, head: &str) {
+    if let Err(e) = store::release_claim(&engine.pool, key, kind, head, &engine.owner).await {
+        tracing::warn!("releasing a claim on GitHub's {kind:?}: {e:#}");
+    }
+}
+
+/// Another process holds the claim on `what`: the effect is tried again after a wait.
+fn busy(what: &str) -> ApiError {
+    ApiError::Transport {
+        method: "CLAIM",
+        path: String::new(),
+        message: format!("another autodev process is making {what}"),
+    }
 }
 
 /// Most reviewers GitHub takes in one request.
@@ -347,8 +438,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
         Ok(target) => target,
         Err(why) => return Ok(PrOutcome::NotOpened(why)),
     };
-    let (owner, repo, who) = (&target.owner, &target.repo, target.who);
-    let base = t.base_branch.clone().unwrap_or_default();
+    let who = target.who;
     // Lock, then look: two jobs for one task (the on-pass trigger and the schedule, or a
     // foreground `autodev run`) must not both find nothing and both create.
     let _write = gh.write_lock(who).await?;
@@ -359,6 +449,29 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
     {
         return Ok(PrOutcome::Open(n));
     }
+    // One pull request per task, whichever process (or host) gets here first.
+    match claim(engine, t.pk, GithubObject::PullRequest, "").await? {
+        Claim::Made(n) => return Ok(PrOutcome::Open(n)),
+        Claim::Busy => return Err(busy("the pull request")),
+        Claim::Ours { .. } => {}
+    }
+    let made = make_pr(engine, gh, &t, &target).await;
+    if !matches!(made, Ok(PrOutcome::Open(_))) {
+        release(engine, t.pk, GithubObject::PullRequest, "").await;
+    }
+    made
+}
+
+/// Makes the pull request claimed for `t` (or finds the one a crash left unrecorded), and
+/// records it with its reviewers and the status comment's update.
+async fn make_pr(
+    engine: &Engine,
+    gh: &GithubClient,
+    t: &store::TaskRow,
+    target: &PrTarget,
+) -> Result<PrOutcome, ApiError> {
+    let (owner, repo, who) = (&target.owner, &target.repo, target.who);
+    let base = t.base_branch.clone().unwrap_or_default();
     // Look before create: a pull request made before a crash, and not yet recorded, is reused.
     let repo_path = RepoPath { owner, name: repo };
     let existing = gh.open_pull_from(who, repo_path, &t.branch).await?;
@@ -369,7 +482,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
                 .await
                 .map_err(internal)?;
             let message = crate::git::ops::commit_message(&t.role, &t.title, &t.task_id, true);
-            let body = messages::pr_body(&t, &gates);
+            let body = messages::pr_body(t, &gates);
             let new = NewPullRequest {
                 title: message.lines().next().unwrap_or_default(),
                 head: &t.branch,
@@ -390,7 +503,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
                         .await
                         .map_err(internal)?;
                     let why = format!("could not open a pull request: {message}");
-                    report(engine, &t, &why).await;
+                    report(engine, t, &why).await;
                     return Ok(PrOutcome::NotOpened(why));
                 }
                 Err(e) => return Err(e),
@@ -401,7 +514,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
     let number = pr.number;
     let author = pr.user.map(|u| u.login).unwrap_or_default();
     let mut after = Vec::new();
-    match reviewers_for(engine, &t, &target, &author).await {
+    match reviewers_for(engine, t, target, &author).await {
         Ok(r) if r.users.is_empty() && r.teams.is_empty() => {}
         Ok(r) => after.push(Effect::Reviewers {
             task: t.pk,
@@ -415,7 +528,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
         Err(e) => {
             report(
                 engine,
-                &t,
+                t,
                 &format!("pull request #{number} is open, but its reviewers could not be worked out: {e:#}"),
             )
             .await;
@@ -429,6 +542,7 @@ async fn open_pr(engine: &Engine, gh: &GithubClient, task: TaskKey) -> Result<Pr
     let recorded = async {
         let mut tx = store::begin_write(&engine.pool).await?;
         store::set_pr(&mut *tx, t.pk, number).await?;
+        store::claim_made(&mut *tx, t.pk, GithubObject::PullRequest, "", number).await?;
         store::add_event(
             &mut *tx,
             t.pk,

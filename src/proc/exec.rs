@@ -367,6 +367,14 @@ pub fn kill_group(pgid: i32, signal: i32) -> bool {
     unsafe { libc::killpg(pgid, signal) == 0 }
 }
 
+/// Whether process `pid` exists (as anyone's: a process of another user counts).
+pub fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 checks for existence without sending anything.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
 pub fn group_alive(pgid: i32) -> bool {
     // Signal 0 checks for existence without sending anything.
     pgid > 1 && unsafe { libc::killpg(pgid, 0) == 0 }

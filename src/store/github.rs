@@ -351,3 +351,192 @@ pub async fn set_pr_state<'e, E: Executor<'e, Database = Sqlite>>(
         .await?;
     Ok(())
 }
+
+/// What autodev creates on GitHub, claimed before it is made (see [`claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum GithubObject {
+    CheckRun,
+    PullRequest,
+    StatusComment,
+}
+
+/// What claiming a GitHub object found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// It exists, with this id: update it, never create another.
+    Made(i64),
+    /// Ours to create. `fresh` when nobody claimed it before; otherwise a holder died before
+    /// recording what it made, so look on GitHub first.
+    Ours { fresh: bool },
+    /// Another process, or another job of this one, holds the claim and may be making it now:
+    /// try again later.
+    Busy,
+}
+
+/// Claims the `kind` object of task `key` for `head` ('' when there is one per task) for
+/// `holder`, for `ttl`. A claim still running is taken over only when `gone` says its holder
+/// is known to have died.
+pub async fn claim(
+    pool: &SqlitePool,
+    key: TaskKey,
+    kind: GithubObject,
+    head: &str,
+    holder: &str,
+    ttl: Duration,
+    gone: impl Fn(&str) -> bool,
+) -> anyhow::Result<Claim> {
+    let mut tx = begin_write(pool).await?;
+    let found: Option<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT holder, until_ms, object_id FROM github_claims
+         WHERE task_pk = ? AND kind = ? AND head = ?",
+    )
+    .bind(key)
+    .bind(kind)
+    .bind(head)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let now = now_ms();
+    let claim = match found {
+        Some((_, _, Some(id))) => return Ok(Claim::Made(id)),
+        // Held, by another process or another job of this one, and perhaps being made now.
+        Some((other, until, None)) if until > now && !gone(&other) => return Ok(Claim::Busy),
+        Some(_) => Claim::Ours { fresh: false },
+        None => Claim::Ours { fresh: true },
+    };
+    sqlx::query(
+        "INSERT INTO github_claims (task_pk, kind, head, holder, until_ms) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (task_pk, kind, head) DO UPDATE SET holder = excluded.holder,
+           until_ms = excluded.until_ms",
+    )
+    .bind(key)
+    .bind(kind)
+    .bind(head)
+    .bind(holder)
+    .bind(now + ttl.as_millis() as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claim)
+}
+
+/// Records the id of the object made under a claim; later claims find it made.
+pub async fn claim_made<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    kind: GithubObject,
+    head: &str,
+    object_id: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE github_claims SET object_id = ? WHERE task_pk = ? AND kind = ? AND head = ?",
+    )
+    .bind(object_id)
+    .bind(key)
+    .bind(kind)
+    .bind(head)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Drops `holder`'s claim on an object it did not make.
+pub async fn release_claim<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    kind: GithubObject,
+    head: &str,
+    holder: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "DELETE FROM github_claims
+         WHERE task_pk = ? AND kind = ? AND head = ? AND holder = ? AND object_id IS NULL",
+    )
+    .bind(key)
+    .bind(kind)
+    .bind(head)
+    .bind(holder)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn one_holder_makes_an_object_and_the_others_wait_or_update() {
+        let (_dir, pool, key) = scratch_store().await;
+        let kind = GithubObject::CheckRun;
+        let alive = |_: &str| false;
+        let claim_as = |holder: &'static str| claim(&pool, key, kind, "abc", holder, TTL, alive);
+        assert_eq!(claim_as("a").await.unwrap(), Claim::Ours { fresh: true });
+        // Another process, and another job of the same one, wait while it is being made.
+        assert_eq!(claim_as("b").await.unwrap(), Claim::Busy);
+        assert_eq!(claim_as("a").await.unwrap(), Claim::Busy);
+        // Another commit is another object.
+        assert_eq!(
+            claim(&pool, key, kind, "def", "b", TTL, alive)
+                .await
+                .unwrap(),
+            Claim::Ours { fresh: true }
+        );
+        // Made: everyone updates it from now on.
+        claim_made(&pool, key, kind, "abc", 7).await.unwrap();
+        assert_eq!(claim_as("b").await.unwrap(), Claim::Made(7));
+        release_claim(&pool, key, kind, "abc", "a").await.unwrap();
+        assert_eq!(
+            claim_as("b").await.unwrap(),
+            Claim::Made(7),
+            "a made object stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_given_up_or_left_by_a_dead_holder_is_taken_over_with_a_look_first() {
+        let (_dir, pool, key) = scratch_store().await;
+        let kind = GithubObject::PullRequest;
+        let alive = |_: &str| false;
+        assert_eq!(
+            claim(&pool, key, kind, "", "a", TTL, alive).await.unwrap(),
+            Claim::Ours { fresh: true }
+        );
+        // Given up (the create failed): the next claims it at once, and looks first.
+        release_claim(&pool, key, kind, "", "b").await.unwrap();
+        assert_eq!(
+            claim(&pool, key, kind, "", "b", TTL, alive).await.unwrap(),
+            Claim::Busy,
+            "only its holder gives a claim up"
+        );
+        release_claim(&pool, key, kind, "", "a").await.unwrap();
+        assert_eq!(
+            claim(&pool, key, kind, "", "b", TTL, alive).await.unwrap(),
+            Claim::Ours { fresh: true }
+        );
+        // Its holder died: taken over at once when that is known, else when it runs out.
+        let b_is_gone = |holder: &str| holder == "b";
+        assert_eq!(
+            claim(&pool, key, kind, "", "c", TTL, b_is_gone)
+                .await
+                .unwrap(),
+            Claim::Ours { fresh: false }
+        );
+        assert_eq!(
+            claim(&pool, key, kind, "", "d", Duration::ZERO, alive)
+                .await
+                .unwrap(),
+            Claim::Busy
+        );
+        sqlx::query("UPDATE github_claims SET until_ms = 0")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim(&pool, key, kind, "", "d", TTL, alive).await.unwrap(),
+            Claim::Ours { fresh: false }
+        );
+    }
+}

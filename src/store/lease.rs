@@ -309,35 +309,13 @@ pub async fn clear_agent_process_if<'e, E: Executor<'e, Database = Sqlite>>(
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, SqlitePool, TaskKey) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("autodev.db").display());
-        let pool = connect(&url, &DatabaseConfig::default()).await.unwrap();
-        migrate(&pool).await.unwrap();
-        let key = insert_task(
-            &pool,
-            &NewTask {
-                repo: &RepoName::local(),
-                task_id: "t-1",
-                role: "backend",
-                title: "a task",
-                spec_json: "{}",
-                branch: "auto/backend/t-1",
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        (dir, pool, key)
-    }
-
     const TTL: Duration = Duration::from_secs(60);
 
     /// One process, two runs of one task: run 1's lease ran out, a retry made run 2, and the
     /// same process took run 2. Run 1 must be unable to renew, record its agent, or finish.
     #[tokio::test]
     async fn a_superseded_run_writes_nothing_even_in_the_process_running_its_successor() {
-        let (_dir, pool, key) = store().await;
+        let (_dir, pool, key) = scratch_store().await;
         let me = "host:1";
         assert!(matches!(
             acquire_lease(&pool, key, 1, me, TTL).await.unwrap(),
@@ -424,7 +402,7 @@ mod tests {
     /// (the task is queued again as a new run), never handed the dead run to continue.
     #[tokio::test]
     async fn a_dead_workers_run_is_orphaned_not_taken_over() {
-        let (_dir, pool, key) = store().await;
+        let (_dir, pool, key) = scratch_store().await;
         assert!(matches!(
             acquire_lease(&pool, key, 1, "host:1", TTL).await.unwrap(),
             LeaseAttempt::Acquired(_)

@@ -206,3 +206,27 @@ pub async fn ping(pool: &SqlitePool) -> anyhow::Result<()> {
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
+
+/// A store in a temporary directory, holding one queued task.
+#[cfg(test)]
+pub(crate) async fn scratch_store() -> (tempfile::TempDir, SqlitePool, TaskKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("autodev.db").display());
+    let pool = connect(&url, &DatabaseConfig::default()).await.unwrap();
+    migrate(&pool).await.unwrap();
+    let key = insert_task(
+        &pool,
+        &NewTask {
+            repo: &RepoName::local(),
+            task_id: "t-1",
+            role: "backend",
+            title: "a task",
+            spec_json: "{}",
+            branch: "auto/backend/t-1",
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (dir, pool, key)
+}

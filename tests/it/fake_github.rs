@@ -87,6 +87,8 @@ pub struct St {
     pub failures: VecDeque<(u16, Vec<(String, String)>)>,
     /// Answers to give to the next request that starts with the text: (text, status).
     pub failures_on: Vec<(String, u16)>,
+    /// Requests answered late (see `FakeGithub::slow_on`).
+    pub slow_on: Vec<(String, Duration)>,
     /// `METHOD path` of every request, in order.
     pub requests: Vec<String>,
     next_id: u64,
@@ -256,6 +258,16 @@ impl FakeGithub {
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
         ));
+    }
+
+    /// Every request starting with `request` (`METHOD /path`) is answered only after `wait`,
+    /// as GitHub under load: what it does is done at the end of the wait.
+    pub fn slow_on(&self, request: &str, wait: Duration) {
+        self.state
+            .lock()
+            .unwrap()
+            .slow_on
+            .push((request.into(), wait));
     }
 
     /// The next request starting with `request` (`METHOD /path`) gets `status`.
@@ -438,6 +450,20 @@ fn check_token(st: &St, headers: &HeaderMap) -> Result<u64, Response> {
 
 /// Records the request, plays a scripted failure if one is queued, and checks the
 /// installation token; returns the locked state, or answers for the handler.
+/// Waits as [`FakeGithub::slow_on`] asks for `request`.
+async fn slow(s: &Shared, request: &str) {
+    let wait = s
+        .lock()
+        .unwrap()
+        .slow_on
+        .iter()
+        .find(|(prefix, _)| request.starts_with(prefix.as_str()))
+        .map(|(_, wait)| *wait);
+    if let Some(wait) = wait {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 macro_rules! enter {
     ($s:expr, $headers:expr, $what:expr) => {{
         let mut st = $s.lock().unwrap();
@@ -727,6 +753,7 @@ async fn create_check_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    slow(&s, &format!("POST /repos/{owner}/{repo}/check-runs")).await;
     let mut st = enter!(s, headers, format!("POST /repos/{owner}/{repo}/check-runs"));
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let (Some(name), Some(sha)) = (req["name"].as_str(), req["head_sha"].as_str()) else {

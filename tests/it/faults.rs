@@ -230,3 +230,65 @@ crash_walk! {
     crash_when_the_reviewers_are_requested: "reviewers-requested",
     crash_when_a_comment_is_posted: "comment-posted",
 }
+
+/// Two processes on one database, with GitHub slow to create: every job that may create the
+/// task's check run runs at once, in either process, and GitHub still gets one create.
+#[tokio::test]
+async fn two_processes_racing_to_create_one_check_run_make_one() {
+    let app = app_with_setup(&changing_agent(), |_, fake| {
+        fake.slow_on(
+            "POST /repos/codertocat/hello-world/check-runs",
+            std::time::Duration::from_millis(1500),
+        );
+    })
+    .await;
+    let _second = app.world.worker();
+    app.label("autodev:backend", "Codertocat").await;
+    let t = app.server.ended("issue-1").await;
+    assert_eq!(t["state"], "passed", "{t:#}");
+    // The end queued one check-run job; four more race it.
+    let pool = app.world.db().await;
+    let pk: i64 = sqlx::query_scalar("SELECT pk FROM tasks WHERE task_id = 'issue-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let job = autodev::jobs::OutboxJob::new(autodev::jobs::Effect::CheckRun {
+            task: autodev::core::ids::TaskKey(pk),
+        });
+        autodev::jobs::push_now(&pool, &job).await.unwrap();
+    }
+    app.fake
+        .wait_until("the check run, concluded", |st| {
+            st.check_runs
+                .iter()
+                .any(|c| c.conclusion.as_deref() == Some("success"))
+        })
+        .await;
+    // Every job has run: none is waiting in the queue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.outbox' AND status NOT IN ('Done', 'Killed', 'Failed')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} outbox jobs never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let creates = app
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /repos/codertocat/hello-world/check-runs"))
+        .count();
+    let runs = app.fake.state.lock().unwrap().check_runs.clone();
+    assert_eq!((creates, runs.len()), (1, 1), "{runs:#?}");
+}
