@@ -1,7 +1,7 @@
 //! Faults: the process dies at a boundary between a side effect and its record (a crash point
 //! of a `--features failpoints` build), restarts, and the work ends once, as recorded.
 
-use crate::github_app::{App, app_with_setup};
+use crate::story::{App, WRITER};
 use crate::support::{CLAUDE_OK, git};
 
 /// Whether this build has crash points; if not, the test says it was skipped.
@@ -20,7 +20,7 @@ fn changing_agent() -> String {
 /// App mode with `FAILPOINTS` set to `scenario` for the first server only.
 async fn app_crashing_at(scenario: &str) -> App {
     let scenario = scenario.to_owned();
-    app_with_setup(&changing_agent(), move |world, _| {
+    App::with(&changing_agent(), move |world, _| {
         world.extra_env.push(("FAILPOINTS".into(), scenario));
     })
     .await
@@ -32,7 +32,7 @@ async fn a_crash_between_a_push_and_its_record_is_reconciled_from_github() {
         return;
     }
     let app = app_crashing_at("push-done=return").await;
-    app.label("autodev:backend", "Codertocat").await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
     let App {
         mut world,
         fake,
@@ -105,17 +105,17 @@ async fn crash_once_at(point: &str) {
         return;
     }
     let scenario = format!("{point}=return");
-    let app = app_with_setup(&lingering_agent(), move |world, fake| {
+    let app = App::with(&lingering_agent(), move |world, fake| {
         world.unconfine();
         world.extra_env.push(("FAILPOINTS".into(), scenario));
         std::fs::create_dir_all(world.repo.join(".github")).unwrap();
         std::fs::write(world.repo.join(".github/CODEOWNERS"), "* @alice\n").unwrap();
         git(&world.repo, &["add", "."]);
         git(&world.repo, &["commit", "-q", "-m", "codeowners"]);
-        fake.set_permission(crate::github_app::REPO, "alice", "write");
+        fake.set_permission(crate::story::REPO, "alice", "write");
     })
     .await;
-    app.label("autodev:backend", "Codertocat").await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
     let App {
         mut world,
         fake,
