@@ -642,9 +642,9 @@ async fn a_closed_pull_requests_branch_is_pruned_from_the_mirror() {
     let a = app_with_sweep("cleanup", "feature.txt", "x").await;
     a.issue(1).labeled("autodev:backend").by(WRITER).await;
     wait_for_pr(&a).await;
-    assert!(a.mirror().has_branch(BRANCH));
+    assert!(a.mirror().branch(BRANCH).is_some());
     a.fake.state.lock().unwrap().pulls[0].closed = true;
-    let gone = async || (!a.mirror().has_branch(BRANCH)).then_some(()).ok_or(());
+    let gone = async || a.mirror().branch(BRANCH).map_or(Ok(()), Err);
     eventually("the branch gone from the mirror", gone).await;
     // The branch goes first, then the timeline says so.
     let told = |t: &TaskView| t.told("is closed");

@@ -411,7 +411,17 @@ pub struct Task<'a> {
     run: Option<i64>,
 }
 
-impl Task<'_> {
+impl<'a> Task<'a> {
+    /// Task `id` of the server's own repository (local mode).
+    pub fn local(server: &'a Server, id: &str) -> Self {
+        let path = format!("/tasks/{id}");
+        Task {
+            server,
+            path,
+            run: None,
+        }
+    }
+
     /// Only run `n` counts: `.run(2).ended()` waits for the second run's end.
     pub fn run(mut self, n: i64) -> Self {
         self.run = Some(n);
@@ -489,9 +499,9 @@ impl Repo {
         git(&self.0, &["rev-parse", branch])
     }
 
-    pub fn has_branch(&self, branch: &str) -> bool {
-        self.try_git(&format!("show-ref --verify --quiet refs/heads/{branch}"))
-            .is_some()
+    /// Where `branch` is, if it is there.
+    pub fn branch(&self, branch: &str) -> Option<String> {
+        self.try_git(&format!("rev-parse --verify --quiet refs/heads/{branch}"))
     }
 
     /// Whether `ancestor` is in `branch`'s history.
