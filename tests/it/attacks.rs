@@ -53,41 +53,23 @@ async fn an_outsiders_block_neither_runs_its_command_nor_moves_the_base_but_a_wr
         marker.display()
     );
     // The outsider wrote the issue; a maintainer labels it.
-    let written_by = |author: &'static str| {
-        let body = body.clone();
-        move |p: &mut serde_json::Value| {
-            p["issue"]["body"] = json!(body);
-            p["issue"]["user"]["login"] = json!(author);
-        }
-    };
     let issue = a.issue(1);
-    issue
-        .labeled("autodev:backend")
-        .by(WRITER)
-        .with(written_by("outsider"))
-        .await;
+    let label = issue.labeled("autodev:backend").by(WRITER);
+    label.written("outsider", &body).await;
     let t = issue.task().ended().await;
     assert!(!marker.exists(), "the outsider's command ran on the host");
     assert_eq!(t.base_branch.as_deref(), Some("master"), "{t:#?}");
-    a.fake
-        .wait_until("the status comment says the block was not used", |st| {
-            st.comments.iter().any(|c| {
-                c.author == "autodev[bot]"
-                    && c.body.contains("autodev:status issue-1")
-                    && c.body.contains("@outsider does not have write permission")
-            })
-        })
-        .await;
+    let refused = "@outsider does not have write permission";
+    issue.status_with(refused).await;
 
     // The same block from someone who may write is used.
     let issue = a.issue(2);
     issue
         .labeled("autodev:backend")
         .by(WRITER)
-        .with(written_by(WRITER))
+        .written(WRITER, &body)
         .await;
-    let t = issue.task().ended().await;
-    assert_eq!(t.state, State::Passed, "{t:#?}");
+    let t = issue.task().ended_as(State::Passed).await;
     assert!(marker.exists(), "the writer's gate did not run");
     assert_eq!(t.base_branch.as_deref(), Some("other"), "{t:#?}");
 }

@@ -31,6 +31,7 @@ async fn a_label_from_a_writer_makes_one_task_with_a_reaction_and_a_status_comme
     let ended = issue.task().ended_as(State::Passed).await;
     issue.final_status(&ended).await;
     let status = issue.status_with("- pull request: #").await;
+    assert!(status.edits > 0, "edited as the task moved: {status:#?}");
     insta::assert_snapshot!("status_comment_passed", redact(&status.body));
 
     // Labelling again once it has ended re-runs the same task, never a second one; the
