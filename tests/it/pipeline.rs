@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::story::{Repo, State, Task, TaskView, eventually};
 use crate::support::{CLAUDE_OK, World, alive, git, spec, wait_for_file};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -517,24 +518,13 @@ async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
     server
         .post_spec("application/yaml", &spec("CLN-1", ""))
         .await;
-    let task = server.ended("CLN-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    let task = Task::local(&server, "CLN-1");
+    task.ended_as(State::Passed).await;
     // Where autodev puts it (the record may be cleared already: clean-up runs every second).
     let path = world.data.join("worktrees/local/CLN-1");
-    let deadline = std::time::Instant::now() + WAIT;
     // The directory goes first, then the record.
-    loop {
-        let (_, task) = server.get("/tasks/CLN-1").await;
-        if !path.exists() && task["worktree"].is_null() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} was not cleaned up: {task:#}",
-            path.display()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let cleaned = |t: &TaskView| !path.exists() && t.worktree.is_none();
+    task.until("the worktree cleaned up", cleaned).await;
     assert!(
         !git(&world.repo, &["worktree", "list"]).contains("CLN-1"),
         "git forgot it too"
@@ -543,15 +533,7 @@ async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
     assert!(metrics.contains("autodev_active_worktrees 0"), "{metrics}");
     // The branch stays; a retry makes a new worktree from it.
     server.post("/tasks/CLN-1/retry").await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, t) = server.get("/tasks/CLN-1").await;
-        if t["runs"] == 2 && t["state"] == "passed" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{t:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    task.run(2).ended_as(State::Passed).await;
     let log = git(
         &world.repo,
         &["log", "--format=%s", "master..auto/backend/CLN-1"],
@@ -631,56 +613,24 @@ async fn in_local_mode_a_passed_branch_behind_its_base_is_rebased_in_place() {
             &spec("LRB-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n"),
         )
         .await;
-    let task = server.ended("LRB-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    let task = Task::local(&server, "LRB-1");
+    task.ended_as(State::Passed).await;
     std::fs::write(world.repo.join("base.txt"), "moved on\n").unwrap();
     git(&world.repo, &["add", "base.txt"]);
     git(&world.repo, &["commit", "-q", "-m", "master moves on"]);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&world.repo)
-            .args([
-                "merge-base",
-                "--is-ancestor",
-                "master",
-                "auto/backend/LRB-1",
-            ])
-            .status()
-            .unwrap();
-        if out.success() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the branch was not rebased"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        git(&world.repo, &["show", "auto/backend/LRB-1:feature.txt"]),
-        "x"
-    );
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, t) = server.get("/tasks/LRB-1").await;
-        if t["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "rebase")
-        {
-            assert_eq!(t["state"], "passed", "the gates passed again: {t:#}");
-            assert_eq!(
-                t["head_sha"],
-                git(&world.repo, &["rev-parse", "auto/backend/LRB-1"]).as_str()
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{t:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let repo = Repo(world.repo.clone());
+    let rebased = async || {
+        repo.contains("auto/backend/LRB-1", "master")
+            .then_some(())
+            .ok_or(())
+    };
+    eventually("the branch rebased", rebased).await;
+    assert_eq!(repo.file("auto/backend/LRB-1", "feature.txt"), "x");
+    let t = task
+        .until("the rebase told", |t| t.events_of("rebase") > 0)
+        .await;
+    assert_eq!(t.state, State::Passed, "the gates passed again: {t:#?}");
+    assert_eq!(t.head_sha, Some(repo.head("auto/backend/LRB-1")));
 }
 
 #[tokio::test]
@@ -697,11 +647,15 @@ async fn autodev_checkpoint_by_hand_saves_a_running_tasks_work() {
     server
         .post_spec("application/yaml", &spec("CPH-1", ""))
         .await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !world.agent_dir.join("written").exists() {
-        assert!(std::time::Instant::now() < deadline, "the agent never ran");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let written = async || {
+        world
+            .agent_dir
+            .join("written")
+            .exists()
+            .then_some(())
+            .ok_or(())
+    };
+    eventually("the agent's work written", written).await;
     let out = tokio::process::Command::from(world.command(&["checkpoint"]))
         .output()
         .await
