@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::story::{App, REPO, State, WRITER, writes};
-use crate::support::{CLAUDE_OK, ENDED, World, git, spec};
+use crate::support::{CLAUDE_OK, World, git, spec};
 
 /// One raw HTTP/1.1 request (the `Host` and every header exactly as given); the status code
 /// and the body.
@@ -115,22 +115,18 @@ async fn a_job_that_panics_ends_its_task_and_the_next_task_passes() {
         .post_spec("application/yaml", &spec("PANIC-1", ""))
         .await;
     assert_eq!(status, 201);
-    let t = server
-        .wait_for("PANIC-1", ENDED, Duration::from_secs(30))
-        .await;
-    assert_eq!(t["state"], "error", "{t:#}");
+    let t = server.ended("PANIC-1").await;
+    assert_eq!(t.state, State::Error, "{t:#}");
     assert!(
-        t["last_error"].as_str().unwrap().contains("internal error"),
+        t.last_error.as_deref().unwrap().contains("internal error"),
         "{t:#}"
     );
     let (status, _) = server
         .post_spec("application/yaml", &spec("PANIC-2", ""))
         .await;
     assert_eq!(status, 201);
-    let t = server
-        .wait_for("PANIC-2", ENDED, Duration::from_secs(30))
-        .await;
-    assert_eq!(t["state"], "passed", "{t:#}");
+    let t = server.ended("PANIC-2").await;
+    assert_eq!(t.state, State::Passed, "{t:#}");
     let (status, ready) = server.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
 }
@@ -199,10 +195,8 @@ async fn web_pages_cannot_drive_the_api() {
         json_spec,
     );
     assert_eq!(status, 201, "{body}");
-    let t = server
-        .wait_for("WEB-1", ENDED, Duration::from_secs(30))
-        .await;
-    assert_eq!(t["runs"], 1);
+    let t = server.ended("WEB-1").await;
+    assert_eq!(t.runs, 1);
 
     // A cross-site form or fetch: text/plain needs no preflight; a foreign Origin.
     let host = format!("127.0.0.1:{port}");
@@ -543,8 +537,8 @@ async fn an_agent_changes_neither_the_operators_login_nor_another_tasks_home() {
     for id in ["HOME-A", "HOME-B", "HOME-C", "HOME-D", "HOME-E"] {
         let (status, _) = server.post_spec("application/yaml", &spec(id, "")).await;
         assert_eq!(status, 201);
-        let t = server.wait_for(id, ENDED, Duration::from_secs(30)).await;
-        assert_eq!(t["state"], "passed", "{t:#}");
+        let t = server.ended(id).await;
+        assert_eq!(t.state, State::Passed, "{t:#}");
     }
     assert_eq!(
         std::fs::read_to_string(claude.join("CLAUDE.md")).unwrap(),
@@ -682,15 +676,15 @@ async fn another_process_of_autodevs_user_cannot_read_its_environment() {
 
 /// Runs task `id` whose one gate is `gate`, expects it to end `state`, and then no process
 /// whose command line is `left` (the gate's escapee) to be alive for long.
-async fn gate_leaves_nothing(world: &World, id: &str, gate: &str, left: &str, state: &str) {
+async fn gate_leaves_nothing(world: &World, id: &str, gate: &str, left: &str, state: State) {
     let server = world.serve();
     let extra = format!("max_rounds: 1\nacceptance:\n  tests: [{gate:?}]\n");
     let (status, body) = server
         .post_spec("application/yaml", &spec(id, &extra))
         .await;
     assert_eq!(status, 201, "{body}");
-    let t = server.wait_for(id, ENDED, Duration::from_secs(30)).await;
-    assert_eq!(t["state"], state, "{t:#}");
+    let t = server.ended(id).await;
+    assert_eq!(t.state, state, "{t:#}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes(left).is_empty() {
         assert!(
@@ -707,7 +701,7 @@ async fn a_gate_that_leaves_its_group_ends_with_its_task() {
     world.simple_claude("feature.txt", "done");
     // The escaped process keeps the gate's output pipe open, for ever.
     let gate = "setsid sleep 3171 & sleep 1";
-    gate_leaves_nothing(&world, "SETSID-1", gate, "sleep 3171", "passed").await;
+    gate_leaves_nothing(&world, "SETSID-1", gate, "sleep 3171", State::Passed).await;
 }
 
 #[tokio::test]
@@ -716,7 +710,7 @@ async fn without_a_sandbox_a_gate_that_leaves_its_group_and_its_marker_still_end
     let world = World::unconfined();
     world.simple_claude("feature.txt", "done");
     let gate = "setsid env -i sleep 3172 & sleep 1";
-    gate_leaves_nothing(&world, "ESCAPE-1", gate, "sleep 3172", "passed").await;
+    gate_leaves_nothing(&world, "ESCAPE-1", gate, "sleep 3172", State::Passed).await;
 }
 
 #[tokio::test]
@@ -725,7 +719,7 @@ async fn without_a_sandbox_a_gate_that_times_out_leaves_nothing_behind() {
     world.simple_claude("feature.txt", "done");
     world.write_config("providers:\n  order: [claude_cli]\ngates: {timeout: 2s}\n");
     let gate = "setsid env -i sleep 3173 & sleep 100";
-    gate_leaves_nothing(&world, "ESCAPE-2", gate, "sleep 3173", "failed").await;
+    gate_leaves_nothing(&world, "ESCAPE-2", gate, "sleep 3173", State::Failed).await;
 }
 
 #[tokio::test]

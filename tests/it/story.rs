@@ -1,13 +1,10 @@
 //! App mode told as user stories: `app.issue(1).labeled("autodev:backend").by(WRITER).await`,
 //! `issue.task().ended().await.state`, `app.remote().file(branch, path)`; one waiting rule.
 
-use std::fmt::Debug;
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::fake_github::{CheckRun, Comment, FakeGithub};
@@ -19,82 +16,7 @@ pub const REPO: &str = "Codertocat/Hello-World";
 /// Someone with write permission on [`REPO`].
 pub const WRITER: &str = "Codertocat";
 
-/// How long any step of a story waits for what it expects.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The one waiting rule: asks `probe` until it answers `Ok`, for at most [`PATIENCE`]; then
-/// fails, saying what was awaited and what was last seen.
-pub async fn eventually<T, E: Debug>(
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<T, E>,
-) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match probe().await {
-            Ok(found) => return found,
-            Err(seen) if Instant::now() > deadline => {
-                panic!("waited {PATIENCE:?} for {what}; last seen: {seen:#?}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// A task as `GET /repos/{owner}/{repo}/tasks/{id}` shows it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TaskView {
-    pub id: String,
-    pub repo: String,
-    pub branch: String,
-    pub base_branch: Option<String>,
-    pub state: State,
-    pub last_error: Option<String>,
-    pub head_sha: Option<String>,
-    pub pushed_sha: Option<String>,
-    pub runs: i64,
-    pub worktree: Option<String>,
-    pub pr_number: Option<u64>,
-    pub pr_state: Option<String>,
-    #[serde(default)]
-    pub spec: Value,
-    #[serde(default)]
-    pub events: Vec<Event>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Queued,
-    Running,
-    Passed,
-    Failed,
-    Error,
-    Cancelled,
-}
-
-impl State {
-    pub fn ended(self) -> bool {
-        !matches!(self, State::Queued | State::Running)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Event {
-    pub kind: String,
-    pub message: String,
-}
-
-impl TaskView {
-    /// How many events of `kind` the timeline has.
-    pub fn events_of(&self, kind: &str) -> usize {
-        self.events.iter().filter(|e| e.kind == kind).count()
-    }
-
-    /// Whether an event's message holds `text`.
-    pub fn told(&self, text: &str) -> bool {
-        self.events.iter().any(|e| e.message.contains(text))
-    }
-}
+pub use crate::support::{State, TaskView, eventually};
 
 /// App mode against the fake GitHub, the repository served by the token-checking git server.
 pub struct App {
