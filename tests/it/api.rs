@@ -1,12 +1,8 @@
 //! The HTTP contract: submit as YAML and JSON, errors, auth, listing, metrics.
 
-use std::time::Duration;
-
 use serde_json::json;
 
-use crate::support::{World, git, spec};
-
-const WAIT: Duration = Duration::from_secs(30);
+use crate::support::{State, World, git, spec};
 
 #[tokio::test]
 async fn yaml_and_json_specs_run_to_passed_on_their_branches() {
@@ -33,16 +29,16 @@ async fn yaml_and_json_specs_run_to_passed_on_their_branches() {
         .await;
     assert_eq!(status, 201, "{body}");
 
-    let one = server.wait_for("TSK-1", &["passed"], WAIT).await;
-    let two = server.wait_for("TSK-2", &["passed"], WAIT).await;
-    assert_eq!(one["branch"], "auto/backend/TSK-1");
-    assert_eq!(one["repo"], "local");
-    assert_eq!(one["base_branch"], "master");
-    assert_eq!(one["provider"], "claude_cli");
-    assert!(one["last_error"].is_null());
-    assert!(one["created_at"].is_string() && one["finished_at"].is_string());
-    assert_eq!(one["gates"][0]["gate"], "tests[0]");
-    assert_eq!(one["gates"][0]["status"], "passed");
+    let one = server.wait_for("TSK-1", &[State::Passed]).await;
+    let two = server.wait_for("TSK-2", &[State::Passed]).await;
+    assert_eq!(one.branch, "auto/backend/TSK-1");
+    assert_eq!(one.repo, "local");
+    assert_eq!(one.base_branch.as_deref(), Some("master"));
+    assert_eq!(one.provider.as_deref(), Some("claude_cli"));
+    assert!(one.last_error.is_none());
+    assert!(!one.created_at.is_empty() && one.finished_at.is_some());
+    assert_eq!(one.gates[0].gate, "tests[0]");
+    assert_eq!(one.gates[0].status, "passed");
 
     // The work is committed on the task branch with a conventional message and trailer.
     let log = git(
@@ -54,13 +50,13 @@ async fn yaml_and_json_specs_run_to_passed_on_their_branches() {
     let file = git(&world.repo, &["show", "auto/backend/TSK-1:feature.txt"]);
     assert_eq!(file, "hello");
     // target_dir was created, and the agent worked inside it.
-    assert_eq!(two["head_sha"].as_str().map(str::len), Some(40));
+    assert_eq!(two.head_sha.as_deref().map(str::len), Some(40));
     let file = git(&world.repo, &["show", "auto/backend/TSK-2:svc/feature.txt"]);
     assert_eq!(file, "hello");
     // The worktrees live in the data directory, not in the repository.
     assert!(
-        one["worktree"]
-            .as_str()
+        one.worktree
+            .as_deref()
             .unwrap()
             .starts_with(world.data.to_str().unwrap())
     );
@@ -185,12 +181,12 @@ async fn errors_are_json_with_the_right_status() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 
     // Retry while running → 409; cancel an ended task → 409.
-    server.wait_for("DUP-1", &["running"], WAIT).await;
+    server.wait_for("DUP-1", &[State::Running]).await;
     let (status, _) = server.post("/tasks/DUP-1/retry").await;
     assert_eq!(status, 409);
     let (status, _) = server.post("/tasks/DUP-1/cancel").await;
     assert_eq!(status, 202);
-    server.wait_for("DUP-1", &["cancelled"], WAIT).await;
+    server.wait_for("DUP-1", &[State::Cancelled]).await;
     let (status, body) = server.post("/tasks/DUP-1/cancel").await;
     assert_eq!(status, 409, "{body}");
     let (status, _) = server.post("/tasks/NOPE/cancel").await;
@@ -273,8 +269,8 @@ async fn a_task_page_shows_the_run_to_people_and_needs_its_signed_link_when_guar
     let (status, _) = server.post_spec("application/yaml", text).await;
     assert_eq!(status, 201);
     let task = server.ended("PG-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
-    let link = task["page"].as_str().expect("a page link").to_owned();
+    assert_eq!(task.state, State::Passed, "{task:#}");
+    let link = task.page.as_deref().expect("a page link").to_owned();
     let path = link
         .strip_prefix("https://autodev.example.com")
         .expect("on the public URL");

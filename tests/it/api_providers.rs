@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::fake_models::{FakeModels, Turn};
-use crate::support::{World, git, spec};
+use crate::support::{State, World, git, spec};
 
 const KEY: &str = "sk-test-0123456789";
 
@@ -74,13 +74,13 @@ async fn the_anthropic_api_writes_the_change_through_tools_confined_to_the_workt
         )
         .await;
     let task = server.ended("API-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
-    assert_eq!(task["provider"], "anthropic_api");
+    assert_eq!(task.state, State::Passed, "{task:#}");
+    assert_eq!(task.provider.as_deref(), Some("anthropic_api"));
     // Four answers of 100 tokens in and 20 out, at $3 and $15 per million.
-    let cost = task["cost_usd"].as_f64().unwrap();
+    let cost = task.cost_usd.unwrap();
     assert!((cost - 0.0024).abs() < 1e-9, "{cost}");
     assert!(
-        task["events"].to_string().contains("400 tokens in, 80 out"),
+        task.timeline().contains("400 tokens in, 80 out"),
         "{task:#}"
     );
     assert_eq!(
@@ -172,14 +172,14 @@ async fn a_refused_key_falls_back_to_the_openai_api_and_gate_failures_go_back_to
         )
         .await;
     let task = server.ended("API-2").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
-    assert_eq!(task["provider"], "openai_api");
-    assert_eq!(task["rounds"], 2, "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
+    assert_eq!(task.provider.as_deref(), Some("openai_api"));
+    assert_eq!(task.rounds, 2, "{task:#}");
     // Two rounds of two answers (100 in, 20 out each) at $1 and $2 per million: both rounds
     // count.
-    let cost = task["cost_usd"].as_f64().unwrap();
+    let cost = task.cost_usd.unwrap();
     assert!((cost - 0.00056).abs() < 1e-9, "{cost}");
-    let events = task["events"].to_string();
+    let events = task.timeline();
     assert!(
         events.contains("anthropic_api") && events.contains("401"),
         "the refused key is on the timeline: {events}"
@@ -248,14 +248,14 @@ async fn a_model_that_never_finishes_is_stopped_at_max_turns_and_its_tokens_stil
         .post_spec("application/yaml", &spec("API-4", "max_rounds: 1\n"))
         .await;
     let task = server.ended("API-4").await;
-    assert_ne!(task["state"], "passed", "{task:#}");
+    assert_ne!(task.state, State::Passed, "{task:#}");
     assert_eq!(fake.requests().len(), 2, "stopped at max_turns");
-    let events = task["events"].to_string();
+    let events = task.timeline();
     assert!(
         events.contains("after 2 turns") && events.contains("200 tokens in, 40 out"),
         "{events}"
     );
     // Two answers of 100 in and 20 out at $3 and $15 per million: paid for, though it failed.
-    let cost = task["cost_usd"].as_f64().unwrap_or_default();
+    let cost = task.cost_usd.unwrap_or_default();
     assert!((cost - 0.0012).abs() < 1e-9, "{task:#}");
 }

@@ -1,6 +1,6 @@
 //! The command line: `run` in the foreground, `validate`, `submit` and `status`, `roles`.
 
-use crate::support::{World, git, spec};
+use crate::support::{State, World, git, spec};
 
 #[test]
 fn run_prints_each_stage_and_exits_by_the_result() {
@@ -101,9 +101,7 @@ async fn submit_and_status_talk_to_the_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("queued task SUB-1"));
-    server
-        .wait_for("SUB-1", &["passed"], std::time::Duration::from_secs(30))
-        .await;
+    server.wait_for("SUB-1", &[State::Passed]).await;
     let mut cmd = world.command(&["status", "SUB-1"]);
     cmd.env("AUTODEV_URL", &server.url);
     let out = cmd.output().unwrap();

@@ -219,34 +219,15 @@ impl FakeGithub {
         });
     }
 
-    /// Waits until `check` holds for the state.
+    /// Waits until `check` holds for the state (by the one waiting rule,
+    /// [`crate::story::eventually`]).
     pub async fn wait_until(&self, what: &str, check: impl Fn(&St) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if check(&self.state.lock().unwrap()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fake GitHub never saw: {what}; requests: {:#?}",
-                self.requests()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until a comment holding `needle` is there (on any issue); that comment.
-    pub async fn comment_with(&self, needle: &str) -> Comment {
-        self.wait_until(&format!("a comment holding {needle:?}"), |st| {
-            st.comments.iter().any(|c| c.body.contains(needle))
+        let what = format!("the fake GitHub to see {what} (the requests it saw are shown)");
+        crate::story::eventually(&what, async || {
+            let seen = check(&self.state.lock().unwrap());
+            if seen { Ok(()) } else { Err(self.requests()) }
         })
-        .await;
-        let st = self.state.lock().unwrap();
-        st.comments
-            .iter()
-            .find(|c| c.body.contains(needle))
-            .cloned()
-            .expect("seen above")
+        .await
     }
 
     /// The next request(s) get this answer instead of being handled.

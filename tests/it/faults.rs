@@ -1,8 +1,10 @@
 //! Faults: the process dies at a boundary between a side effect and its record (a crash point
 //! of a `--features failpoints` build), restarts, and the work ends once, as recorded.
 
-use crate::github_app::{App, app_with_setup};
+use crate::story::{App, REPO, State, WRITER};
 use crate::support::{CLAUDE_OK, git};
+
+const BRANCH: &str = "auto/backend/issue-1";
 
 /// Whether this build has crash points; if not, the test says it was skipped.
 fn crash_points() -> bool {
@@ -20,7 +22,7 @@ fn changing_agent() -> String {
 /// App mode with `FAILPOINTS` set to `scenario` for the first server only.
 async fn app_crashing_at(scenario: &str) -> App {
     let scenario = scenario.to_owned();
-    app_with_setup(&changing_agent(), move |world, _| {
+    App::with(&changing_agent(), move |world, _| {
         world.extra_env.push(("FAILPOINTS".into(), scenario));
     })
     .await
@@ -32,49 +34,31 @@ async fn a_crash_between_a_push_and_its_record_is_reconciled_from_github() {
         return;
     }
     let app = app_crashing_at("push-done=return").await;
-    app.label("autodev:backend", "Codertocat").await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
+    let remote = app.remote();
     let App {
         mut world,
         fake,
-        git: remote,
         server,
+        ..
     } = app;
     server.crashed().await;
-    let bare = remote.root.join("codertocat/hello-world.git");
-    let pushed_before = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
+    let pushed_before = remote.head(BRANCH);
 
     // Restarted without the crash point: the task's lease runs out, a second run starts on
     // the branch, and its push replaces the one the first run never recorded.
     world.extra_env.retain(|(k, _)| k != "FAILPOINTS");
     let server = world.serve();
-    let t = server
-        .wait_for(
-            "issue-1",
-            &["passed", "failed", "error", "cancelled"],
-            std::time::Duration::from_secs(90),
-        )
-        .await;
-    let events = t["events"].to_string();
-    assert_eq!(t["state"], "passed", "{t:#}");
-    assert_eq!(t["runs"], 2, "{t:#}");
-    let head = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
-    assert_eq!(t["pushed_sha"], head.as_str(), "{t:#}");
-    assert_eq!(t["head_sha"], head.as_str(), "{t:#}");
-    assert!(
-        events.contains(&format!(
-            "found {} on auto/backend/issue-1",
-            &pushed_before[..10]
-        )),
-        "{t:#}"
-    );
+    let t = server.ended("issue-1").await;
+    assert_eq!(t.state, State::Passed, "{t}");
+    assert_eq!(t.runs, 2, "{t}");
+    let head = remote.head(BRANCH);
+    assert_eq!(t.pushed_sha.as_deref(), Some(head.as_str()), "{t}");
+    assert_eq!(t.head_sha.as_deref(), Some(head.as_str()), "{t}");
+    let found = format!("found {} on {BRANCH}", &pushed_before[..10]);
+    assert!(t.told(&found), "{t}");
     // The second run built on the first: the crashed run's push is in the branch's history.
-    assert_eq!(
-        git(
-            &bare,
-            &["merge-base", "--is-ancestor", &pushed_before, &head]
-        ),
-        ""
-    );
+    assert!(remote.contains(BRANCH, &pushed_before), "{t}");
     // One check run, on the pushed head, concluded.
     fake.wait_until("the check run of the final head, concluded", |st| {
         st.check_runs
@@ -105,45 +89,38 @@ async fn crash_once_at(point: &str) {
         return;
     }
     let scenario = format!("{point}=return");
-    let app = app_with_setup(&lingering_agent(), move |world, fake| {
+    let app = App::with(&lingering_agent(), move |world, fake| {
         world.unconfine();
         world.extra_env.push(("FAILPOINTS".into(), scenario));
         std::fs::create_dir_all(world.repo.join(".github")).unwrap();
         std::fs::write(world.repo.join(".github/CODEOWNERS"), "* @alice\n").unwrap();
         git(&world.repo, &["add", "."]);
         git(&world.repo, &["commit", "-q", "-m", "codeowners"]);
-        fake.set_permission(crate::github_app::REPO, "alice", "write");
+        fake.set_permission(REPO, "alice", "write");
     })
     .await;
-    app.label("autodev:backend", "Codertocat").await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
+    let remote = app.remote();
     let App {
         mut world,
         fake,
-        git: remote,
         server,
+        ..
     } = app;
     server.crashed().await;
     world.extra_env.retain(|(k, _)| k != "FAILPOINTS");
     let server = world.serve();
-    let t = server
-        .wait_for(
-            "issue-1",
-            crate::support::ENDED,
-            std::time::Duration::from_secs(90),
-        )
-        .await;
-    assert_eq!(t["state"], "passed", "crashed at {point}: {t:#}");
+    let t = server.ended("issue-1").await;
+    assert_eq!(t.state, State::Passed, "crashed at {point}: {t}");
 
     // One terminal state per run, and the last run has its own.
-    let runs = t["runs"].as_i64().unwrap();
+    let terminal = ["passed", "failed", "error", "cancelled"];
+    let runs = t.runs;
     for run in 1..=runs {
-        let ends = t["events"]
-            .as_array()
-            .unwrap()
+        let ends = t
+            .events
             .iter()
-            .filter(|e| {
-                e["run_seq"] == run && crate::support::ENDED.contains(&e["kind"].as_str().unwrap())
-            })
+            .filter(|e| e.run_seq == run && terminal.contains(&e.kind.as_str()))
             .count();
         assert!(
             ends <= 1,
@@ -155,10 +132,17 @@ async fn crash_once_at(point: &str) {
     }
 
     // The branch on GitHub is the commit recorded.
-    let bare = remote.root.join("codertocat/hello-world.git");
-    let head = git(&bare, &["rev-parse", "auto/backend/issue-1"]);
-    assert_eq!(t["pushed_sha"], head.as_str(), "crashed at {point}: {t:#}");
-    assert_eq!(t["head_sha"], head.as_str(), "crashed at {point}: {t:#}");
+    let head = remote.head(BRANCH);
+    assert_eq!(
+        t.pushed_sha.as_deref(),
+        Some(head.as_str()),
+        "crashed at {point}: {t}"
+    );
+    assert_eq!(
+        t.head_sha.as_deref(),
+        Some(head.as_str()),
+        "crashed at {point}: {t}"
+    );
 
     // What GitHub shows once the outbox has caught up.
     fake.wait_until("one pull request, with its reviewer", |st| {

@@ -3,20 +3,15 @@
 //! branch pushed there and a pull request opened with `GITHUB_TOKEN`. Without a token, or with
 //! an `origin` elsewhere, the prizer says there is nowhere to open one.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use serde_json::Value;
-
 use crate::fake_github::FakeGithub;
 use crate::git_server::GitServer;
+use crate::story::{Repo, State, Task, TaskView, eventually, redact};
 use crate::support::{CLAUDE_OK, Server, World, git, spec};
 
 const REPO: &str = "octo-org/hello";
 const TOKEN: &str = "ghp_localModeToken0123456789";
 /// The token's owner, who opens the pull requests and so is never asked to review them.
 const ME: &str = "octo-me";
-const WAIT: Duration = Duration::from_secs(60);
 
 struct Local {
     world: World,
@@ -74,31 +69,14 @@ async fn local(hygiene: &str) -> Local {
 }
 
 impl Local {
-    fn bare(&self) -> PathBuf {
-        self.git.root.join(format!("{REPO}.git"))
+    /// The git server's repository `full_name`.
+    fn remote(&self, full_name: &str) -> Repo {
+        Repo(self.git.root.join(format!("{full_name}.git")))
     }
 
     /// Where `branch` is on `origin`, if it is there.
     fn on_origin(&self, branch: &str) -> Option<String> {
-        self.branch_in(REPO, branch)
-    }
-
-    /// Where `branch` is in the git server's repository `full_name`, if it is there.
-    fn branch_in(&self, full_name: &str, branch: &str) -> Option<String> {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(self.git.root.join(format!("{full_name}.git")))
-            .args([
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("refs/heads/{branch}"),
-            ])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        self.remote(REPO).branch(branch)
     }
 
     fn pr_posts(&self) -> usize {
@@ -125,23 +103,10 @@ impl Local {
 }
 
 /// Waits until the pull request is open and done with (recorded, reviewers asked).
-async fn wait_for_pr_number(server: &Server, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, t) = server.get(&format!("/tasks/{id}")).await;
-        let done = t["events"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["kind"] == "pull_request"));
-        if t["pr_number"].is_i64() && done {
-            return t;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no pull request recorded: {t:#}\n{}",
-            server.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for_pr_number(server: &Server, id: &str) -> TaskView {
+    let recorded = |t: &TaskView| t.pr_number.is_some() && t.events_of("pull_request") > 0;
+    let task = Task::local(server, id);
+    task.until("a pull request recorded", recorded).await
 }
 
 #[tokio::test]
@@ -151,24 +116,24 @@ async fn a_passed_local_task_is_pushed_to_its_github_origin_and_gets_one_pull_re
     server
         .post_spec("application/yaml", &spec("LPR-1", ""))
         .await;
-    let task = server.ended("LPR-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    Task::local(&server, "LPR-1").ended_as(State::Passed).await;
     let task = wait_for_pr_number(&server, "LPR-1").await;
 
     let branch = "auto/backend/LPR-1";
     let local_head = git(&l.world.repo, &["rev-parse", branch]);
     assert_eq!(l.on_origin(branch).as_deref(), Some(local_head.as_str()));
-    assert_eq!(task["pushed_sha"], local_head.as_str());
+    assert_eq!(task.pushed_sha, Some(local_head));
 
     let pulls = l.fake.state.lock().unwrap().pulls.clone();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
     let pr = &pulls[0];
-    assert_eq!(task["pr_number"], pr.number);
+    assert_eq!(task.pr_number, Some(pr.number));
     assert_eq!(pr.head_ref, branch);
     assert_eq!(pr.base, "master");
     assert_eq!(pr.author, ME, "opened with the token");
     assert_eq!(pr.title, "feat(backend): Add a feature");
-    assert!(!pr.body.contains("Closes #"), "no issue: {}", pr.body);
+    // No issue, so nothing to close.
+    insta::assert_snapshot!("local_pull_request_body", redact(&pr.body));
     let mut users = pr.reviewers.clone();
     users.sort();
     assert_eq!(
@@ -178,16 +143,8 @@ async fn a_passed_local_task_is_pushed_to_its_github_origin_and_gets_one_pull_re
     );
     assert_eq!(pr.team_reviewers, ["docs"]);
     assert_eq!(l.pr_posts(), 1);
-    let kinds: Vec<&str> = task["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
-    assert!(
-        kinds.contains(&"push") && kinds.contains(&"pull_request"),
-        "{kinds:?}"
-    );
+    let told = task.events_of("push") > 0 && task.events_of("pull_request") > 0;
+    assert!(told, "{:#?}", task.events);
 
     // The token went to git and the API, and nowhere else.
     let mut dumps = 0;
@@ -227,9 +184,10 @@ async fn prize_by_hand_pushes_and_opens_it_once_and_a_refusal_is_reported_then_a
     // As if an earlier attempt pushed the branch and died before recording it: the push
     // (leasing on "not there yet") is refused, and the branch found there already.
     let head = git(&l.world.repo, &["rev-parse", branch]);
+    let origin = l.remote(REPO).0;
     git(
         &l.world.repo,
-        &["push", "-q", l.bare().to_str().unwrap(), branch],
+        &["push", "-q", origin.to_str().unwrap(), branch],
     );
 
     l.fake.fail_on(&format!("POST /repos/{REPO}/pulls"), 422);
@@ -275,22 +233,13 @@ async fn autodev_run_opens_the_pull_request_and_the_queued_trigger_finds_it_open
     let done: i64 = sqlx::query_scalar(outbox).fetch_one(&pool).await.unwrap();
     assert_eq!(done, 0, "queued, not yet done");
     let server = l.world.serve();
-    let deadline = std::time::Instant::now() + WAIT;
-    while sqlx::query_scalar::<_, i64>(outbox)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the queued job never ran: {}",
-            server.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, t) = server.get("/tasks/LPR-3").await;
-    assert_eq!(t["pushed_sha"], head.as_str());
+    let done = async || match sqlx::query_scalar::<_, i64>(outbox).fetch_one(&pool).await {
+        Ok(done) if done > 0 => Ok(()),
+        other => Err(other.map_err(|e| e.to_string())),
+    };
+    eventually("the queued job done", done).await;
+    let t = Task::local(&server, "LPR-3").get().await;
+    assert_eq!(t.pushed_sha, Some(head.clone()));
     assert_eq!(l.pr_posts(), 1);
     assert_eq!(l.fake.state.lock().unwrap().pulls.len(), 1);
     drop(server);
@@ -370,26 +319,18 @@ async fn a_rebased_local_branch_follows_on_origin_until_its_pull_request_is_clos
         .await;
     let task = wait_for_pr_number(&server, "LPR-4").await;
     let branch = "auto/backend/LPR-4";
-    let first = task["pushed_sha"].as_str().unwrap().to_owned();
+    let first = task.pushed_sha.unwrap();
 
     std::fs::write(l.world.repo.join("base.txt"), "moved on\n").unwrap();
     git(&l.world.repo, &["add", "base.txt"]);
     git(&l.world.repo, &["commit", "-q", "-m", "master moves on"]);
     let master = git(&l.world.repo, &["rev-parse", "master"]);
-    let deadline = std::time::Instant::now() + WAIT;
-    let moved = loop {
-        if let Some(there) = l.on_origin(branch)
-            && there != first
-        {
-            break there;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rebased branch never reached origin: {}",
-            server.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let rebased = async || {
+        l.on_origin(branch)
+            .filter(|there| *there != first)
+            .ok_or(())
     };
+    let moved = eventually("the rebased branch on origin", rebased).await;
     assert_eq!(git(&l.world.repo, &["rev-parse", branch]), moved);
     assert_eq!(
         git(&l.world.repo, &["merge-base", &master, &moved]),
@@ -398,15 +339,10 @@ async fn a_rebased_local_branch_follows_on_origin_until_its_pull_request_is_clos
     );
 
     l.fake.state.lock().unwrap().pulls[0].closed = true;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, t) = server.get("/tasks/LPR-4").await;
-        if t["pr_state"] == "closed" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{t:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let closed = |t: &TaskView| t.pr_state.as_deref() == Some("closed");
+    Task::local(&server, "LPR-4")
+        .until("the pull request closed", closed)
+        .await;
     assert_eq!(
         git(&l.world.repo, &["rev-parse", branch]),
         moved,
@@ -444,7 +380,11 @@ async fn an_agent_that_rewrites_origin_does_not_redirect_its_push_or_pull_reques
     );
     let branch = "auto/backend/LPR-5";
     assert!(l.on_origin(branch).is_some(), "pushed where origin was");
-    assert_eq!(l.branch_in(evil, branch), None, "nothing pushed to {evil}");
+    assert_eq!(
+        l.remote(evil).branch(branch),
+        None,
+        "nothing pushed to {evil}"
+    );
     assert!(
         l.fake.requests().iter().all(|r| !r.contains(evil)),
         "{:#?}",
@@ -466,16 +406,11 @@ async fn tasks_from_before_the_token_are_left_to_prize_by_hand_not_to_the_schedu
     let pool = l.world.db().await;
     let ticks = "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.hygiene'
                    AND idempotency_key LIKE 'open-prs:%' AND status = 'Done'";
-    let deadline = std::time::Instant::now() + WAIT;
-    while sqlx::query_scalar::<_, i64>(ticks)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        < 2
-    {
-        assert!(std::time::Instant::now() < deadline, "the prizer never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ran = async || match sqlx::query_scalar::<_, i64>(ticks).fetch_one(&pool).await {
+        Ok(n) if n >= 2 => Ok(()),
+        other => Err(other.map_err(|e| e.to_string())),
+    };
+    eventually("the prizer run twice", ran).await;
     assert_eq!(l.pr_posts(), 0, "the schedule leaves it");
     assert_eq!(l.on_origin("auto/backend/LPR-6"), None);
     drop(server);

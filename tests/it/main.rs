@@ -20,4 +20,5 @@ mod pipeline;
 mod real_cli;
 mod recovery;
 mod sandbox;
+mod story;
 mod webhooks;

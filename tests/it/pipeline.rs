@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::story::{Repo, State, Task, TaskView, eventually};
 use crate::support::{CLAUDE_OK, World, alive, git, spec, wait_for_file};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,14 +26,9 @@ async fn falls_back_past_a_missing_binary_and_a_failing_one() {
         .post_spec("application/yaml", &spec("FB-1", ""))
         .await;
     let task = server.ended("FB-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
-    assert_eq!(task["provider"], "gemini_cli");
-    let events: Vec<String> = task["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect();
+    assert_eq!(task.state, State::Passed, "{task:#}");
+    assert_eq!(task.provider.as_deref(), Some("gemini_cli"));
+    let events: Vec<String> = task.events.iter().map(|e| e.message.clone()).collect();
     let all = events.join("\n");
     assert!(
         all.contains("claude_cli: skipped (`/nonexistent/claude` not found on PATH)"),
@@ -71,8 +67,8 @@ async fn every_provider_failing_is_an_error_listing_each_reason() {
         .post_spec("application/yaml", &spec("ALL-1", ""))
         .await;
     let task = server.ended("ALL-1").await;
-    assert_eq!(task["state"], "error");
-    let err = task["last_error"].as_str().unwrap();
+    assert_eq!(task.state, State::Error);
+    let err = task.last_error.as_deref().unwrap();
     assert!(
         err.contains("claude_cli: reported an error: credit balance too low"),
         "{err}"
@@ -99,18 +95,14 @@ async fn a_failing_gate_is_fed_back_and_round_two_passes() {
         .post_spec("application/yaml", &spec("FIX-1", "acceptance:\n  tests: [\"test -f fixed.txt || { echo 'fixed.txt is missing'; exit 1; }\"]\n"))
         .await;
     let task = server.ended("FIX-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
-    assert_eq!(task["rounds"], 2);
-    let gates = task["gates"].as_array().unwrap();
-    assert_eq!(gates.len(), 2);
-    assert_eq!(
-        (gates[0]["round"].as_i64(), gates[0]["status"].as_str()),
-        (Some(1), Some("failed"))
-    );
-    assert_eq!(
-        (gates[1]["round"].as_i64(), gates[1]["status"].as_str()),
-        (Some(2), Some("passed"))
-    );
+    assert_eq!(task.state, State::Passed, "{task:#}");
+    assert_eq!(task.rounds, 2);
+    let gates: Vec<_> = task
+        .gates
+        .iter()
+        .map(|g| (g.round, g.status.as_str()))
+        .collect();
+    assert_eq!(gates, [(1, "failed"), (2, "passed")]);
     let second = std::fs::read_to_string(world.agent_dir.join("prompt-1.txt")).unwrap();
     assert!(
         second.contains("fixed.txt is missing"),
@@ -137,9 +129,9 @@ async fn rounds_exhausted_ends_failed_with_the_gate_and_its_output() {
         )
         .await;
     let task = server.ended("NOPE-1").await;
-    assert_eq!(task["state"], "failed");
-    assert_eq!(task["rounds"], 2);
-    let err = task["last_error"].as_str().unwrap();
+    assert_eq!(task.state, State::Failed);
+    assert_eq!(task.rounds, 2);
+    let err = task.last_error.as_deref().unwrap();
     assert!(err.contains("after 2 round(s)"), "{err}");
     assert!(err.contains("gate `tests[0]`"), "{err}");
     assert!(err.contains("exit code 1"), "{err}");
@@ -161,10 +153,10 @@ async fn an_agent_that_changes_nothing_fails_the_task() {
         .post_spec("application/yaml", &spec("IDLE-1", ""))
         .await;
     let task = server.ended("IDLE-1").await;
-    assert_eq!(task["state"], "failed");
+    assert_eq!(task.state, State::Failed);
     assert!(
-        task["last_error"]
-            .as_str()
+        task.last_error
+            .as_deref()
             .unwrap()
             .contains("changed nothing in round 1"),
         "{task:#}"
@@ -180,7 +172,7 @@ async fn an_agent_that_commits_its_own_work_counts_as_a_change() {
         .post_spec("application/yaml", &spec("SELF-1", ""))
         .await;
     let task = server.ended("SELF-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     let author = git(
         &world.repo,
         &["log", "-1", "--format=%an <%ae>", "auto/backend/SELF-1"],
@@ -211,9 +203,9 @@ async fn a_hanging_agent_is_killed_at_the_timeout_with_nothing_left_behind() {
         .parse()
         .unwrap();
     let task = server.ended("HANG-1").await;
-    assert_eq!(task["state"], "failed");
+    assert_eq!(task.state, State::Failed);
     assert!(
-        task["last_error"].as_str().unwrap().contains("timed out"),
+        task.last_error.as_deref().unwrap().contains("timed out"),
         "{task:#}"
     );
     assert!(!alive(agent), "agent {agent} still running");
@@ -244,14 +236,12 @@ async fn cancel_stops_a_running_agent_at_once() {
         .trim()
         .parse()
         .unwrap();
-    server.wait_for("CXL-1", &["running"], WAIT).await;
+    server.wait_for("CXL-1", &[State::Running]).await;
     let started = std::time::Instant::now();
     let (status, body) = server.post("/tasks/CXL-1/cancel").await;
     assert_eq!(status, 202, "{body}");
-    let task = server
-        .wait_for("CXL-1", &["cancelled", "passed", "failed", "error"], WAIT)
-        .await;
-    assert_eq!(task["state"], "cancelled", "{task:#}");
+    let task = server.ended("CXL-1").await;
+    assert_eq!(task.state, State::Cancelled, "{task:#}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -282,13 +272,13 @@ async fn cancel_of_a_queued_task_is_immediate() {
     .unwrap();
     let server = world.serve();
     server.post_spec("application/yaml", &spec("Q-1", "")).await;
-    server.wait_for("Q-1", &["running"], WAIT).await;
+    server.wait_for("Q-1", &[State::Running]).await;
     server.post_spec("application/yaml", &spec("Q-2", "")).await;
     let (status, body) = server.post("/tasks/Q-2/cancel").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "cancelled");
     server.post("/tasks/Q-1/cancel").await;
-    server.wait_for("Q-1", &["cancelled"], WAIT).await;
+    server.wait_for("Q-1", &[State::Cancelled]).await;
     let (_, q2) = server.get("/tasks/Q-2").await;
     assert_eq!(q2["state"], "cancelled");
     assert!(q2["started_at"].is_null(), "Q-2 never ran");
@@ -316,15 +306,19 @@ async fn retry_continues_on_the_same_branch() {
         )
         .await;
     let first = server.ended("RT-1").await;
-    assert_eq!(first["state"], "failed");
-    let first_head = first["head_sha"].as_str().unwrap().to_owned();
+    assert_eq!(first.state, State::Failed);
+    let first_head = first.head_sha.as_deref().unwrap().to_owned();
 
     let (status, body) = server.post("/tasks/RT-1/retry").await;
     assert_eq!(status, 202, "{body}");
-    assert_ne!(body["job_id"], first["job_id"], "a retry is a new job");
+    assert_ne!(
+        body["job_id"].as_str(),
+        first.job_id.as_deref(),
+        "a retry is a new job"
+    );
     let second = server.ended("RT-1").await;
-    assert_eq!(second["state"], "passed", "{second:#}");
-    assert_eq!(second["runs"], 2);
+    assert_eq!(second.state, State::Passed, "{second:#}");
+    assert_eq!(second.runs, 2);
     let log = git(
         &world.repo,
         &["log", "--format=%H %s", "master..auto/backend/RT-1"],
@@ -336,12 +330,7 @@ async fn retry_continues_on_the_same_branch() {
         lines[1].starts_with(&first_head),
         "the retry builds on the first run's commit: {log}"
     );
-    assert!(second["events"].as_array().unwrap().iter().any(|e| {
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains("continuing the existing branch")
-    }));
+    assert!(second.told("continuing the existing branch"), "{second}");
 }
 
 #[tokio::test]
@@ -396,7 +385,7 @@ async fn the_agent_sees_no_secret_and_a_home_of_its_own() {
         .post_spec("application/yaml", &spec("ENV-1", ""))
         .await;
     let task = server.ended("ENV-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
 
     let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap();
     let env = read("env.txt");
@@ -476,14 +465,15 @@ async fn base_branch_comes_from_the_spec_then_dev_branch_and_a_missing_one_is_an
         .post_spec("application/yaml", &spec("B-3", "base_branch: nope\n"))
         .await;
     let one = server.ended("B-1").await;
-    assert_eq!(one["base_branch"], "develop");
+    assert_eq!(one.base_branch.as_deref(), Some("develop"));
     let two = server.ended("B-2").await;
-    assert_eq!(two["base_branch"], "release");
+    assert_eq!(two.base_branch.as_deref(), Some("release"));
     let three = server.ended("B-3").await;
-    assert_eq!(three["state"], "error");
+    assert_eq!(three.state, State::Error);
     assert!(
-        three["last_error"]
-            .as_str()
+        three
+            .last_error
+            .as_deref()
             .unwrap()
             .contains("base branch `nope` does not exist"),
         "{three:#}"
@@ -517,24 +507,13 @@ async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
     server
         .post_spec("application/yaml", &spec("CLN-1", ""))
         .await;
-    let task = server.ended("CLN-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    let task = Task::local(&server, "CLN-1");
+    task.ended_as(State::Passed).await;
     // Where autodev puts it (the record may be cleared already: clean-up runs every second).
     let path = world.data.join("worktrees/local/CLN-1");
-    let deadline = std::time::Instant::now() + WAIT;
     // The directory goes first, then the record.
-    loop {
-        let (_, task) = server.get("/tasks/CLN-1").await;
-        if !path.exists() && task["worktree"].is_null() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} was not cleaned up: {task:#}",
-            path.display()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let cleaned = |t: &TaskView| !path.exists() && t.worktree.is_none();
+    task.until("the worktree cleaned up", cleaned).await;
     assert!(
         !git(&world.repo, &["worktree", "list"]).contains("CLN-1"),
         "git forgot it too"
@@ -543,15 +522,7 @@ async fn ended_tasks_worktrees_are_cleaned_up_and_a_retry_still_continues() {
     assert!(metrics.contains("autodev_active_worktrees 0"), "{metrics}");
     // The branch stays; a retry makes a new worktree from it.
     server.post("/tasks/CLN-1/retry").await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, t) = server.get("/tasks/CLN-1").await;
-        if t["runs"] == 2 && t["state"] == "passed" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{t:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    task.run(2).ended_as(State::Passed).await;
     let log = git(
         &world.repo,
         &["log", "--format=%s", "master..auto/backend/CLN-1"],
@@ -577,13 +548,8 @@ async fn checkpoints_while_the_agent_writes_lose_nothing_and_break_nothing() {
         .post_spec("application/yaml", &spec("CP-1", ""))
         .await;
     let task = server.ended("CP-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
-    let checkpoints = task["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "checkpoint")
-        .count();
+    assert_eq!(task.state, State::Passed, "{task:#}");
+    let checkpoints = task.events_of("checkpoint");
     assert!(
         checkpoints >= 2,
         "checkpoints were taken while it ran: {task:#}"
@@ -631,56 +597,24 @@ async fn in_local_mode_a_passed_branch_behind_its_base_is_rebased_in_place() {
             &spec("LRB-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n"),
         )
         .await;
-    let task = server.ended("LRB-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    let task = Task::local(&server, "LRB-1");
+    task.ended_as(State::Passed).await;
     std::fs::write(world.repo.join("base.txt"), "moved on\n").unwrap();
     git(&world.repo, &["add", "base.txt"]);
     git(&world.repo, &["commit", "-q", "-m", "master moves on"]);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&world.repo)
-            .args([
-                "merge-base",
-                "--is-ancestor",
-                "master",
-                "auto/backend/LRB-1",
-            ])
-            .status()
-            .unwrap();
-        if out.success() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the branch was not rebased"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        git(&world.repo, &["show", "auto/backend/LRB-1:feature.txt"]),
-        "x"
-    );
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, t) = server.get("/tasks/LRB-1").await;
-        if t["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "rebase")
-        {
-            assert_eq!(t["state"], "passed", "the gates passed again: {t:#}");
-            assert_eq!(
-                t["head_sha"],
-                git(&world.repo, &["rev-parse", "auto/backend/LRB-1"]).as_str()
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{t:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let repo = Repo(world.repo.clone());
+    let rebased = async || {
+        repo.contains("auto/backend/LRB-1", "master")
+            .then_some(())
+            .ok_or(())
+    };
+    eventually("the branch rebased", rebased).await;
+    assert_eq!(repo.file("auto/backend/LRB-1", "feature.txt"), "x");
+    let t = task
+        .until("the rebase told", |t| t.events_of("rebase") > 0)
+        .await;
+    assert_eq!(t.state, State::Passed, "the gates passed again: {t:#?}");
+    assert_eq!(t.head_sha, Some(repo.head("auto/backend/LRB-1")));
 }
 
 #[tokio::test]
@@ -697,11 +631,15 @@ async fn autodev_checkpoint_by_hand_saves_a_running_tasks_work() {
     server
         .post_spec("application/yaml", &spec("CPH-1", ""))
         .await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !world.agent_dir.join("written").exists() {
-        assert!(std::time::Instant::now() < deadline, "the agent never ran");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let written = async || {
+        world
+            .agent_dir
+            .join("written")
+            .exists()
+            .then_some(())
+            .ok_or(())
+    };
+    eventually("the agent's work written", written).await;
     let out = tokio::process::Command::from(world.command(&["checkpoint"]))
         .output()
         .await
@@ -723,7 +661,7 @@ async fn autodev_checkpoint_by_hand_saves_a_running_tasks_work() {
     );
     std::fs::write(world.agent_dir.join("go"), "").unwrap();
     let task = server.ended("CPH-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
 }
 
 #[tokio::test]
@@ -758,7 +696,7 @@ async fn the_users_gc_while_a_task_runs_breaks_nothing() {
     git(&world.repo, &["gc", "-q", "--prune=now"]);
     std::fs::write(world.agent_dir.join("go"), "go").unwrap();
     let task = server.ended("GC-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_eq!(world.left("log.txt"), "the base\n");
     assert_eq!(
         git(

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::support::{World, assert_holds, git};
+use crate::support::{World, git};
 
 const KEY: &str = "sk-ant-real-cli-test";
 
@@ -175,7 +175,11 @@ async fn the_real_claude_cli_works_in_the_sandbox_through_the_proxy() {
         )
         .await;
     let requests = seen.lock().unwrap().clone();
-    assert_eq!(task["state"], "passed", "{task:#}\nrequests: {requests:#?}");
+    assert_eq!(
+        task.state,
+        crate::support::State::Passed,
+        "{task:#}\nrequests: {requests:#?}"
+    );
     assert!(
         requests
             .iter()
@@ -188,5 +192,5 @@ async fn the_real_claude_cli_works_in_the_sandbox_through_the_proxy() {
         git(&world.repo, &["show", "auto/backend/REAL-CLI:feature.txt"]),
         "from-the-real-cli"
     );
-    assert_holds(&task["provider"].to_string(), "claude_cli");
+    assert_eq!(task.provider.as_deref(), Some("claude_cli"));
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{CLAUDE_OK, World, alive, git, spec, wait_for_file};
+use crate::support::{CLAUDE_OK, State, World, alive, git, spec, wait_for_file};
 
 #[tokio::test]
 async fn a_killed_server_restarts_the_task_once_and_stops_the_old_agent() {
@@ -41,7 +41,7 @@ async fn a_killed_server_restarts_the_task_once_and_stops_the_old_agent() {
 
     let server = world.serve();
     let task = server.ended("CRASH-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert!(!alive(agent), "old agent {agent} still running");
     assert!(!alive(child), "old agent's child {child} still running");
     let runs = std::fs::read_to_string(world.agent_dir.join("runs.txt")).unwrap();
@@ -55,13 +55,11 @@ async fn a_killed_server_restarts_the_task_once_and_stops_the_old_agent() {
         &["log", "--format=%s", "master..auto/backend/CRASH-1"],
     );
     assert_eq!(log.lines().count(), 1, "one commit series: {log}");
-    let terminal: Vec<_> = task["events"]
-        .as_array()
-        .unwrap()
+    let ends = ["passed", "failed", "error", "cancelled"];
+    let terminal: Vec<_> = task
+        .events
         .iter()
-        .filter(|e| {
-            ["passed", "failed", "error", "cancelled"].contains(&e["kind"].as_str().unwrap())
-        })
+        .filter(|e| ends.contains(&e.kind.as_str()))
         .collect();
     assert_eq!(terminal.len(), 1, "one terminal state: {task:#}");
 }
@@ -85,20 +83,12 @@ async fn cancel_reaches_an_agent_running_in_another_worker_process() {
         .trim()
         .parse()
         .unwrap();
-    server
-        .wait_for("XP-1", &["running"], Duration::from_secs(30))
-        .await;
+    server.wait_for("XP-1", &[State::Running]).await;
     let (status, _) = server.post("/tasks/XP-1/cancel").await;
     assert_eq!(status, 202);
     let started = std::time::Instant::now();
-    let task = server
-        .wait_for(
-            "XP-1",
-            &["cancelled", "passed", "failed", "error"],
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(task["state"], "cancelled", "{task:#}");
+    let task = server.ended("XP-1").await;
+    assert_eq!(task.state, State::Cancelled, "{task:#}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "took {:?}",
@@ -124,7 +114,7 @@ async fn two_processes_on_one_database_run_each_task_once() {
     }
     for id in &ids {
         let task = server.ended(id).await;
-        assert_eq!(task["state"], "passed", "{task:#}");
+        assert_eq!(task.state, State::Passed, "{task:#}");
     }
     let runs = std::fs::read_to_string(world.agent_dir.join("runs.txt")).unwrap();
     let mut seen: Vec<&str> = runs.lines().collect();
@@ -178,17 +168,10 @@ async fn an_agent_whose_server_died_before_recording_it_is_still_found_and_stopp
 
     let server = world.serve();
     let task = server.ended("UNREC-1").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert!(!alive(agent), "old agent {agent} still running");
     assert!(!alive(child), "old agent's child {child} still running");
-    assert!(
-        task["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "recovered"),
-        "{task:#}"
-    );
+    assert!(task.events_of("recovered") > 0, "{task:#}");
 }
 
 #[tokio::test]

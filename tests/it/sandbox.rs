@@ -2,7 +2,7 @@
 //! it, it can read autodev's environment through `/proc`, credential files and the database;
 //! inside, none of these, while its own work, git and the gates still run.
 
-use crate::support::{CLAUDE_OK, World, assert_holds, assert_lacks};
+use crate::support::{CLAUDE_OK, State, World, assert_holds, assert_lacks};
 
 const TOKEN: &str = "ghp_sandboxProbeSecret42";
 const API_TOKEN: &str = "sk-ant-key-from-a-file-7";
@@ -79,7 +79,7 @@ async fn probe(sandbox: bool) -> Probe {
     let task = server
         .run_to_end("SBX-1", "acceptance:\n  tests: [\"test -f feature.txt\"]\n")
         .await;
-    assert_eq!(task["state"], "passed", "sandbox {sandbox}: {task:#}");
+    assert_eq!(task.state, State::Passed, "sandbox {sandbox}: {task:#}");
     let read = |f: &str| std::fs::read_to_string(world.agent_dir.join(f)).unwrap_or_default();
     Probe {
         environ_hits: read("environ.txt").trim().parse().unwrap_or(0),
@@ -221,7 +221,7 @@ async fn an_agent_installed_in_home_does_not_uncover_homes_secrets() {
     .unwrap();
     let server = world.serve();
     let task = server.run_to_end("SBX-HOME", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     let read = std::fs::read_to_string(world.agent_dir.join("ssh.txt")).unwrap_or_default();
     assert!(!read.contains("PRIVATE KEY DATA"), "{read}");
 }
@@ -261,7 +261,7 @@ async fn the_tool_loops_commands_run_in_the_sandbox() {
             "acceptance:\n  tests: [\"grep -qx made made.txt\"]\n",
         )
         .await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     // The command's own PID namespace: its first process is the sandbox's, not the host's init.
     let requests = fake.requests();
     let result = requests[1].1["messages"].to_string();
@@ -321,7 +321,7 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
         ),
     );
     let task = server.run_to_end("NET-1", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_holds(&world.left("model.txt"), "hello-from-the-model");
     assert_lacks(&world.left("other.txt"), "hello");
     // Plain HTTP through the proxy (absolute form), as clients send it for http:// URLs.
@@ -329,7 +329,7 @@ async fn agents_reach_their_providers_hosts_and_nothing_else() {
     assert_lacks(&world.left("other-plain.txt"), "hello");
     assert_lacks(&world.left("api.txt"), "ok");
     assert_lacks(&world.left("direct.txt"), "hello");
-    let events = task["events"].to_string();
+    let events = task.timeline();
     for host in [
         format!("127.0.0.1:{other}"),
         format!("127.0.0.1:{api}"),
@@ -390,7 +390,7 @@ async fn planted_links_capabilities_and_host_sockets_do_not_open_the_sandbox() {
         .run_to_end("SBX-LINK", &format!("acceptance:\n  tests: [{gate:?}]\n"))
         .await;
     let _ = std::fs::remove_dir_all(&run_marker);
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_lacks(&world.left("gate-data.txt"), "autodev.db");
     assert_lacks(&world.left("gate-ssh.txt"), "PRIVATE KEY");
     assert_holds(&world.left("caps.txt"), "0000000000000000");
@@ -444,7 +444,7 @@ async fn an_agent_that_rebuilds_its_git_directory_runs_nothing_in_autodevs_git()
         !pwned.exists(),
         "a filter, hook or config the agent planted ran outside the sandbox: {task:#}"
     );
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     let tree = std::process::Command::new("git")
         .args(["-C", &world.repo.display().to_string()])
         .args(["show", "auto/backend/SBX-GITDIR:feature.txt"])
@@ -488,9 +488,9 @@ async fn an_agent_moves_none_of_the_users_branches_and_reaches_no_other_tasks_wo
     );
     let server = world.serve();
     let first = server.run_to_end("SBX-FIRST", "").await;
-    assert_eq!(first["state"], "passed", "{first:#}");
+    assert_eq!(first.state, State::Passed, "{first:#}");
     let second = server.run_to_end("SBX-SECOND", "").await;
-    assert_eq!(second["state"], "passed", "{second:#}");
+    assert_eq!(second.state, State::Passed, "{second:#}");
     assert_eq!(git(&world.repo, &["rev-parse", "master"]), master);
     let refs = git(&world.repo, &["for-each-ref", "--format=%(refname)"]);
     assert_lacks(&refs, "refs/heads/planted");
@@ -539,7 +539,7 @@ async fn links_in_the_task_repository_bring_no_other_repositorys_history_out() {
     );
     let server = world.serve();
     let task = server.run_to_end("SBX-LINK", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_no_secret(&world, &secret_sha);
     assert_eq!(
         git(&world.repo, &["show", "auto/backend/SBX-LINK:feature.txt"]),
@@ -615,7 +615,7 @@ async fn a_git_file_in_the_task_repository_leads_autodevs_fetch_nowhere() {
     );
     let server = world.serve();
     let task = server.run_to_end("SBX-GITFILE", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_no_secret(&world, &secret_sha);
     assert_holds(&task.to_string(), "names another repository");
 }
@@ -657,7 +657,7 @@ async fn a_deleted_head_does_not_open_the_task_repository_to_the_next_job() {
             &format!("acceptance:\n  tests: [{}]\n", serde_json::json!(gate)),
         )
         .await;
-    assert_eq!(task["rounds"], 2, "{task:#}");
+    assert_eq!(task.rounds, 2, "{task:#}");
     assert_lacks(&world.left("leak.txt"), "TOP SECRET");
     assert_lacks(&world.left("packs.txt"), ".pack");
     assert_no_secret(&world, &secret_sha);
@@ -687,7 +687,7 @@ async fn the_checkpointer_reads_a_tasks_files_from_inside_its_sandbox() {
         .write_config("providers:\n  order: [claude_cli]\nhygiene: {checkpoint_minutes: \"1s\"}\n");
     let server = world.serve();
     let task = server.run_to_end("SBX-CKPT", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_holds(&task.to_string(), "checkpoint");
     assert_no_secret(&world, &secret_sha);
 }
@@ -716,7 +716,7 @@ async fn an_agent_that_sets_its_branch_back_keeps_the_start_and_its_files_show_t
     );
     let server = world.serve();
     let task = server.run_to_end("BACK-1", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_holds(&task.to_string(), "no longer contains");
     let branch = "auto/backend/BACK-1";
     git(
@@ -753,7 +753,7 @@ async fn a_tree_of_millions_of_paths_on_the_agents_branch_is_not_read() {
     );
     let server = world.serve();
     let task = server.run_to_end("BOMB-1", "").await;
-    assert_eq!(task["state"], "passed", "{task:#}");
+    assert_eq!(task.state, State::Passed, "{task:#}");
     assert_holds(&task.to_string(), "changes more than 1000000 paths");
     assert_eq!(
         git(&world.repo, &["show", "auto/backend/BOMB-1:feature.txt"]),
@@ -783,6 +783,6 @@ async fn a_named_pipe_where_git_reads_holds_the_task_only_for_the_read_timeout()
     .unwrap();
     let server = world.serve();
     let task = server.run_to_end("FIFO-1", "").await;
-    assert_eq!(task["state"], "error", "{task:#}");
+    assert_eq!(task.state, State::Error, "{task:#}");
     assert_holds(&task.to_string(), "still running after 2s");
 }

@@ -1,11 +1,13 @@
 //! Test harness: temporary repositories, fake agents, and an `autodev serve` process.
 
+use std::fmt::Debug;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_autodev");
@@ -304,24 +306,14 @@ impl Server {
     /// `FAILPOINTS` says; its log says where.
     pub async fn crashed(mut self) -> String {
         use std::os::unix::process::ExitStatusExt;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert_eq!(
-                    status.signal(),
-                    Some(libc::SIGABRT),
-                    "{status}:\n{}",
-                    self.log.lock().unwrap()
-                );
-                return self.log.lock().unwrap().clone();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server never reached its crash point:\n{}",
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = eventually("the server to reach its crash point", async || {
+            let log = || Shown(self.log.lock().unwrap().clone());
+            self.child.try_wait().unwrap().ok_or_else(log)
+        })
+        .await;
+        let log = self.log.lock().unwrap().clone();
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}:\n{log}");
+        log
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -373,22 +365,28 @@ impl Server {
             .unwrap()
     }
 
-    /// Polls the task until its state is one of `states`.
-    pub async fn wait_for(&self, id: &str, states: &[&str], within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+    /// Waits until the task's state is one of `states`; the task.
+    pub async fn wait_for(&self, id: &str, states: &[State]) -> TaskView {
+        eventually(&format!("task {id} to be {states:?}"), async || {
             let (status, task) = self.get(&format!("/tasks/{id}")).await;
-            if status == 200 && states.contains(&task["state"].as_str().unwrap_or("")) {
-                return task;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "task {id} did not reach {states:?} within {within:?}; last: {task:#}\nserver log:\n{}",
+            match serde_json::from_value::<TaskView>(task.clone()) {
+                Ok(t) if status == 200 && states.contains(&t.state) => Ok(t),
+                _ => Err(Shown(format!(
+                    "{task:#}\nserver log:\n{}",
                     self.log.lock().unwrap()
-                );
+                ))),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
+    }
+}
+
+/// Text shown as it is in a failure message.
+pub struct Shown(pub String);
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -477,19 +475,124 @@ impl World {
     }
 }
 
-/// The states a task ends in.
-pub const ENDED: &[&str] = &["passed", "failed", "error", "cancelled"];
-
 impl Server {
-    /// Waits until task `id` has ended (see [`ENDED`]); the task.
-    pub async fn ended(&self, id: &str) -> Value {
-        self.wait_for(id, ENDED, Duration::from_secs(60)).await
+    /// Waits until task `id` has ended; the task.
+    pub async fn ended(&self, id: &str) -> TaskView {
+        use State::*;
+        self.wait_for(id, &[Passed, Failed, Error, Cancelled]).await
     }
 
     /// Submits `spec(id, extra)` and waits until the task has ended; the task.
-    pub async fn run_to_end(&self, id: &str, extra: &str) -> Value {
+    pub async fn run_to_end(&self, id: &str, extra: &str) -> TaskView {
         let (status, body) = self.post_spec("application/yaml", &spec(id, extra)).await;
         assert_eq!(status, 201, "{body}");
         self.ended(id).await
+    }
+}
+
+/// How long any wait of a test lasts before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// The one waiting rule: asks `probe` until it answers `Ok`, for at most [`PATIENCE`]; then
+/// fails, saying what was awaited and what was last seen.
+pub async fn eventually<T, E: Debug>(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match probe().await {
+            Ok(found) => return found,
+            Err(seen) if Instant::now() > deadline => {
+                panic!("waited {PATIENCE:?} for {what}; last seen: {seen:#?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A task as the API shows it (`GET /tasks/{id}`, `GET /repos/{owner}/{repo}/tasks/{id}`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskView {
+    pub id: String,
+    pub job_id: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub rounds: i64,
+    pub provider: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub page: Option<String>,
+    pub repo: String,
+    pub branch: String,
+    pub base_branch: Option<String>,
+    pub state: State,
+    pub last_error: Option<String>,
+    pub head_sha: Option<String>,
+    pub pushed_sha: Option<String>,
+    pub runs: i64,
+    pub worktree: Option<String>,
+    pub pr_number: Option<u64>,
+    pub pr_state: Option<String>,
+    #[serde(default)]
+    pub spec: Value,
+    #[serde(default)]
+    pub events: Vec<Event>,
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+}
+
+/// Shown whole when an assertion about the task fails.
+impl std::fmt::Display for TaskView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:#?}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    Error,
+    Cancelled,
+}
+
+impl State {
+    pub fn ended(self) -> bool {
+        !matches!(self, State::Queued | State::Running)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gate {
+    pub round: i64,
+    pub gate: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub run_seq: i64,
+    pub kind: String,
+    pub message: String,
+}
+
+impl TaskView {
+    /// How many events of `kind` the timeline has.
+    pub fn events_of(&self, kind: &str) -> usize {
+        self.events.iter().filter(|e| e.kind == kind).count()
+    }
+
+    /// The timeline as text, an event a line (`kind: message`).
+    pub fn timeline(&self) -> String {
+        let line = |e: &Event| format!("{}: {}\n", e.kind, e.message);
+        self.events.iter().map(line).collect()
+    }
+
+    /// Whether an event's message holds `text`.
+    pub fn told(&self, text: &str) -> bool {
+        self.events.iter().any(|e| e.message.contains(text))
     }
 }
