@@ -2,7 +2,7 @@
 //! of a `--features failpoints` build), restarts, and the work ends once, as recorded.
 
 use crate::story::{App, REPO, State, WRITER};
-use crate::support::{CLAUDE_OK, git};
+use crate::support::{CLAUDE_OK, eventually, git};
 
 const BRANCH: &str = "auto/backend/issue-1";
 
@@ -219,7 +219,7 @@ crash_walk! {
 /// task's check run runs at once, in either process, and GitHub still gets one create.
 #[tokio::test]
 async fn two_processes_racing_to_create_one_check_run_make_one() {
-    let app = app_with_setup(&changing_agent(), |_, fake| {
+    let app = App::with(&changing_agent(), |_, fake| {
         fake.slow_on(
             "POST /repos/codertocat/hello-world/check-runs",
             std::time::Duration::from_millis(1500),
@@ -227,9 +227,9 @@ async fn two_processes_racing_to_create_one_check_run_make_one() {
     })
     .await;
     let _second = app.world.worker();
-    app.label("autodev:backend", "Codertocat").await;
-    let t = app.server.ended("issue-1").await;
-    assert_eq!(t["state"], "passed", "{t:#}");
+    let issue = app.issue(1);
+    issue.labeled("autodev:backend").by(WRITER).await;
+    issue.task().ended_as(State::Passed).await;
     // The end queued one check-run job; four more race it.
     let pool = app.world.db().await;
     let pk: i64 = sqlx::query_scalar("SELECT pk FROM tasks WHERE task_id = 'issue-1'")
@@ -249,29 +249,22 @@ async fn two_processes_racing_to_create_one_check_run_make_one() {
                 .any(|c| c.conclusion.as_deref() == Some("success"))
         })
         .await;
-    // Every job has run: none is waiting in the queue.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    // Every job has run, its retries included: none is waiting in the queue.
+    eventually("every outbox job run", async || {
         let pending: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.outbox' AND status NOT IN ('Done', 'Killed', 'Failed')",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{pending} outbox jobs never ran"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        if pending == 0 { Ok(()) } else { Err(pending) }
+    })
+    .await;
     let creates = app
         .fake
         .requests()
         .iter()
-        .filter(|r| r.starts_with("POST /repos/codertocat/hello-world/check-runs"))
+        .filter(|r| r.starts_with(&format!("POST /repos/{}/check-runs", REPO.to_lowercase())))
         .count();
     let runs = app.fake.state.lock().unwrap().check_runs.clone();
     assert_eq!((creates, runs.len()), (1, 1), "{runs:#?}");
