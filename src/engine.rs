@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +30,7 @@ pub struct LiveEvent {
 
 pub struct Engine {
     pub settings: Settings,
-    pub pool: SqlitePool,
+    pub pool: store::Pool,
     pub roles: Roles,
     pub metrics: Metrics,
     pub git: Git,
@@ -514,7 +513,7 @@ impl Engine {
     /// once `tx` is committed.
     pub async fn record_in(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut store::Conn,
         key: TaskKey,
         run_seq: i64,
         kind: store::EventKind,

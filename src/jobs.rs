@@ -1,15 +1,15 @@
 //! Job payloads and the one way to queue them: a run of a task, a webhook delivery to act on,
 //! a GitHub side effect (the outbox), a maintenance chore. Each payload names its queue and
 //! its idempotency key; [`push`] writes it to the durable queue (apalis on SQLite), inside the
-//! caller's transaction when given one. What runs a job lives elsewhere (`queue` dispatches,
-//! `worker`, `github::handler`, `github::outbox`, `hygiene` perform); this module never
-//! imports them, nor the engine.
+//! caller's transaction when given one (a `store::Conn`). What runs a job lives elsewhere
+//! (`app::dispatch` dispatches; `run::pipeline`, `bot::handler`, `bot::outbox` and
+//! `maintenance` perform); this module imports `core` and the store's connection types only,
+//! never what performs a job, nor the engine.
 
 use std::time::Duration;
 
 use apalis::prelude::TaskBuilder;
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 
 use crate::core::ids::TaskKey;
 
@@ -24,7 +24,7 @@ pub trait Job: Serialize {
 
 /// Queues `job` to run after `delay`; the job's id (a ULID, as the queue requires).
 pub async fn push<J: Job>(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     job: &J,
     delay: Duration,
 ) -> anyhow::Result<String> {
@@ -57,7 +57,7 @@ pub trait Retried: Job + Sized {
 /// Queues `job`'s next attempt to run after `wait`; `false`, and nothing queued, when it has
 /// been tried [`MAX_ATTEMPTS`] times.
 pub async fn retry<J: Retried>(
-    pool: &sqlx::SqlitePool,
+    pool: &crate::store::Pool,
     job: J,
     wait: Duration,
 ) -> anyhow::Result<bool> {
@@ -91,7 +91,7 @@ retried!(HandleDelivery);
 retried!(OutboxJob);
 
 /// [`push`] on a connection of its own, now.
-pub async fn push_now<J: Job>(pool: &sqlx::SqlitePool, job: &J) -> anyhow::Result<String> {
+pub async fn push_now<J: Job>(pool: &crate::store::Pool, job: &J) -> anyhow::Result<String> {
     let mut conn = pool.acquire().await?;
     push(&mut conn, job, Duration::ZERO).await
 }

@@ -151,6 +151,13 @@ pub struct GateRow {
 }
 
 /// Opens (creating if needed) the database with the pragmas set on every connection.
+/// The database every caller holds: which one it is is the store's business. (SQLite today;
+/// a second database is a second module behind these names, not a change to every caller.)
+pub type Pool = SqlitePool;
+
+/// One connection of the [`Pool`], or an open transaction on one (`&mut *tx`).
+pub type Conn = sqlx::SqliteConnection;
+
 pub async fn connect(url: &str, config: &DatabaseConfig) -> anyhow::Result<SqlitePool> {
     let synchronous = SqliteSynchronous::from_str(&config.synchronous)
         .map_err(|e| anyhow::anyhow!("database.synchronous: {e}"))?;

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["core"],
     &["config"],
-    &["metrics", "store", "jobs", "proc"],
+    &["metrics", "store", "proc"],
+    &["jobs"],
     &["git", "github"],
     &["links"],
     &["engine"],
