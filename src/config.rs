@@ -203,6 +203,11 @@ pub struct WorkersConfig {
     /// `heartbeat_seconds * missed_heartbeats` is handed to another.
     pub heartbeat_seconds: u64,
     pub missed_heartbeats: u32,
+    /// On SIGTERM, how long running tasks may go on before they are interrupted: their work
+    /// committed (and pushed in App mode), their agents stopped, and the task queued again at
+    /// once. The process exits within this plus a few seconds; a deployment's stop timeout
+    /// should be longer.
+    pub drain_seconds: u64,
 }
 
 impl Default for WorkersConfig {
@@ -211,11 +216,17 @@ impl Default for WorkersConfig {
             concurrency: 2,
             heartbeat_seconds: 15,
             missed_heartbeats: 3,
+            drain_seconds: 30,
         }
     }
 }
 
 impl WorkersConfig {
+    /// How long running tasks may go on after SIGTERM (`drain_seconds`).
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+
     /// How long a silent worker keeps its jobs and task leases.
     pub fn orphan_after(&self) -> Duration {
         Duration::from_secs(self.heartbeat_seconds * u64::from(self.missed_heartbeats))

@@ -45,6 +45,8 @@ pub struct Engine {
     pub workers: WorkerHealth,
     live: broadcast::Sender<LiveEvent>,
     running: Mutex<HashMap<TaskKey, CancellationToken>>,
+    /// Set once the process is shutting down and its running tasks are being interrupted.
+    interrupting: std::sync::atomic::AtomicBool,
 }
 
 /// The HOMEs of one run, removed when dropped.
@@ -156,6 +158,7 @@ impl Engine {
             live,
             workers: WorkerHealth::default(),
             running: Mutex::new(HashMap::new()),
+            interrupting: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -546,6 +549,26 @@ impl Engine {
     /// Registers a running task's cancel token so a cancel in this process acts at once.
     pub fn track_running(&self, key: TaskKey, token: CancellationToken) {
         self.running.lock().expect("lock").insert(key, token);
+    }
+
+    /// How many tasks this process runs now.
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("lock").len()
+    }
+
+    /// Stops every task this process runs, for a shutdown: each run keeps its work and queues
+    /// its task again (see `run::pipeline`).
+    pub fn interrupt_all(&self) {
+        self.interrupting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for token in self.running.lock().expect("lock").values() {
+            token.cancel();
+        }
+    }
+
+    /// Whether the process is interrupting its runs for a shutdown.
+    pub fn interrupting(&self) -> bool {
+        self.interrupting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether this process runs task `key` now.

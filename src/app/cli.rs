@@ -263,13 +263,42 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
     }
     shutdown.cancelled().await;
     if let Some(workers) = workers {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), workers).await {
-            Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
-            Err(_) => tracing::warn!("workers did not stop within 10s"),
-            _ => {}
-        }
+        drain(&engine, workers).await;
     }
     Ok(0)
+}
+
+/// How long interrupted runs get to commit (and push) their work and queue their tasks again.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// After SIGTERM: no new job is taken; running tasks get `workers.drain_seconds` to end, then
+/// are interrupted (their work kept, their agents stopped, their tasks queued again at once).
+async fn drain(engine: &Engine, workers: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let grace = engine.settings.file.workers.drain();
+    let running = engine.running_count();
+    if running > 0 {
+        tracing::info!(
+            "waiting up to {}s for {running} running task(s)",
+            grace.as_secs()
+        );
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while engine.running_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let running = engine.running_count();
+    if running > 0 {
+        tracing::info!("interrupting {running} running task(s); they are queued again");
+    }
+    engine.interrupt_all();
+    match tokio::time::timeout(INTERRUPT_GRACE, workers).await {
+        Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
+        Err(_) => tracing::warn!(
+            "workers did not stop within {}s of the interruption",
+            INTERRUPT_GRACE.as_secs()
+        ),
+        _ => {}
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -217,7 +217,9 @@ fn clip(s: &str) -> String {
 }
 
 /// The body of a task's pull request.
-pub fn pr_body(task: &TaskRow, gates: &[GateRow]) -> String {
+/// The body of a task's pull request; `left_out` says which code owners were not asked to
+/// review, and why.
+pub fn pr_body(task: &TaskRow, gates: &[GateRow], left_out: &[String]) -> String {
     let mut s = format!(
         "{}\nautodev task `{}` (role `{}`).\n\n",
         pr_marker(&task.task_id),
@@ -225,6 +227,12 @@ pub fn pr_body(task: &TaskRow, gates: &[GateRow]) -> String {
         task.role
     );
     s.push_str(&status_comment(task, gates, None).replace(&status_marker(&task.task_id), ""));
+    if !left_out.is_empty() {
+        s.push_str("\n\nNot asked to review:\n");
+        for why in left_out {
+            s.push_str(&format!("- {why}\n"));
+        }
+    }
     if let Some(issue) = task.issue_number {
         s.push_str(&format!("\n\nCloses #{issue}\n"));
     }
@@ -341,6 +349,6 @@ mod tests {
         gates[1].status = "passed".into();
         gates[1].exit_code = Some(0);
         gates[1].output = String::new();
-        insta::assert_snapshot!(pr_body(&task, &gates));
+        insta::assert_snapshot!(pr_body(&task, &gates, &[]));
     }
 }

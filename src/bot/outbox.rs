@@ -474,6 +474,12 @@ async fn make_pr(
     let base = t.base_branch.clone().unwrap_or_default();
     // Look before create: a pull request made before a crash, and not yet recorded, is reused.
     let repo_path = RepoPath { owner, name: repo };
+    // Worked out before the pull request is made, so that its body can say who is left out.
+    let reviewers = reviewers_for(engine, t, target).await;
+    let left_out = reviewers
+        .as_ref()
+        .map(|r| r.left_out.clone())
+        .unwrap_or_default();
     let existing = gh.open_pull_from(who, repo_path, &t.branch).await?;
     let pr = match existing {
         Some(pr) => pr,
@@ -482,7 +488,7 @@ async fn make_pr(
                 .await
                 .map_err(internal)?;
             let message = crate::git::ops::commit_message(&t.role, &t.title, &t.task_id, true);
-            let body = messages::pr_body(t, &gates);
+            let body = messages::pr_body(t, &gates, &left_out);
             let new = NewPullRequest {
                 title: message.lines().next().unwrap_or_default(),
                 head: &t.branch,
@@ -514,16 +520,16 @@ async fn make_pr(
     let number = pr.number;
     let author = pr.user.map(|u| u.login).unwrap_or_default();
     let mut after = Vec::new();
-    match reviewers_for(engine, t, target, &author).await {
-        Ok(r) if r.users.is_empty() && r.teams.is_empty() => {}
-        Ok(r) => after.push(Effect::Reviewers {
+    match reviewers.map(|r| askable(r, &author)) {
+        Ok((users, teams)) if users.is_empty() && teams.is_empty() => {}
+        Ok((users, teams)) => after.push(Effect::Reviewers {
             task: t.pk,
             installation: t.installation_id,
             owner: owner.clone(),
             repo: repo.clone(),
             number,
-            users: r.users,
-            teams: r.teams,
+            users,
+            teams,
         }),
         Err(e) => {
             report(
@@ -825,13 +831,12 @@ async fn publish_local(
     Ok(Ok((head, base_sha)))
 }
 
-/// CODEOWNERS (read from the base branch) of the changed files, then the role's reviewers;
-/// never the pull request's author; at most fifteen.
+/// CODEOWNERS (read from the base branch) of the changed files, then the role's reviewers,
+/// and who of them cannot be asked.
 async fn reviewers_for(
     engine: &Engine,
     t: &store::TaskRow,
     target: &PrTarget,
-    author: &str,
 ) -> anyhow::Result<crate::git::codeowners::Reviewers> {
     use crate::git::codeowners::{self, Codeowners};
     let (dir, base_ref) = (&target.git_dir, &target.base_ref);
@@ -847,17 +852,23 @@ async fn reviewers_for(
         .git
         .changed_between(dir, base_ref, &target.head)
         .await?;
-    let mut r = owners.reviewers_for(changed.iter().map(String::as_str));
+    let mut r = owners.reviewers_for(changed.iter().map(String::as_str), &target.owner);
     if let Some(role) = engine.roles.get(&t.role) {
         for reviewer in &role.reviewers {
-            codeowners::add_owner(&mut r, reviewer);
+            codeowners::add_owner(&mut r, reviewer, &target.owner);
         }
     }
+    Ok(r)
+}
+
+/// Who of `r` is asked to review a pull request opened by `author`: never its author or a bot,
+/// at most fifteen.
+fn askable(mut r: crate::git::codeowners::Reviewers, author: &str) -> (Vec<String>, Vec<String>) {
     r.users
         .retain(|u| !u.eq_ignore_ascii_case(author) && !u.ends_with("[bot]"));
     r.users.truncate(MAX_REVIEWERS);
     r.teams.truncate(MAX_REVIEWERS - r.users.len());
-    Ok(r)
+    (r.users, r.teams)
 }
 
 /// A problem worth a person's attention: on the task's timeline and as a reply on its issue.

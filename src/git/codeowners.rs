@@ -21,11 +21,13 @@ pub struct Codeowners {
     pub errors: Vec<(usize, String)>,
 }
 
-/// Reviewers to request: user logins and team slugs (without the org).
+/// Reviewers to request: user logins and team slugs (without the org), and the owners that
+/// cannot be asked, each with why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reviewers {
     pub users: Vec<String>,
     pub teams: Vec<String>,
+    pub left_out: Vec<String>,
 }
 
 impl Codeowners {
@@ -67,21 +69,28 @@ impl Codeowners {
             .map(|r| r.owners.as_slice())
     }
 
-    /// Reviewers for a change to `paths`: `@user` → users, `@org/team` → team slugs. Email
-    /// owners cannot be requested by login and are left out.
-    pub fn reviewers_for<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Reviewers {
+    /// Reviewers for a change to `paths` of a repository of `org`: `@user` → users,
+    /// `@org/team` → team slugs. Email owners cannot be requested by login and are left out.
+    pub fn reviewers_for<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+        org: &str,
+    ) -> Reviewers {
         let mut r = Reviewers::default();
         for path in paths {
             for owner in self.owners_of(path).unwrap_or_default() {
-                add_owner(&mut r, owner);
+                add_owner(&mut r, owner, org);
             }
         }
         r
     }
 }
 
-/// Adds `@user` or `@org/team` (or a bare login) to the reviewers, once.
-pub fn add_owner(r: &mut Reviewers, owner: &str) {
+/// Adds `@user` or `@org/team` (or a bare login) to the reviewers of a repository of `org`,
+/// once. GitHub asks for a team by its slug within the repository's organisation, so a team
+/// of another organisation is left out (with why), never asked as a team of `org` that
+/// happens to have the same slug.
+pub fn add_owner(r: &mut Reviewers, owner: &str, org: &str) {
     let Some(name) = owner
         .strip_prefix('@')
         .or((!owner.contains('@')).then_some(owner))
@@ -89,6 +98,15 @@ pub fn add_owner(r: &mut Reviewers, owner: &str) {
         return;
     };
     let (list, item) = match name.split_once('/') {
+        Some((team_org, _)) if !team_org.eq_ignore_ascii_case(org) => {
+            let why = format!(
+                "`{owner}` is a team of another organisation; GitHub asks only teams of `{org}`"
+            );
+            if !r.left_out.contains(&why) {
+                r.left_out.push(why);
+            }
+            return;
+        }
         Some((_, team)) => (&mut r.teams, team.to_owned()),
         None => (&mut r.users, name.to_owned()),
     };
@@ -132,39 +150,121 @@ fn normalise(pattern: &str, owners: Vec<String>) -> Rule {
 /// that a pattern ending in `/*` owns only the files directly in that directory (GitHub's
 /// documented `docs/*` example; plain gitignore would cascade).
 fn rule_matches(rule: &Rule, path: &str) -> bool {
-    let p = rule.pattern.as_bytes();
-    if !rule.dir_only && glob(p, path.as_bytes()) {
-        return true;
-    }
-    if rule.pattern.ends_with("/*") {
-        return false;
-    }
-    path.char_indices()
-        .filter(|(_, c)| *c == '/')
-        .any(|(i, _)| glob(p, &path.as_bytes()[..i]))
+    let m = Glob::new(&rule.pattern).run(path.as_bytes());
+    (!rule.dir_only && m.whole) || (!rule.pattern.ends_with("/*") && m.directory)
 }
 
-/// gitignore-style glob: `*` and `?` stop at `/`, `**` crosses it, `**/` is zero or more
-/// directories.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    if let Some(rest) = p.strip_prefix(b"**/") {
-        return glob(rest, s)
-            || s.iter()
-                .enumerate()
-                .any(|(i, c)| *c == b'/' && glob(rest, &s[i + 1..]));
-    }
-    if let Some(rest) = p.strip_prefix(b"**") {
-        return (0..=s.len()).any(|i| glob(rest, &s[i..]));
-    }
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') => {
-            let stop = s.iter().position(|c| *c == b'/').unwrap_or(s.len());
-            (0..=stop).any(|i| glob(&p[1..], &s[i..]))
+/// One piece of a glob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    /// `?`: one byte other than `/`.
+    One,
+    /// `*`: any run of bytes without `/`.
+    Star,
+    /// `**` not followed by `/`: any run of bytes.
+    Any,
+    /// `**/`: zero or more whole directories.
+    Dirs,
+}
+
+/// A gitignore-style glob (`*` and `?` stop at `/`, `**` crosses it, `**/` is zero or more
+/// directories), run as a set of positions over the path: time proportional to the pattern's
+/// length times the path's, whatever the pattern, where backtracking is exponential in the
+/// number of `*`s.
+struct Glob(Vec<Token>);
+
+/// What a glob found in a path.
+struct Matched {
+    /// It matches the whole path.
+    whole: bool,
+    /// It matches a directory the path is in (the path up to one of its `/`s).
+    directory: bool,
+}
+
+impl Glob {
+    fn new(pattern: &str) -> Self {
+        let p = pattern.as_bytes();
+        let mut tokens = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while i < p.len() {
+            let token = match p[i] {
+                b'*' if p.get(i + 1) == Some(&b'*') => {
+                    i += 1;
+                    if p.get(i + 1) == Some(&b'/') {
+                        i += 1;
+                        Token::Dirs
+                    } else {
+                        Token::Any
+                    }
+                }
+                b'*' => Token::Star,
+                b'?' => Token::One,
+                c => Token::Byte(c),
+            };
+            // `***` and `**/**/` mean no more than one of them.
+            if !(token == Token::Dirs && tokens.last() == Some(&Token::Dirs)) {
+                tokens.push(token);
+            }
+            i += 1;
         }
-        Some(b'?') => s.first().is_some_and(|c| *c != b'/') && glob(&p[1..], &s[1..]),
-        Some(c) => s.first() == Some(c) && glob(&p[1..], &s[1..]),
+        Glob(tokens)
     }
+
+    /// `states`, and every position reachable from them without reading a byte.
+    fn close(&self, states: &mut [bool]) {
+        for i in 0..self.0.len() {
+            if states[i] && matches!(self.0[i], Token::Star | Token::Any | Token::Dirs) {
+                states[i + 1] = true;
+            }
+        }
+    }
+
+    fn run(&self, path: &[u8]) -> Matched {
+        let n = self.0.len();
+        let mut now = vec![false; n + 1];
+        let mut next = vec![false; n + 1];
+        now[0] = true;
+        self.close(&mut now);
+        let mut directory = false;
+        for &c in path {
+            if c == b'/' && now[n] {
+                directory = true;
+            }
+            next.iter_mut().for_each(|s| *s = false);
+            for (i, token) in self.0.iter().enumerate() {
+                if !now[i] {
+                    continue;
+                }
+                match *token {
+                    Token::Byte(b) if b == c => next[i + 1] = true,
+                    Token::One if c != b'/' => next[i + 1] = true,
+                    Token::Star if c != b'/' => next[i] = true,
+                    Token::Any => next[i] = true,
+                    Token::Dirs => {
+                        next[i] = true;
+                        if c == b'/' {
+                            next[i + 1] = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.close(&mut next);
+            std::mem::swap(&mut now, &mut next);
+        }
+        Matched {
+            whole: now[n],
+            directory,
+        }
+    }
+}
+
+#[cfg(test)]
+fn glob(pattern: &[u8], path: &[u8]) -> bool {
+    Glob::new(std::str::from_utf8(pattern).unwrap())
+        .run(path)
+        .whole
 }
 
 #[cfg(test)]
@@ -255,14 +355,46 @@ apps/ @octocat
 
     #[test]
     fn reviewers_split_users_and_team_slugs() {
-        let co = Codeowners::parse("* @alice\n*.rs @acme/rustaceans @bob alice@example.com\n");
-        let r = co.reviewers_for(["src/lib.rs", "README.md", "src/main.rs"]);
+        let co = Codeowners::parse(
+            "* @alice\n*.rs @acme/rustaceans @bob alice@example.com @Other-Org/rustaceans\n",
+        );
+        let r = co.reviewers_for(["src/lib.rs", "README.md", "src/main.rs"], "ACME");
         assert_eq!(r.users, ["bob", "alice"]);
-        assert_eq!(r.teams, ["rustaceans"]);
+        assert_eq!(
+            r.teams,
+            ["rustaceans"],
+            "one team, of the repository's organisation"
+        );
+        assert_eq!(
+            r.left_out,
+            [
+                "`@Other-Org/rustaceans` is a team of another organisation; GitHub asks only teams of `ACME`"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hostile_pattern_is_matched_in_linear_time() {
+        // Backtracking tries every way to split the path among the stars, which here would
+        // not end in the lifetime of the machine; positions over the path take 120 × 4000
+        // steps.
+        let pattern = format!("{}x", "**a".repeat(40));
+        let path = "a".repeat(4000);
+        let co = Codeowners::parse(&format!("{pattern} @someone\n"));
+        assert_eq!(owners(&co, &path), None);
+        let nested = format!("{}/b", "a/".repeat(2000));
+        let co = Codeowners::parse(&format!("{} @someone\n", "**/a/".repeat(30)));
+        assert_eq!(owners(&co, &nested), v(&["@someone"]));
     }
 
     #[test]
     fn globs() {
+        assert!(glob(b"**", b"a/b"));
+        assert!(glob(b"a/**/**/b", b"a/b"));
+        assert!(glob(b"**/*.rs", b"src/x/main.rs"));
+        assert!(!glob(b"a?c", b"a/c"));
+        assert!(glob(b"a*c", b"abbbc"));
+        assert!(!glob(b"a*c", b"ab/bc"));
         assert!(glob(b"**/logs", b"logs"));
         assert!(glob(b"**/logs", b"a/b/logs"));
         assert!(glob(b"a/**/b", b"a/b"));

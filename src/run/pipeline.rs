@@ -176,12 +176,33 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
 /// event and, on GitHub, the status comment, the check run's conclusion and, for a passed
 /// task, its pull request (jobs of the outbox). `false` when the run's lease was lost first.
 async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::Result<bool> {
-    let (key, state) = (row.pk, outcome.state);
+    let key = row.pk;
+    let mut tx = store::begin_write(&engine.pool).await?;
+    let interrupted = if outcome.state == TaskState::Queued {
+        if let Some(next) = store::interrupt(
+            &mut *tx,
+            key,
+            row.run_seq,
+            &engine.owner,
+            outcome.head.as_deref(),
+        )
+        .await?
+        {
+            return requeue_interrupted(engine, row, tx, next)
+                .await
+                .map(|()| true);
+        }
+        // Not queued again: someone asked for a cancel meanwhile (or the lease is gone).
+        Some(Outcome::ended(TaskState::Cancelled, "cancelled on request"))
+    } else {
+        None
+    };
+    let outcome = interrupted.as_ref().unwrap_or(outcome);
+    let state = outcome.state;
     let message = match &outcome.error {
         Some(e) => format!("{state}: {e}"),
         None => state.to_string(),
     };
-    let mut tx = store::begin_write(&engine.pool).await?;
     let finished = store::finish(
         &mut *tx,
         key,
@@ -221,6 +242,39 @@ async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::R
         .with_label_values(&[&row.role, state.as_str()])
         .inc();
     Ok(true)
+}
+
+/// Queues run `next` of a task whose run a shutdown interrupted, in the transaction that
+/// released the run (`store::interrupt`), and says so on the timeline.
+async fn requeue_interrupted(
+    engine: &Engine,
+    row: &TaskRow,
+    mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    next: i64,
+) -> anyhow::Result<()> {
+    let key = row.pk;
+    let job = RunTask {
+        task: key,
+        run: next,
+    };
+    let job_id = crate::jobs::push(&mut tx, &job, Duration::ZERO).await?;
+    store::set_job_id(&mut *tx, key, &job_id).await?;
+    let message = format!(
+        "interrupted by shutdown: the work so far is kept on {}; run {next} is queued as job {job_id}",
+        row.branch
+    );
+    engine
+        .record_in(
+            &mut tx,
+            key,
+            row.run_seq,
+            store::EventKind::Interrupted,
+            &message,
+        )
+        .await?;
+    tx.commit().await.context("requeueing an interrupted run")?;
+    engine.announce(key, row.run_seq, store::EventKind::Interrupted, &message);
+    Ok(())
 }
 
 /// Whether a task that just passed gets its pull request now: App tasks once pushed, when
@@ -595,11 +649,19 @@ async fn push(
 /// A cancel request or a spent budget ends the run between steps.
 pub(super) fn interrupted(run: &Run<'_>, stop: &StopSignal) -> Option<Outcome> {
     if run.cancel.is_cancelled() {
-        let why = match stop.why() {
-            Some(Stop::LeaseLost) => "stopped: another worker took the task over",
-            Some(Stop::Cancelled) | None => "cancelled on request",
-        };
-        return Some(Outcome::ended(TaskState::Cancelled, why));
+        return Some(match stop.why() {
+            Some(Stop::LeaseLost) => Outcome::ended(
+                TaskState::Cancelled,
+                "stopped: another worker took the task over",
+            ),
+            // The process is shutting down: the run ends with the task queued again.
+            None if run.engine.interrupting() => {
+                Outcome::ended(TaskState::Queued, "interrupted by shutdown")
+            }
+            Some(Stop::Cancelled) | None => {
+                Outcome::ended(TaskState::Cancelled, "cancelled on request")
+            }
+        });
     }
     if run.time_left().is_zero() {
         return Some(Outcome::ended(

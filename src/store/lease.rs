@@ -194,6 +194,33 @@ pub async fn finish<'e, E: Executor<'e, Database = Sqlite>>(
     Ok(done == 1)
 }
 
+/// Ends run `run_seq` without a result, because its process is shutting down: the lease is
+/// released and the task queued again as run `run_seq + 1` (returned), keeping the branch and
+/// the head the run ended on. Only the holder of the run's lease can.
+pub async fn interrupt<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    run_seq: i64,
+    owner: &str,
+    head_sha: Option<&str>,
+) -> anyhow::Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE tasks SET state = 'queued', run_seq = run_seq + 1, head_sha = COALESCE(?, head_sha),
+           lease_owner = NULL, lease_until = NULL, agent_pgid = NULL, agent_marker = NULL,
+           started_at = NULL, updated_at = ?
+         WHERE pk = ? AND run_seq = ? AND lease_owner = ? AND state IN ('queued', 'running')
+           AND cancel_requested = 0
+         RETURNING run_seq",
+    )
+    .bind(head_sha)
+    .bind(Utc::now())
+    .bind(key)
+    .bind(run_seq)
+    .bind(owner)
+    .fetch_optional(ex)
+    .await?)
+}
+
 /// Cancels a queued task at once, or asks the worker running it to stop. Returns the state the
 /// task was in, or `None` if it does not exist.
 pub async fn request_cancel(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Option<TaskState>> {

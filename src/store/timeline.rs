@@ -13,6 +13,8 @@ pub enum EventKind {
     Cancelled,
     /// Processes of an earlier run stopped, a run taken over.
     Recovered,
+    /// The run was stopped by a shutdown, its work kept, and the task queued again.
+    Interrupted,
     /// What the run may use, as settled (`core::trust`).
     Settings,
     Worktree,
@@ -40,6 +42,7 @@ impl EventKind {
             EventKind::Error => "error",
             EventKind::Cancelled => "cancelled",
             EventKind::Recovered => "recovered",
+            EventKind::Interrupted => "interrupted",
             EventKind::Settings => "settings",
             EventKind::Worktree => "worktree",
             EventKind::Agent => "agent",
@@ -69,6 +72,7 @@ impl EventKind {
                 | EventKind::Error
                 | EventKind::Cancelled
                 | EventKind::Recovered
+                | EventKind::Interrupted
         )
     }
 }

@@ -392,7 +392,7 @@ async fn wait_for_pr(a: &App) -> crate::fake_github::Pull {
 #[tokio::test]
 async fn a_passed_task_gets_one_pull_request_with_codeowners_and_team_reviewers() {
     let a = app_with_codeowners(
-        "* @Codertocat\n*.txt @alice @acme/docs\n*.rs @bob\n/.github/ @acme/admins\n",
+        "* @Codertocat\n*.txt @alice @codertocat/docs @other-org/docs\n*.rs @bob\n/.github/ @codertocat/admins\n",
     )
     .await;
     let issue = a.issue(1);
@@ -409,7 +409,12 @@ async fn a_passed_task_gets_one_pull_request_with_codeowners_and_team_reviewers(
     assert_eq!(
         pr.team_reviewers,
         ["docs"],
-        "teams as slugs without the org"
+        "teams of the repository's organisation, as slugs; another organisation's docs team is not asked as this one's"
+    );
+    assert!(
+        pr.body.contains("Not asked to review:\n- `@other-org/docs` is a team of another organisation; GitHub asks only teams of `codertocat`\n"),
+        "{}",
+        pr.body
     );
     let status = issue.status_with("- pull request: #").await;
     assert!(

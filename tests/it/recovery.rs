@@ -276,3 +276,63 @@ async fn crash_in_the_foreground(world: &World, spec: &std::path::Path, pid_file
     let _ = run.wait();
     agent
 }
+
+#[tokio::test]
+async fn sigterm_interrupts_a_running_task_keeps_its_work_and_queues_it_again_at_once() {
+    // The agent's process is watched from outside.
+    let world = World::unconfined();
+    std::fs::write(
+        &world.config,
+        "providers:\n  order: [claude_cli]\nworkers: {concurrency: 2, heartbeat_seconds: 1, missed_heartbeats: 30, drain_seconds: 1}\nagent: {env: [FAKE_AGENT_DIR], sandbox: off}\n",
+    )
+    .unwrap();
+    // The first run leaves work behind and hangs; the next finds that work and finishes.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\nif [ ! -f progress.txt ]; then\n  echo one > progress.txt\n  echo $$ > \"$FAKE_AGENT_DIR/first.pid\"\n  exec sleep 600\nfi\n\
+             cp progress.txt \"$FAKE_AGENT_DIR/seen.txt\"\necho done > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    server
+        .post_spec("application/yaml", &spec("DRAIN-1", ""))
+        .await;
+    let agent: i32 = wait_for_file(&world.agent_dir.join("first.pid"), Duration::from_secs(30))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, took) = server.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    // drain_seconds (1) plus the interruption's commit, well before the lease (30 s) runs out.
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(!alive(agent), "the agent {agent} outlived the shutdown");
+
+    // The next start takes the task at once, as a new run, on the work the first one left.
+    let restarted = std::time::Instant::now();
+    let server = world.serve();
+    let t = server.ended("DRAIN-1").await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(20),
+        "not taken at once: {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(t.state, State::Passed, "{t}");
+    assert_eq!(t.runs, 2, "{t}");
+    assert!(t.told("interrupted by shutdown"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(world.agent_dir.join("seen.txt")).unwrap(),
+        "one\n",
+        "the second run continued from the first run's work"
+    );
+    let log = git(
+        &world.repo,
+        &["log", "--format=%s", "master..auto/backend/DRAIN-1"],
+    );
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "the interrupted work, then the end: {log}"
+    );
+}

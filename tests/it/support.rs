@@ -302,6 +302,27 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, as a service manager stops it; waits for the exit (at most `within`) and says
+    /// how it ended and how long that took.
+    pub async fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let asked = Instant::now();
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, asked.elapsed());
+            }
+            assert!(
+                asked.elapsed() < within,
+                "still running {}s after SIGTERM:\n{}",
+                within.as_secs(),
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the process dies of a crash point (`SIGABRT`), as a test build does where
     /// `FAILPOINTS` says; its log says where.
     pub async fn crashed(mut self) -> String {
