@@ -136,7 +136,13 @@ pub struct HygieneConfig {
     pub rebase_minutes: Duration,
     #[serde(deserialize_with = "minutes")]
     pub cleanup_minutes: Duration,
+    /// How often the reconciler finishes half-done GitHub effects (also once at start).
+    #[serde(deserialize_with = "minutes")]
+    pub reconcile_minutes: Duration,
     pub cleanup_after_hours: u64,
+    /// How long webhook deliveries, the timelines and gate results of ended tasks and
+    /// finished queue jobs are kept (0: for ever). Pruned by the clean-up.
+    pub keep_history_days: u64,
     /// Open the pull request as soon as a task passes, not at the next `pr_minutes` tick.
     pub pr_on_pass: bool,
     pub draft: bool,
@@ -158,7 +164,9 @@ impl Default for HygieneConfig {
             pr_minutes: Duration::from_secs(120 * 60),
             rebase_minutes: Duration::from_secs(60 * 60),
             cleanup_minutes: Duration::from_secs(60 * 60),
+            reconcile_minutes: Duration::from_secs(10 * 60),
             cleanup_after_hours: 72,
+            keep_history_days: 30,
             pr_on_pass: true,
             draft: false,
             merge_strategy: MergeStrategy::Rebase,
@@ -344,6 +352,10 @@ pub struct GithubConfig {
     pub allow_workflow_changes: WorkflowChanges,
     /// How long a collaborator's permission is trusted before asking GitHub again.
     pub permission_cache_seconds: u64,
+    /// How long one GitHub API call may wait to connect, or for the next bytes of an answer,
+    /// before it fails and is tried again (seconds, or a duration such as `"2s"`).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 impl Default for GithubConfig {
@@ -352,6 +364,7 @@ impl Default for GithubConfig {
             allowed_bots: Vec::new(),
             allow_workflow_changes: WorkflowChanges::All(false),
             permission_cache_seconds: 60,
+            timeout: Duration::from_secs(30),
         }
     }
 }

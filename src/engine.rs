@@ -142,6 +142,7 @@ impl Engine {
             settings.github.as_ref(),
             settings.github_token.as_ref(),
             std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
+            settings.file.github.timeout,
             &settings.data_dir.join("locks"),
         )?
         .map(Arc::new);
@@ -628,16 +629,16 @@ impl Engine {
         }
     }
 
-    /// Sets the gauges that reflect state rather than events.
+    /// Sets the gauges that reflect state rather than events, from the database (which every
+    /// process shares), never by scanning directories.
     pub async fn refresh_gauges(&self) {
-        if let Ok(n) = store::count_in_state(&self.pool, TaskState::Queued).await {
-            self.metrics.queue_size.set(n);
+        match store::gauges(&self.pool).await {
+            Ok((queued, worktrees)) => {
+                self.metrics.queue_size.set(queued);
+                self.metrics.active_worktrees.set(worktrees);
+            }
+            Err(e) => tracing::warn!("reading the gauges: {e:#}"),
         }
-        let dir = self.settings.worktrees_dir.clone();
-        let count = tokio::task::spawn_blocking(move || count_worktrees(&dir))
-            .await
-            .unwrap_or(0);
-        self.metrics.active_worktrees.set(count as i64);
     }
 
     /// The repository a task's branch lives in: the user's own in local mode, else the
@@ -673,25 +674,6 @@ impl Engine {
             .join(repo.dir_name())
             .join(task_id)
     }
-}
-
-fn count_worktrees(dir: &std::path::Path) -> usize {
-    let Ok(repos) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    repos
-        .flatten()
-        .filter(|r| r.path().is_dir())
-        .map(|r| {
-            std::fs::read_dir(r.path())
-                .map(|ws| {
-                    ws.flatten()
-                        .filter(|w| w.path().join(".git").exists())
-                        .count()
-                })
-                .unwrap_or(0)
-        })
-        .sum()
 }
 
 impl Engine {

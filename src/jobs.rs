@@ -46,6 +46,10 @@ pub async fn push<J: Job>(
 /// How many times a delivery or a GitHub effect is tried before it is given up.
 pub const MAX_ATTEMPTS: u32 = 8;
 
+/// How many times the reconciler queues a GitHub effect again that the outbox gave up on
+/// ([`MAX_ATTEMPTS`] tries each) before it is dropped for good.
+pub const MAX_ROUNDS: u32 = 24;
+
 /// A payload that is tried again, after a wait, when it fails for a reason that may pass.
 pub trait Retried: Job + Sized {
     /// Tries so far, before this one.
@@ -178,12 +182,19 @@ pub enum Effect {
 pub struct OutboxJob {
     pub effect: Effect,
     pub attempt: u32,
+    /// How many times the reconciler queued it again after the outbox gave up on it.
+    #[serde(default)]
+    pub rounds: u32,
 }
 
 impl OutboxJob {
     /// The first try of `effect`.
     pub fn new(effect: Effect) -> Self {
-        Self { effect, attempt: 0 }
+        Self {
+            effect,
+            attempt: 0,
+            rounds: 0,
+        }
     }
 }
 
@@ -207,6 +218,9 @@ pub enum Chore {
     Cleanup,
     Checkpoint,
     Rebase,
+    /// Finish half-done GitHub effects: those the outbox gave up on, and pushes whose record
+    /// a stop cut off.
+    Reconcile,
 }
 
 impl Chore {
@@ -216,6 +230,7 @@ impl Chore {
             Chore::Cleanup => "cleanup",
             Chore::Checkpoint => "checkpoint",
             Chore::Rebase => "rebase",
+            Chore::Reconcile => "reconcile",
         }
     }
 }

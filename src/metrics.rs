@@ -42,8 +42,9 @@ impl Metrics {
             &["provider", "status"],
         )
         .expect("valid metric");
-        let active_worktrees = IntGauge::new("autodev_active_worktrees", "Task worktrees on disk")
-            .expect("valid metric");
+        let active_worktrees =
+            IntGauge::new("autodev_active_worktrees", "Tasks that hold a worktree")
+                .expect("valid metric");
         let queue_size = IntGauge::new("autodev_queue_size", "Tasks waiting for a worker")
             .expect("valid metric");
         let git_operations_total = IntCounterVec::new(

@@ -632,6 +632,7 @@ async fn open_prs(settings: Settings) -> anyhow::Result<i32> {
                 let again = crate::jobs::OutboxJob {
                     effect: Effect::OpenPr { task: key },
                     attempt: 1,
+                    rounds: 0,
                 };
                 let mut conn = engine.pool.acquire().await?;
                 crate::jobs::push(&mut conn, &again, std::time::Duration::from_secs(30)).await?;

@@ -31,7 +31,7 @@ pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
         Retry::Backoff => Some(Duration::from_secs(2u64.pow(job.attempt.min(8)))),
     };
     let effect = job.effect.clone();
-    let attempt = job.attempt;
+    let (attempt, rounds) = (job.attempt, job.rounds);
     let retried = match wait {
         Some(d) => crate::jobs::retry(&engine.pool, job, d).await?,
         None => false,
@@ -44,6 +44,12 @@ pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
                 d.as_secs()
             );
             Ok(())
+        }
+        // It may pass: kept for the reconciler, which queues it again later.
+        (false, Some(_)) if rounds < crate::jobs::MAX_ROUNDS => {
+            tracing::warn!("GitHub side effect stalled, left to the reconciler: {e}");
+            let json = serde_json::to_string(&effect)?;
+            store::stall_effect(&engine.pool, &json, rounds, &e.to_string()).await
         }
         _ => {
             tracing::error!("GitHub side effect dropped: {e}");

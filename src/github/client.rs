@@ -152,15 +152,23 @@ impl GithubClient {
         app: Option<&GithubApp>,
         token: Option<&SecretString>,
         permission_ttl: Duration,
+        timeout: Duration,
         lock_dir: &std::path::Path,
     ) -> anyhow::Result<Option<Self>> {
         if app.is_none() && token.is_none() {
             return Ok(None);
         }
+        // A GitHub that stops answering fails the call (to be tried again) instead of holding
+        // its job for ever. Installation clients are made from the App's and keep these.
         let builder = || {
             Octocrab::builder()
                 .base_uri(api_url)
                 .with_context(|| format!("GITHUB_API_URL `{api_url}`"))
+                .map(|b| {
+                    b.set_connect_timeout(Some(timeout))
+                        .set_read_timeout(Some(timeout))
+                        .set_write_timeout(Some(timeout))
+                })
         };
         let app = match app {
             Some(app) => {

@@ -17,6 +17,9 @@ use crate::github::client::Identity;
 use crate::github::event::InstallationId;
 use crate::jobs::{Chore, Effect, HygieneJob};
 
+mod reconcile;
+mod retention;
+
 /// Ticks at every multiple of `every` since the epoch.
 #[derive(Debug, Clone, Copy)]
 pub struct Every(pub Duration);
@@ -40,7 +43,16 @@ pub async fn run_schedules(engine: Arc<Engine>, shutdown: CancellationToken) {
         (Chore::Cleanup, hygiene.cleanup_minutes),
         (Chore::Checkpoint, hygiene.checkpoint_minutes),
         (Chore::Rebase, hygiene.rebase_minutes),
+        (Chore::Reconcile, hygiene.reconcile_minutes),
     ];
+    // Once at start too: what a stop left half-done is finished without waiting for a tick.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    if let Err(e) = enqueue(&engine, Chore::Reconcile, now).await {
+        tracing::warn!("queueing the reconciler at start: {e:#}");
+    }
     let loops = schedules.into_iter().map(|(job, every)| {
         let engine = engine.clone();
         let shutdown = shutdown.clone();
@@ -93,9 +105,30 @@ pub async fn run(engine: &Arc<Engine>, job: HygieneJob) -> anyhow::Result<()> {
             tracing::info!(tick = job.tick, "checkpointer: {n} checkpoint(s)");
             Ok(())
         }
+        Chore::Reconcile => {
+            let r = reconcile::run(engine).await?;
+            if r != reconcile::Reconciled::default() {
+                tracing::info!(
+                    tick = job.tick,
+                    "reconciler: {} stalled GitHub effect(s) queued again, {} push(es) recorded",
+                    r.effects,
+                    r.pushes
+                );
+            }
+            Ok(())
+        }
         Chore::Cleanup => {
             let n = cleanup(engine).await?;
-            tracing::info!(tick = job.tick, "clean-up: {n} worktree(s) removed");
+            let r = retention::run(engine).await?;
+            tracing::info!(
+                tick = job.tick,
+                "clean-up: {n} worktree(s), {} history row(s) ({:?}), {} stale home(s), {} mirror(s) removed",
+                r.history.total(),
+                r.history,
+                r.homes,
+                r.mirrors
+            );
+            engine.refresh_gauges().await;
             Ok(())
         }
     }
@@ -132,7 +165,6 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
         removed += 1;
     }
     removed += prune_closed(engine).await?;
-    engine.refresh_gauges().await;
     Ok(removed)
 }
 

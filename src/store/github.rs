@@ -540,3 +540,79 @@ mod tests {
         );
     }
 }
+
+/// A GitHub side effect the outbox gave up on, waiting for the reconciler.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StalledEffect {
+    pub id: i64,
+    /// The effect, as the outbox queues it (JSON).
+    pub effect: String,
+    /// How many times the reconciler has queued it again before.
+    pub rounds: i64,
+}
+
+/// Keeps an effect the outbox gave up on (`effect` as JSON) for the reconciler.
+pub async fn stall_effect(
+    pool: &SqlitePool,
+    effect: &str,
+    rounds: u32,
+    reason: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO stalled_effects (effect, rounds, reason, at) VALUES (?, ?, ?, ?)")
+        .bind(effect)
+        .bind(rounds)
+        .bind(reason)
+        .bind(Utc::now())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The stalled effects, oldest first, up to `limit`.
+pub async fn stalled_effects<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    limit: i64,
+) -> anyhow::Result<Vec<StalledEffect>> {
+    Ok(
+        sqlx::query_as("SELECT id, effect, rounds FROM stalled_effects ORDER BY id LIMIT ?")
+            .bind(limit)
+            .fetch_all(ex)
+            .await?,
+    )
+}
+
+pub async fn forget_stalled<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    id: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM stalled_effects WHERE id = ?")
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// GitHub tasks that no run holds whose last push has no record: the process stopped between
+/// recording the intent and recording the push (a rebase, say).
+pub async fn unsettled_pushes(pool: &SqlitePool) -> anyhow::Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM tasks WHERE installation_id IS NOT NULL AND push_intent IS NOT NULL
+           AND push_intent IS NOT pushed_sha AND state NOT IN ('queued', 'running') ORDER BY pk",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Forgets the intent to push `intent` (GitHub does not have it: that push never happened).
+pub async fn drop_push_intent<'e, E: Executor<'e, Database = Sqlite>>(
+    ex: E,
+    key: TaskKey,
+    intent: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET push_intent = NULL WHERE pk = ? AND push_intent = ?")
+        .bind(key)
+        .bind(intent)
+        .execute(ex)
+        .await?;
+    Ok(())
+}

@@ -19,11 +19,13 @@ use crate::core::ids::{RepoName, TaskKey};
 
 mod github;
 mod lease;
+mod retention;
 mod tasks;
 mod timeline;
 
 pub use github::*;
 pub use lease::*;
+pub use retention::*;
 pub use tasks::*;
 pub use timeline::*;
 

@@ -40,6 +40,7 @@ fn client(fake: &FakeGithub, key: &std::path::Path, app_id: u64) -> GithubClient
         Some(&app),
         None,
         Duration::from_secs(60),
+        Duration::from_secs(30),
         &std::env::temp_dir(),
     )
     .unwrap()
@@ -58,6 +59,7 @@ async fn a_token_only_client_calls_as_the_token_and_has_no_installations() {
         None,
         Some(&token),
         Duration::from_secs(60),
+        Duration::from_secs(30),
         dir.path(),
     )
     .unwrap()
@@ -75,18 +77,32 @@ async fn a_token_only_client_calls_as_the_token_and_has_no_installations() {
     assert!(e.to_string().contains("App mode is not configured"), "{e}");
 
     let wrong = SecretString::from("ghp_wrong".to_owned());
-    let gh = GithubClient::new(&fake.url, None, Some(&wrong), Duration::ZERO, dir.path())
-        .unwrap()
-        .unwrap();
+    let gh = GithubClient::new(
+        &fake.url,
+        None,
+        Some(&wrong),
+        Duration::ZERO,
+        Duration::from_secs(30),
+        dir.path(),
+    )
+    .unwrap()
+    .unwrap();
     let e = gh
         .open_pull_from(Identity::Token, WEB, "auto/backend/T-1")
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(401), "{e}");
     assert!(
-        GithubClient::new(&fake.url, None, None, Duration::ZERO, dir.path())
-            .unwrap()
-            .is_none(),
+        GithubClient::new(
+            &fake.url,
+            None,
+            None,
+            Duration::ZERO,
+            Duration::from_secs(30),
+            dir.path()
+        )
+        .unwrap()
+        .is_none(),
         "neither App nor token: no client"
     );
 }

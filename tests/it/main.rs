@@ -19,6 +19,7 @@ mod local_pr;
 mod pipeline;
 mod real_cli;
 mod recovery;
+mod retention;
 mod sandbox;
 mod story;
 mod webhooks;
