@@ -92,6 +92,55 @@ pub struct St {
     /// `METHOD path` of every request, in order.
     pub requests: Vec<String>,
     next_id: u64,
+    /// Random failures of any request (see [`FakeGithub::chaos`]).
+    pub chaos: Option<Chaos>,
+    /// Requests answered 503 (`Retry-After: 0`) while GitHub is down for them.
+    pub down_on: Vec<String>,
+}
+
+/// GitHub failing at random: `percent` of requests fail in one of [`FAULTS`]' ways, chosen by
+/// a generator seeded with `seed` (printed, so a failing run can be played again).
+#[derive(Debug, Clone)]
+pub struct Chaos {
+    pub percent: u64,
+    state: u64,
+    /// How many times each fault was played.
+    pub played: std::collections::BTreeMap<&'static str, u32>,
+    /// How long a request that "times out" is held: longer than the client waits.
+    pub hang: Duration,
+}
+
+/// How GitHub fails: before it does anything, or after it applied the request.
+pub const FAULTS: [&str; 7] = [
+    "500",
+    "502",
+    "secondary rate limit",
+    "abuse",
+    "timeout",
+    "applied, then 502",
+    "applied, then timeout",
+];
+
+impl Chaos {
+    /// xorshift64*: enough randomness for a fault schedule, and reproducible from the seed.
+    fn next(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The fault to play on this request, if any.
+    fn pick(&mut self) -> Option<&'static str> {
+        if self.next() % 100 >= self.percent {
+            return None;
+        }
+        let fault = FAULTS[(self.next() % FAULTS.len() as u64) as usize];
+        *self.played.entry(fault).or_default() += 1;
+        Some(fault)
+    }
 }
 
 pub struct FakeGithub {
@@ -165,6 +214,7 @@ impl FakeGithub {
                     axum::Json(json!({"message": "Not Found"})),
                 )
             })
+            .layer(axum::middleware::from_fn_with_state(state.clone(), chaos))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -260,7 +310,41 @@ impl FakeGithub {
             .push((request.into(), status));
     }
 
+    /// Requests starting with `request` are answered 503 with `Retry-After: 0` until
+    /// [`FakeGithub::up`].
+    pub fn down_on(&self, request: &str) {
+        self.state.lock().unwrap().down_on.push(request.into());
+    }
+
+    /// Every request is served again.
+    pub fn up(&self) {
+        self.state.lock().unwrap().down_on.clear();
+    }
+
     /// Every installation token stops working, as after an hour.
+    /// From now on `percent` of requests fail at random (see [`Chaos`]), held for `hang` when
+    /// they time out.
+    pub fn chaos(&self, percent: u64, seed: u64, hang: Duration) {
+        eprintln!("fake GitHub: {percent}% of requests fail, seed {seed}");
+        self.state.lock().unwrap().chaos = Some(Chaos {
+            percent,
+            state: seed.max(1),
+            played: Default::default(),
+            hang,
+        });
+    }
+
+    /// Stops the random failures; how many of each fault were played.
+    pub fn calm(&self) -> std::collections::BTreeMap<&'static str, u32> {
+        self.state
+            .lock()
+            .unwrap()
+            .chaos
+            .take()
+            .map(|c| c.played)
+            .unwrap_or_default()
+    }
+
     pub fn expire_tokens(&self) {
         for (_, (_, exp)) in self.state.lock().unwrap().tokens.iter_mut() {
             *exp = Instant::now() - Duration::from_secs(1);
@@ -347,6 +431,13 @@ fn err(status: StatusCode, message: &str) -> Response {
 
 /// Records the request and plays a scripted failure, if one is queued.
 fn intercept(st: &mut St, what: String) -> Option<Response> {
+    if st.down_on.iter().any(|p| what.starts_with(p.as_str())) {
+        st.requests.push(what);
+        let mut r = err(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        r.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("0"));
+        return Some(r);
+    }
     if let Some(i) = st.failures_on.iter().position(|(p, _)| what.starts_with(p)) {
         let (_, status) = st.failures_on.remove(i);
         st.requests.push(what);
@@ -981,4 +1072,50 @@ async fn request_reviewers(
     }
     let v = pull_json(p);
     (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+/// Plays [`Chaos`]: fails a request before it reaches its handler, or after.
+async fn chaos(
+    State(s): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let picked = {
+        let mut st = s.lock().unwrap();
+        st.chaos
+            .as_mut()
+            .and_then(|c| c.pick().map(|f| (f, c.hang)))
+    };
+    let Some((fault, hang)) = picked else {
+        return next.run(request).await;
+    };
+    let limited = |message: &str| {
+        let mut r = err(StatusCode::FORBIDDEN, message);
+        r.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        r
+    };
+    match fault {
+        "500" => err(StatusCode::INTERNAL_SERVER_ERROR, "Server Error"),
+        "502" => err(StatusCode::BAD_GATEWAY, "Bad Gateway"),
+        "secondary rate limit" => limited(
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        ),
+        "abuse" => limited(
+            "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again.",
+        ),
+        "timeout" => {
+            tokio::time::sleep(hang).await;
+            err(StatusCode::GATEWAY_TIMEOUT, "too late")
+        }
+        "applied, then 502" => {
+            let _applied = next.run(request).await;
+            err(StatusCode::BAD_GATEWAY, "Bad Gateway")
+        }
+        _ => {
+            let applied = next.run(request).await;
+            tokio::time::sleep(hang).await;
+            applied
+        }
+    }
 }

@@ -269,3 +269,238 @@ async fn two_processes_racing_to_create_one_check_run_make_one() {
     let runs = app.fake.state.lock().unwrap().check_runs.clone();
     assert_eq!((creates, runs.len()), (1, 1), "{runs:#?}");
 }
+
+/// The seed of a random fault schedule: `CHAOS_SEED` to play one again, else the clock's.
+fn chaos_seed() -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+#[tokio::test]
+async fn with_github_failing_a_fifth_of_calls_every_effect_is_applied_exactly_once() {
+    let seed = chaos_seed();
+    let app = App::with(&changing_agent(), move |world, fake| {
+        world.write_config("providers:\n  order: [claude_cli]\ngithub: {timeout: \"1s\"}\n");
+        std::fs::create_dir_all(world.repo.join(".github")).unwrap();
+        std::fs::write(world.repo.join(".github/CODEOWNERS"), "* @alice\n").unwrap();
+        git(&world.repo, &["add", "."]);
+        git(&world.repo, &["commit", "-q", "-m", "codeowners"]);
+        fake.set_permission(REPO, "alice", "write");
+        // Every fault, a fifth of the time; "timeouts" held past the client's second.
+        fake.chaos(20, seed, std::time::Duration::from_secs(2));
+    })
+    .await;
+    let issues = [1, 2, 3, 4];
+    for n in issues {
+        app.issue(n).labeled("autodev:backend").by(WRITER).await;
+    }
+    let mut heads = Vec::new();
+    for n in issues {
+        let t = app.issue(n).task().ended().await;
+        assert_eq!(t.state, State::Passed, "seed {seed}: {t}");
+        heads.push(t.pushed_sha.clone().expect("pushed"));
+    }
+    // What GitHub shows once the outbox has caught up, still failing.
+    app.fake
+        .wait_until("a pull request per task, each with its reviewer", |st| {
+            st.pulls.len() >= issues.len()
+                && st
+                    .pulls
+                    .iter()
+                    .all(|p| p.reviewers.contains(&"alice".to_owned()))
+        })
+        .await;
+    app.fake
+        .wait_until("every head's check run concluded", |st| {
+            heads.iter().all(|h| {
+                st.check_runs
+                    .iter()
+                    .any(|c| &c.head_sha == h && c.conclusion.as_deref() == Some("success"))
+            })
+        })
+        .await;
+    app.fake
+        .wait_until("every status comment showing the end", |st| {
+            issues.iter().all(|n| {
+                st.comments.iter().any(|c| {
+                    c.body.contains(&format!("autodev:status issue-{n}"))
+                        && c.body.contains("passed")
+                })
+            })
+        })
+        .await;
+    let played = app.fake.calm();
+    eprintln!("faults played: {played:?}");
+    assert!(
+        played.values().sum::<u32>() >= 10,
+        "seed {seed}: GitHub failed often enough to mean something: {played:?}"
+    );
+    // Quiet for a moment: nothing late doubles anything.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let st = app.fake.state.lock().unwrap();
+    let mut branches: Vec<&str> = st.pulls.iter().map(|p| p.head_ref.as_str()).collect();
+    branches.sort();
+    branches.dedup();
+    assert_eq!(
+        (st.pulls.len(), branches.len()),
+        (issues.len(), issues.len()),
+        "seed {seed}: one pull request per task: {:#?}",
+        st.pulls
+    );
+    for p in &st.pulls {
+        assert_eq!(p.reviewers, ["alice"], "seed {seed}: asked once: {p:#?}");
+    }
+    let mut check_heads: Vec<&str> = st.check_runs.iter().map(|c| c.head_sha.as_str()).collect();
+    check_heads.sort();
+    let all = check_heads.len();
+    check_heads.dedup();
+    assert_eq!(
+        all,
+        check_heads.len(),
+        "seed {seed}: one check run per commit: {:#?}",
+        st.check_runs
+    );
+    assert!(
+        st.check_runs.iter().all(|c| c.status == "completed"),
+        "seed {seed}: every check run concluded: {:#?}",
+        st.check_runs
+    );
+    for n in issues {
+        let status = st
+            .comments
+            .iter()
+            .filter(|c| c.body.contains(&format!("autodev:status issue-{n}")))
+            .count();
+        assert_eq!(
+            status, 1,
+            "seed {seed}: one status comment on #{n}: {:#?}",
+            st.comments
+        );
+    }
+    let mut reactions = st.reactions.clone();
+    let before = reactions.len();
+    reactions.sort();
+    reactions.dedup();
+    assert_eq!(before, reactions.len(), "seed {seed}: {:#?}", st.reactions);
+}
+
+#[tokio::test]
+async fn an_effect_github_refused_past_every_retry_is_finished_by_the_reconciler() {
+    let app = App::with(&changing_agent(), |world, fake| {
+        world.write_config(
+            "providers:\n  order: [claude_cli]\nhygiene: {reconcile_minutes: \"1s\"}\n",
+        );
+        fake.down_on("POST /repos/codertocat/hello-world/check-runs");
+    })
+    .await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
+    let t = app.issue(1).task().ended().await;
+    assert_eq!(t.state, State::Passed, "{t}");
+    // The outbox tries each check run MAX_ATTEMPTS times, then leaves it to the reconciler,
+    // which queues it again while GitHub stays down.
+    let pool = app.world.db().await;
+    eventually(
+        "a check run left to the reconciler, and queued again",
+        async || {
+            let rounds: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(rounds) FROM stalled_effects WHERE effect LIKE '%check_run%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            rounds.filter(|r| *r >= 1).ok_or(rounds)
+        },
+    )
+    .await;
+    assert!(app.check_runs().is_empty());
+    app.fake.up();
+    let head = t.pushed_sha.clone().expect("pushed");
+    app.check_run_until("on the head, concluded", |c| {
+        c.head_sha == head && c.conclusion.as_deref() == Some("success")
+    })
+    .await;
+    eventually("nothing stalled", async || {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stalled_effects")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n == 0).then_some(()).ok_or(n)
+    })
+    .await;
+    assert_eq!(app.check_runs().len(), 1, "{:#?}", app.check_runs());
+}
+
+#[tokio::test]
+async fn a_push_whose_record_a_stop_cut_off_is_recorded_by_the_reconciler() {
+    let app = App::with(&changing_agent(), |world, _| {
+        world.write_config(
+            "providers:\n  order: [claude_cli]\nhygiene: {reconcile_minutes: \"1s\"}\n",
+        );
+    })
+    .await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
+    let t = app.issue(1).task().ended().await;
+    assert_eq!(t.state, State::Passed, "{t}");
+    let pushed = t.pushed_sha.clone().expect("pushed");
+    app.check_run_until("on the head, concluded", |c| {
+        c.head_sha == pushed && c.status == "completed"
+    })
+    .await;
+    let pool = app.world.db().await;
+    let set_intent = async |sha: &str| {
+        sqlx::query("UPDATE tasks SET push_intent = ?")
+            .bind(sha)
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    let intent = async || -> Option<String> {
+        sqlx::query_scalar("SELECT push_intent FROM tasks")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // A push that never reached GitHub: the intent is forgotten, nothing else changes.
+    set_intent("0123456789abcdef0123456789abcdef01234567").await;
+    eventually("the intent forgotten", async || {
+        let i = intent().await;
+        i.is_none().then_some(()).ok_or(i)
+    })
+    .await;
+    assert_eq!(
+        app.issue(1).task().ended().await.pushed_sha,
+        Some(pushed.clone())
+    );
+
+    // A push GitHub has (a rebase's, say) whose record was cut off: recorded, with its check run.
+    let remote = app.remote();
+    let tree = git(&remote.0, &["rev-parse", &format!("{pushed}^{{tree}}")]);
+    let newer = git(
+        &remote.0,
+        &["commit-tree", &tree, "-p", &pushed, "-m", "rebased"],
+    );
+    git(
+        &remote.0,
+        &["update-ref", &format!("refs/heads/{BRANCH}"), &newer],
+    );
+    set_intent(&newer).await;
+    let t = app
+        .issue(1)
+        .task()
+        .until("the push recorded", |t| {
+            t.pushed_sha.as_deref() == Some(newer.as_str())
+        })
+        .await;
+    assert!(t.told("pushed before autodev stopped"), "{t}");
+    app.check_run_until("on the recorded push, concluded", |c| {
+        c.head_sha == newer && c.conclusion.as_deref() == Some("success")
+    })
+    .await;
+}

@@ -386,6 +386,8 @@ async fn wait_for_pr(a: &App) -> crate::fake_github::Pull {
         .task()
         .until("a pull request recorded", recorded)
         .await;
+    // Its reviewers are asked by an effect of their own.
+    a.outbox_idle().await;
     a.pulls()[0].clone()
 }
 

@@ -17,6 +17,7 @@ mod github_client;
 mod layers;
 mod local_pr;
 mod pipeline;
+mod properties;
 mod real_cli;
 mod recovery;
 mod retention;

@@ -146,6 +146,23 @@ impl App {
         .await
     }
 
+    /// Waits until every GitHub effect queued so far has run, its retries included.
+    pub async fn outbox_idle(&self) {
+        let pool = self.world.db().await;
+        eventually("every outbox job run", async || {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.outbox'
+                   AND status NOT IN ('Done', 'Killed', 'Failed')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if pending == 0 { Ok(()) } else { Err(pending) }
+        })
+        .await;
+        pool.close().await;
+    }
+
     /// The fake GitHub's pull requests.
     pub fn pulls(&self) -> Vec<crate::fake_github::Pull> {
         self.fake.state.lock().unwrap().pulls.clone()
