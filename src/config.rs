@@ -330,6 +330,9 @@ pub struct DatabaseConfig {
     pub synchronous: String,
     pub busy_timeout_ms: u64,
     pub max_connections: u32,
+    /// Megabytes kept free on the data directory's disk for recording what a full disk did
+    /// (0: none).
+    pub reserve_mb: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -338,6 +341,7 @@ impl Default for DatabaseConfig {
             synchronous: "normal".into(),
             busy_timeout_ms: 10_000,
             max_connections: 8,
+            reserve_mb: 16,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Engine {
     running: Mutex<HashMap<TaskKey, CancellationToken>>,
     /// Set once the process is shutting down and its running tasks are being interrupted.
     interrupting: std::sync::atomic::AtomicBool,
+    /// Room kept on the data directory's disk, given back when it fills up.
+    pub disk: crate::proc::reserve::Reserve,
 }
 
 /// The HOMEs of one run, removed when dropped.
@@ -147,7 +149,12 @@ impl Engine {
         )?
         .map(Arc::new);
         let sandbox = crate::proc::sandbox::Sandbox::from_settings(&settings)?;
+        let disk = crate::proc::reserve::Reserve::new(
+            &settings.data_dir,
+            settings.file.database.reserve_mb * 1024 * 1024,
+        );
         Ok(Arc::new(Self {
+            disk,
             sandbox,
             github,
             owner: unique_owner_name(),
@@ -507,6 +514,7 @@ impl Engine {
             anyhow::Ok(())
         };
         if let Err(e) = written.await {
+            self.note_disk_full(&e);
             tracing::warn!(task = %key, "could not record event: {e:#}");
         }
         self.announce(key, run_seq, kind, message);
@@ -627,6 +635,16 @@ impl Engine {
             }
             _ => false,
         }
+    }
+
+    /// Whether `e` comes from a full disk; if so, the disk's reserve is given back, so that
+    /// what runs can end and be recorded (and new work waits for room).
+    pub fn note_disk_full(&self, e: &anyhow::Error) -> bool {
+        let full = store::is_disk_full(e);
+        if full {
+            self.disk.release();
+        }
+        full
     }
 
     /// Sets the gauges that reflect state rather than events, from the database (which every

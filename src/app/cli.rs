@@ -316,6 +316,8 @@ async fn sweep_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
     let every =
         std::time::Duration::from_secs(engine.settings.file.workers.heartbeat_seconds.max(1));
     loop {
+        // A disk that filled up: room for the reserve again means new work is taken again.
+        engine.disk.restore();
         if let Err(e) = engine.sweep_leftovers().await {
             tracing::warn!("sweeping left-over agents: {e:#}");
         }

@@ -14,3 +14,17 @@ pub fn crash_point(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
+
+/// The error a write fails with when the disk is full, returned here when the `failpoints`
+/// feature is on and `FAILPOINTS` names `name` (for disks a test cannot fill).
+#[cfg(feature = "failpoints")]
+pub fn disk_full_point(name: &str) -> std::io::Result<()> {
+    fail::eval(name, |_| std::io::Error::from_raw_os_error(libc::ENOSPC)).map_or(Ok(()), Err)
+}
+
+/// Does nothing: this build has no failpoints.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn disk_full_point(_name: &str) -> std::io::Result<()> {
+    Ok(())
+}

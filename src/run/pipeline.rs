@@ -155,12 +155,24 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         tracing::warn!("lease lost; another worker owns the task now");
         return Ok(TaskState::Running);
     }
-    let outcome = result.unwrap_or_else(|e| Outcome {
-        state: TaskState::Error,
-        error: Some(format!("{e:#}")),
-        head: None,
+    let mut outcome = result.unwrap_or_else(|e| {
+        engine.note_disk_full(&e);
+        Outcome {
+            state: TaskState::Error,
+            error: Some(format!("{e:#}")),
+            head: None,
+        }
     });
-    if !end_run(engine, &row, &outcome).await? {
+    if let Some(why) = outcome.error.as_mut().filter(|e| store::says_disk_full(e)) {
+        // What space the reserve gives back is for writing this end, not for more work.
+        engine.disk.release();
+        *why = format!("autodev's data directory is full: {why}");
+    }
+    let ended = match end_run(engine, &row, &outcome).await {
+        Err(e) if engine.note_disk_full(&e) => end_run(engine, &row, &outcome).await,
+        ended => ended,
+    };
+    if !ended? {
         tracing::warn!("lease lost before the result could be written");
         return Ok(TaskState::Running);
     }

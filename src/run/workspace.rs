@@ -53,6 +53,9 @@ impl Workspace {
         let path = engine.worktree_path(&row.repo_name(), &row.task_id);
         let worktree = {
             let _lock = FileLock::acquire(engine.repo_lock(&row.repo_name())).await?;
+            crate::core::faults::disk_full_point("worktree-disk-full")
+                .map_err(anyhow::Error::from)
+                .end_as(TaskState::Error, "preparing the worktree")?;
             engine
                 .git
                 .prepare_worktree(&source.repo, &path, &row.branch, &source.base_sha)

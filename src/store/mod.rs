@@ -197,6 +197,29 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `e` comes from a full disk: SQLite's `SQLITE_FULL`, or `ENOSPC` from a file write.
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() {
+            // SQLITE_FULL, and its extended codes.
+            return db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 13);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(libc::ENOSPC);
+        }
+        says_disk_full(&cause.to_string())
+    })
+}
+
+/// Whether an error's words say the disk is full (errors that reached a task as text).
+pub fn says_disk_full(text: &str) -> bool {
+    text.contains("No space left on device") || text.contains("database or disk is full")
+}
+
 /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at the start (waiting up
 /// to `busy_timeout`), so a transaction that reads before it writes cannot fail with
 /// `SQLITE_BUSY` halfway when another process wrote in between, as a deferred one can.

@@ -39,6 +39,15 @@ impl IntoResponse for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        if store::is_disk_full(&e) {
+            tracing::error!("request refused, the data directory is full: {e:#}");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "autodev's data directory is full, so nothing of this request was recorded; free some space and send it again ({e:#})"
+                ),
+            );
+        }
         tracing::error!("request failed: {e:#}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -161,13 +170,22 @@ async fn create_task(State(engine): State<Arc<Engine>>, request: Request) -> Api
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
     let spec = spec::parse(text, format, &engine.roles, &engine.settings.file.limits)
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_json()))?;
+    if engine.disk.is_released() {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "autodev's data directory is full: new tasks wait until there is room again; free some space and send it again",
+        ));
+    }
     match engine.submit(&spec, &RepoName::local()).await {
         Ok(submitted) => Ok((StatusCode::CREATED, Json(submitted)).into_response()),
         Err(SubmitError::Duplicate { repo, task_id }) => Err(ApiError(
             StatusCode::CONFLICT,
             json!({ "error": format!("task `{task_id}` already exists in {repo}; use another id, or POST /tasks/{task_id}/retry"), "task_id": task_id }),
         )),
-        Err(SubmitError::Other(e)) => Err(e.into()),
+        Err(SubmitError::Other(e)) => {
+            engine.note_disk_full(&e);
+            Err(e.into())
+        }
     }
 }
 
@@ -411,6 +429,12 @@ async fn github_webhook(
                 IntakeError::Signature(_) => StatusCode::UNAUTHORIZED,
                 IntakeError::MissingHeader(_) | IntakeError::Malformed(_) => {
                     StatusCode::BAD_REQUEST
+                }
+                IntakeError::Internal(err) if engine.note_disk_full(err) => {
+                    tracing::error!(
+                        "webhook delivery refused, the data directory is full: {err:#}"
+                    );
+                    StatusCode::INSUFFICIENT_STORAGE
                 }
                 IntakeError::Internal(err) => {
                     tracing::error!("webhook delivery failed: {err:#}");

@@ -504,3 +504,200 @@ async fn a_push_whose_record_a_stop_cut_off_is_recorded_by_the_reconciler() {
     })
     .await;
 }
+
+/// A tmpfs of `mb` megabytes on `dir` until dropped: a disk that can be filled.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None`, and the test says it was skipped, where this process may not mount one.
+    fn mount(dir: &std::path::Path, mb: u32) -> Option<Self> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "skipped: mounting a small disk needs root (.ci/run has it): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_ends_the_task_naming_the_cause_and_work_resumes_when_space_returns() {
+    if !crash_points() {
+        return;
+    }
+    let mut world = crate::support::World::new();
+    // The first worktree write finds the disk full.
+    world
+        .extra_env
+        .push(("FAILPOINTS".into(), "worktree-disk-full=1*return".into()));
+    world.agent("claude", &changing_agent());
+    let server = world.serve();
+    let spec = crate::support::spec;
+    let (status, body) = server
+        .post_spec("application/yaml", &spec("FULL-1", ""))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let full = crate::story::Task::local(&server, "FULL-1");
+    let t = full.ended_as(State::Error).await;
+    let why = t.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("data directory is full") && why.contains("No space left on device"),
+        "{t}"
+    );
+    // There is room in fact: the reserve is made again, and work goes on.
+    let (status, body) = eventually("new tasks taken again", async || {
+        let (status, body) = server
+            .post_spec("application/yaml", &spec("FULL-2", ""))
+            .await;
+        if status == 201 {
+            Ok((status, body))
+        } else {
+            Err((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 201, "{body}");
+    crate::story::Task::local(&server, "FULL-2")
+        .ended_as(State::Passed)
+        .await;
+    let (status, body) = server.post("/tasks/FULL-1/retry").await;
+    assert!(status < 300, "{body}");
+    full.run(2).ended_as(State::Passed).await;
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_up_under_a_running_task_refuses_new_work_until_there_is_room() {
+    let world = crate::support::World::new();
+    let Some(_disk) = SmallDisk::mount(&world.data, 64) else {
+        return;
+    };
+    // The agent waits for `go`, then writes its change.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\nwhile [ ! -e \"$FAKE_AGENT_DIR/go\" ]; do sleep 0.05; done\n\
+             date +%s%N > feature.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let go = world.agent_dir.join("go");
+    let server = world.serve();
+    let spec = crate::support::spec;
+    std::fs::write(&go, "").unwrap();
+    let (status, body) = server
+        .post_spec("application/yaml", &spec("DISK-1", ""))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    crate::story::Task::local(&server, "DISK-1")
+        .ended_as(State::Passed)
+        .await;
+
+    // The disk fills up while a task runs.
+    std::fs::remove_file(&go).unwrap();
+    let (status, body) = server
+        .post_spec("application/yaml", &spec("DISK-2", ""))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let running = crate::story::Task::local(&server, "DISK-2");
+    running
+        .until("running", |t| t.state == State::Running)
+        .await;
+    let ballast = fill(&world.data);
+    // New work is refused, and the answer says why.
+    let (status, body) = server
+        .post_spec("application/yaml", &spec("DISK-3", ""))
+        .await;
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("data directory is full"),
+        "{body}"
+    );
+    // The running task ends, recorded, with the room the reserve gave back.
+    std::fs::write(&go, "").unwrap();
+    let t = running.ended().await;
+    assert!(!matches!(t.state, State::Queued | State::Running), "{t}");
+    let (status, body) = server
+        .post_spec("application/yaml", &spec("DISK-3", ""))
+        .await;
+    assert_eq!(status, 507, "still full: {body}");
+    let pool = world.db().await;
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+
+    // Room again: work resumes without a restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let (status, body) = eventually("new tasks taken again", async || {
+        let (status, body) = server
+            .post_spec("application/yaml", &spec("DISK-3", ""))
+            .await;
+        if status == 201 {
+            Ok((status, body))
+        } else {
+            Err((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 201, "{body}");
+    crate::story::Task::local(&server, "DISK-3")
+        .ended_as(State::Passed)
+        .await;
+}
+
+/// Writes a file in `dir` until its disk is full; the file.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("ballast");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&chunk[..512]).is_ok() {}
+    let _ = f.flush();
+    path
+}
+
+#[tokio::test]
+async fn two_processes_writing_at_once_never_fail_a_request_with_a_busy_database() {
+    let world = crate::support::World::new();
+    world.agent("claude", &changing_agent());
+    // One process takes requests, another runs every task: both write the one database.
+    let server = world.serve_with(&["--workers", "0"]);
+    let _worker = world.worker();
+    let spec = crate::support::spec;
+    let posts = (0..60).map(|i| {
+        let server = &server;
+        async move {
+            server
+                .post_spec("application/yaml", &spec(&format!("BUSY-{i}"), ""))
+                .await
+        }
+    });
+    let answers = futures::future::join_all(posts).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 201, "{body}");
+    }
+    for i in (0..60).step_by(13) {
+        let t = crate::story::Task::local(&server, &format!("BUSY-{i}"));
+        t.ended_as(State::Passed).await;
+    }
+}
