@@ -22,5 +22,6 @@ mod real_cli;
 mod recovery;
 mod retention;
 mod sandbox;
+mod soak;
 mod story;
 mod webhooks;
