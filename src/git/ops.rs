@@ -1067,6 +1067,18 @@ impl Git {
     }
 
     /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
+    /// The tree of `commit`.
+    pub async fn tree_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
+        let spec = format!("{commit}^{{tree}}");
+        let out = self
+            .output(dir, &["rev-parse", "--verify", "--quiet", &spec], None)
+            .await?;
+        if !out.status.success() {
+            bail!("{commit} is not a commit in {}", dir.display());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     pub async fn is_ancestor(
         &self,
         dir: &Path,

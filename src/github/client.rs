@@ -255,12 +255,33 @@ impl GithubClient {
 
     /// A valid installation token (for git over HTTPS), refreshed when it has under a minute
     /// left.
+    ///
+    /// Asking for a token again is harmless, so a failure that may pass (GitHub's 5xx, a rate
+    /// limit, the network) is tried again here, a few times within about eight seconds,
+    /// rather than failing the run that needs it.
     pub async fn installation_token(&self, id: InstallationId) -> anyhow::Result<SecretString> {
         let client = self.installation(id)?;
-        client
-            .installation_token_with_buffer(chrono::Duration::seconds(60))
-            .await
-            .map_err(|e| anyhow::anyhow!("getting an installation token for {id}: {e}"))
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match client
+                .installation_token_with_buffer(chrono::Duration::seconds(60))
+                .await
+            {
+                Ok(token) => return Ok(token),
+                Err(e) if may_pass(&e) && wait <= Duration::from_secs(4) => {
+                    tracing::warn!(
+                        "getting an installation token for {id}, again in {wait:?}: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "getting an installation token for {id}: {e}"
+                    ));
+                }
+            }
+        }
     }
 
     fn client_for(&self, who: Identity) -> anyhow::Result<Arc<Octocrab>> {
@@ -402,6 +423,21 @@ impl GithubClient {
 /// GitHub's rate-limit rules: `Retry-After` first; else, with no requests left, wait for
 /// `x-ratelimit-reset`; a 403/429 without either is a secondary limit (wait at least a minute);
 /// 5xx back off; other 4xx will not get better.
+/// Whether an error of octocrab's own calls (the installation token) may pass if tried again.
+fn may_pass(e: &octocrab::Error) -> bool {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            let status = source.status_code.as_u16();
+            let message = source.message.to_lowercase();
+            status >= 500
+                || status == 429
+                || (status == 403 && (message.contains("rate limit") || message.contains("abuse")))
+        }
+        // The network, a timeout, an answer cut off.
+        _ => true,
+    }
+}
+
 fn retry_advice(status: u16, headers: &http::HeaderMap) -> Retry {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if (200..300).contains(&status) {

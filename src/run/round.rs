@@ -157,7 +157,25 @@ impl Rounds<'_> {
             },
         )
         .await?;
-        if ws.snapshot(engine).await?.same_as(&round_start) {
+        let unchanged = ws.snapshot(engine).await?.same_as(&round_start);
+        // A continued branch may already hold the work (an earlier run's, or one cut off
+        // after it wrote or committed it): an agent with nothing to add has not failed then,
+        // and the gates judge what is there.
+        let earlier_work = unchanged
+            && round == 1
+            && ws.worktree.reused_branch
+            && engine
+                .git
+                .tree_of(&ws.home_git, &run.source.base_sha)
+                .await?
+                != round_start.tree;
+        if earlier_work {
+            run.note(
+                store::EventKind::Agent,
+                "the agent changed nothing: the gates check the work the branch holds from an earlier run",
+            )
+            .await;
+        } else if unchanged {
             return Ok(Round::Stop(Outcome::ended(
                 TaskState::Failed,
                 format!(

@@ -701,3 +701,28 @@ async fn two_processes_writing_at_once_never_fail_a_request_with_a_busy_database
         t.ended_as(State::Passed).await;
     }
 }
+
+#[tokio::test]
+async fn a_run_cut_off_after_its_work_is_finished_by_the_next_even_if_its_agent_adds_nothing() {
+    if !crash_points() {
+        return;
+    }
+    // The agent writes the same file every run: the second run finds it already there.
+    let app = App::with(&crate::story::writes("feature.txt", "x"), |world, _| {
+        world
+            .extra_env
+            .push(("FAILPOINTS".into(), "commit-made=return".into()));
+    })
+    .await;
+    app.issue(1).labeled("autodev:backend").by(WRITER).await;
+    let App {
+        mut world, server, ..
+    } = app;
+    server.crashed().await;
+    world.extra_env.retain(|(k, _)| k != "FAILPOINTS");
+    let server = world.serve();
+    let t = server.ended("issue-1").await;
+    assert_eq!(t.state, State::Passed, "{t}");
+    assert_eq!(t.runs, 2, "{t}");
+    assert!(t.told("work the branch holds from an earlier run"), "{t}");
+}

@@ -174,6 +174,11 @@ async fn soak() {
             "duplicate_status_comments": dupes(&comments),
         })
     };
+    let errors: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT task_id, last_error FROM tasks WHERE state != 'passed' ORDER BY pk")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let lost = tasks as usize - states.len().min(tasks as usize);
     let report = json!({
         "issues": tasks,
@@ -182,6 +187,7 @@ async fn soak() {
         "github_faults": played,
         "tasks": states.len(),
         "tasks_by_state": by_state,
+        "tasks_not_passed": errors,
         "tasks_lost": lost,
         "branches_on_github": crate::support::git(&app.remote().0, &["branch", "--list", "auto/*"]).lines().count(),
         "github": counts,
@@ -212,4 +218,12 @@ async fn soak() {
     report["database_bytes_after_retention"] = json!(after);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert_eq!(report["tasks_lost"], 0, "{report:#}");
+    for doubled in [
+        "duplicate_pull_requests",
+        "duplicate_check_runs",
+        "duplicate_status_comments",
+        "check_runs_not_concluded",
+    ] {
+        assert_eq!(report["github"][doubled], 0, "{report:#}");
+    }
 }
