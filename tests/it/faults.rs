@@ -561,21 +561,7 @@ async fn a_full_disk_ends_the_task_naming_the_cause_and_work_resumes_when_space_
         "{t}"
     );
     // There is room in fact: the reserve is made again, and work goes on.
-    let (status, body) = eventually("new tasks taken again", async || {
-        let (status, body) = server
-            .post_spec("application/yaml", &spec("FULL-2", ""))
-            .await;
-        if status == 201 {
-            Ok((status, body))
-        } else {
-            Err((status, body))
-        }
-    })
-    .await;
-    assert_eq!(status, 201, "{body}");
-    crate::story::Task::local(&server, "FULL-2")
-        .ended_as(State::Passed)
-        .await;
+    taken_once_there_is_room(&server, "FULL-2").await;
     let (status, body) = server.post("/tasks/FULL-1/retry").await;
     assert!(status < 300, "{body}");
     full.run(2).ended_as(State::Passed).await;
@@ -647,19 +633,19 @@ async fn a_disk_that_fills_up_under_a_running_task_refuses_new_work_until_there_
 
     // Room again: work resumes without a restart.
     std::fs::remove_file(&ballast).unwrap();
-    let (status, body) = eventually("new tasks taken again", async || {
-        let (status, body) = server
-            .post_spec("application/yaml", &spec("DISK-3", ""))
-            .await;
-        if status == 201 {
-            Ok((status, body))
-        } else {
-            Err((status, body))
-        }
+    taken_once_there_is_room(&server, "DISK-3").await;
+}
+
+/// Sends task `id` until the server takes it (it refuses while its disk is full), and waits
+/// for it to pass.
+async fn taken_once_there_is_room(server: &crate::support::Server, id: &str) {
+    let spec = crate::support::spec(id, "");
+    eventually("new tasks taken again", async || {
+        let (status, body) = server.post_spec("application/yaml", &spec).await;
+        if status == 201 { Ok(()) } else { Err((status, body)) }
     })
     .await;
-    assert_eq!(status, 201, "{body}");
-    crate::story::Task::local(&server, "DISK-3")
+    crate::story::Task::local(server, id)
         .ended_as(State::Passed)
         .await;
 }
