@@ -642,7 +642,11 @@ async fn taken_once_there_is_room(server: &crate::support::Server, id: &str) {
     let spec = crate::support::spec(id, "");
     eventually("new tasks taken again", async || {
         let (status, body) = server.post_spec("application/yaml", &spec).await;
-        if status == 201 { Ok(()) } else { Err((status, body)) }
+        if status == 201 {
+            Ok(())
+        } else {
+            Err((status, body))
+        }
     })
     .await;
     crate::story::Task::local(server, id)
