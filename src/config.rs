@@ -89,7 +89,7 @@ pub struct FileConfig {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub github: GithubConfig,
-    /// Directory of custom role files; relative paths are relative to the working directory.
+    /// Directory of custom role files; a relative path is relative to the configuration file.
     #[serde(default)]
     pub roles_dir: Option<PathBuf>,
     /// The server's maxima for every task, whoever asks.
@@ -580,7 +580,36 @@ impl<'de> Deserialize<'de> for ProvidersConfig {
                 .collect(),
         };
         let mut entries = BTreeMap::new();
-        for (name, v) in map {
+        for (name, mut v) in map {
+            // A well-known name says what it is; a name of your own says it with `mode` (or
+            // `kind`, which makes it a CLI), else it is taken for a misspelling.
+            if let serde_yaml::Value::Mapping(m) = &mut v
+                && !m.contains_key("mode")
+            {
+                let mode = if m.contains_key("kind") {
+                    "cli"
+                } else if kind_from_name(&name).is_some() {
+                    if name.ends_with("_api") { "api" } else { "cli" }
+                } else {
+                    let known = [
+                        "claude_cli",
+                        "codex_cli",
+                        "gemini_cli",
+                        "cursor_cli",
+                        "anthropic_api",
+                        "openai_api",
+                    ];
+                    let hint = match crate::core::spec::near_miss(&name, &known) {
+                        Some(k) => format!("did you mean `{k}`? "),
+                        None => String::new(),
+                    };
+                    return Err(D::Error::custom(format!(
+                        "providers.{name} is not a provider autodev knows: {hint}A provider of your own needs `mode: cli` (with `kind` or `binary`) or `mode: api` (well-known names: {})",
+                        known.join(", ")
+                    )));
+                };
+                m.insert("mode".into(), mode.into());
+            }
             let entry: ProviderEntry = serde_yaml::from_value(v)
                 .map_err(|e| D::Error::custom(format!("providers.{name}: {e}")))?;
             entries.insert(name, entry);
@@ -743,11 +772,13 @@ pub struct Settings {
 impl Settings {
     pub fn load(env: Env, flags: Overrides) -> anyhow::Result<Self> {
         let cwd = std::env::current_dir().context("reading the working directory")?;
+        // autodev's own configuration: never a file of the repository it works in.
         let config_path = flags
             .config
             .or_else(|| env.get("AUTODEV_CONFIG").map(PathBuf::from))
+            .map(|p| absolute(&cwd, &p))
             .or_else(|| {
-                let default = PathBuf::from("config/config.yaml");
+                let default = default_config_path(&env)?;
                 default.is_file().then_some(default)
             });
         let file = match &config_path {
@@ -768,22 +799,43 @@ impl Settings {
             .get("AUTODEV_DATABASE_URL")
             .map(str::to_owned)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("autodev.db").display()));
+        if !database_url.starts_with("sqlite:") {
+            let scheme = database_url.split(':').next().unwrap_or_default();
+            bail!(
+                "AUTODEV_DATABASE_URL: autodev keeps its data in SQLite (sqlite:///path/to/autodev.db); `{scheme}:` URLs are not served. Unset it to use $AUTODEV_DATA_DIR/autodev.db"
+            );
+        }
+        // Paths in the configuration file are relative to the file; others to the working
+        // directory.
+        let config_dir = config_path
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(&cwd)
+            .to_owned();
         let repo_path = flags
             .repo
             .or_else(|| env.get("REPO_PATH").map(PathBuf::from))
-            .or_else(|| file.repo.path.clone())
+            .or_else(|| file.repo.path.as_ref().map(|p| absolute(&config_dir, p)))
             .unwrap_or_else(|| cwd.clone());
         let worktrees_dir = file
             .worktrees
             .base_dir
             .clone()
-            .map(|p| absolute(&cwd, &p))
+            .map(|p| absolute(&config_dir, &p))
             .unwrap_or_else(|| data_dir.join("worktrees"));
-        let roles_dir = file
-            .roles_dir
-            .clone()
-            .or_else(|| Some(PathBuf::from("roles")))
-            .map(|p| absolute(&cwd, &p));
+        let roles_dir = file.roles_dir.clone().map(|p| absolute(&config_dir, &p));
+        if let Some(dir) = &roles_dir
+            && !dir.is_dir()
+        {
+            bail!(
+                "roles_dir {} (from {}) is not a directory",
+                dir.display(),
+                config_path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
         Ok(Self {
             config_path,
             bind: flags
@@ -829,6 +881,15 @@ impl Settings {
     }
 }
 
+/// `$XDG_CONFIG_HOME/autodev/config.yaml`, else `~/.config/autodev/config.yaml`.
+fn default_config_path(env: &Env) -> Option<PathBuf> {
+    let base = match env.get("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        Some(xdg) => PathBuf::from(xdg),
+        None => PathBuf::from(env.get("HOME")?).join(".config"),
+    };
+    Some(base.join("autodev").join("config.yaml"))
+}
+
 fn default_data_dir(env: &Env) -> anyhow::Result<PathBuf> {
     if let Some(xdg) = env.get("XDG_DATA_HOME") {
         return Ok(PathBuf::from(xdg).join("autodev"));
@@ -861,6 +922,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("binnary"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_provider_is_an_error_that_names_the_right_one() {
+        let e = FileConfig::from_yaml(
+            "providers:\n  cluade_cli: {model: x}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("did you mean `claude_cli`"), "{e}");
+        // Well-known names need no `mode`; names of your own say what they are.
+        let ok = FileConfig::from_yaml(
+            "providers:\n  claude_cli: {model: opus}\n  openai_api: {model: gpt}\n  mine: {kind: claude, binary: /bin/true}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.providers.entry("claude_cli").unwrap().mode,
+            ProviderMode::Cli
+        );
+        assert_eq!(
+            ok.providers.entry("openai_api").unwrap().mode,
+            ProviderMode::Api
+        );
+        assert_eq!(ok.providers.entry("mine").unwrap().mode, ProviderMode::Cli);
+    }
+
+    #[test]
+    fn minute_keys_never_read_a_bare_string_as_seconds() {
+        let e = FileConfig::from_yaml(
+            "hygiene: {checkpoint_minutes: \"30\"}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has no unit"), "{e}");
+        let ok = FileConfig::from_yaml(
+            "hygiene: {checkpoint_minutes: 30, pr_minutes: \"2h\"}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(ok.hygiene.checkpoint_minutes, Duration::from_secs(1800));
+        assert_eq!(ok.hygiene.pr_minutes, Duration::from_secs(7200));
     }
 
     #[test]
@@ -914,6 +1019,21 @@ mod tests {
         let env = Env::from_pairs([("AUTODEV_API_TOKEN_FILE", empty.to_str().unwrap())]);
         let err = env.secret("AUTODEV_API_TOKEN").unwrap_err().to_string();
         assert!(err.contains("is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_database_url_autodev_cannot_serve_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::from_pairs([
+            ("AUTODEV_DATA_DIR", dir.path().to_str().unwrap()),
+            ("AUTODEV_DATABASE_URL", "postgres://autodev@db/autodev"),
+            ("HOME", "/nonexistent"),
+        ]);
+        let err = format!(
+            "{:#}",
+            Settings::load(env, Overrides::default()).unwrap_err()
+        );
+        assert!(err.contains("`postgres:` URLs are not served"), "{err}");
     }
 
     #[test]

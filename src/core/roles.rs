@@ -1,5 +1,6 @@
-//! Roles: the built-in `backend`, `frontend`, `data` and `ml`, plus custom roles read from
-//! `roles/*.yaml` at start-up. A role gives the agent its standing instructions and names the
+//! Roles: the built-in `backend`, `frontend`, `data` and `ml`, the role files shipped in
+//! `roles/` (compiled into the binary, so they are there wherever autodev runs), plus custom
+//! roles read at start-up from the configuration's `roles_dir`. A role gives the agent its standing instructions and names the
 //! task branch and reviewers.
 
 use std::collections::BTreeMap;
@@ -137,8 +138,14 @@ impl Roles {
                 };
                 ((*name).to_owned(), role)
             })
-            .collect();
-        Self { by_name }
+            .collect::<BTreeMap<_, _>>();
+        let mut roles = Self { by_name };
+        for (file, text) in SHIPPED {
+            let role = parse_role(text, Path::new(file), RoleSource::BuiltIn)
+                .expect("the shipped role files are valid");
+            roles.by_name.insert(role.name.clone(), role);
+        }
+        roles
     }
 
     /// The built-in roles plus every `*.yaml` / `*.yml` file in `dir` (when it exists). A file
@@ -192,10 +199,32 @@ pub fn check_role_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The role files shipped in the repository's `roles/`, compiled in.
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "computational_biologist.yaml",
+        include_str!("../../roles/computational_biologist.yaml"),
+    ),
+    (
+        "data_analyst.yaml",
+        include_str!("../../roles/data_analyst.yaml"),
+    ),
+    (
+        "fund_manager.yaml",
+        include_str!("../../roles/fund_manager.yaml"),
+    ),
+    ("sre.yaml", include_str!("../../roles/sre.yaml")),
+];
+
 fn load_role_file(path: &Path) -> anyhow::Result<Role> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: RoleFile = serde_yaml::from_str(&text)
+    parse_role(&text, path, RoleSource::File(path.to_owned()))
+}
+
+/// A role from the text of its file at `path` (named in errors; its stem is the role's name).
+fn parse_role(text: &str, path: &Path, source: RoleSource) -> anyhow::Result<Role> {
+    let file: RoleFile = serde_yaml::from_str(text)
         .with_context(|| format!("role file {} is not valid", path.display()))?;
     let stem = path
         .file_stem()
@@ -257,7 +286,7 @@ fn load_role_file(path: &Path) -> anyhow::Result<Role> {
         branch_prefix: file.branch_prefix,
         reviewers: file.reviewers,
         prompt: file.prompt,
-        source: RoleSource::File(path.to_owned()),
+        source,
     })
 }
 
@@ -268,7 +297,19 @@ mod tests {
     #[test]
     fn built_in_roles_and_branches() {
         let roles = Roles::built_in();
-        assert_eq!(roles.names(), ["backend", "data", "frontend", "ml"]);
+        assert_eq!(
+            roles.names(),
+            [
+                "backend",
+                "computational_biologist",
+                "data",
+                "data_analyst",
+                "frontend",
+                "fund_manager",
+                "ml",
+                "sre"
+            ]
+        );
         let id: TaskId = "TSK-1".parse().unwrap();
         assert_eq!(
             roles.get("backend").unwrap().branch_for(&id),

@@ -686,37 +686,19 @@ pub fn parse_timeout(v: &Value) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `"90"`, `"90s"`, `"30m"`, `"2h"`, `"1h30m"`, `"1d"`.
+/// Parses a duration with units: `"90s"`, `"30m"`, `"2h"`, `"1h30m"`, `"1d"` (humantime's
+/// syntax). A bare number in a string is refused: whether it meant seconds or minutes is
+/// anyone's guess, so it must be written as a number or with its unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration; write e.g. 900, \"90s\", \"30m\", \"1h30m\"");
     let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`\"{s}\"` has no unit; write a number without quotes, or a duration such as \"90s\", \"30m\", \"1h30m\""
+        ));
     }
-    let mut total = 0u64;
-    let mut digits = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        total = total
-            .checked_add(n.checked_mul(unit).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-    }
-    if !digits.is_empty() || s.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("`{s}` is not a duration ({e}); write e.g. 900, \"90s\", \"30m\", \"1h30m\"")
+    })
 }
 
 #[cfg(test)]
@@ -793,7 +775,7 @@ mod tests {
         );
         assert!(
             err.to_string()
-                .contains("known roles: backend, data, frontend, ml")
+                .contains("known roles: backend, computational_biologist, data, data_analyst")
         );
         assert!(err.to_string().contains("leaves the repository"));
     }
@@ -823,7 +805,12 @@ mod tests {
         assert!(text.contains("acceptance.tests[0]"), "{text}");
         assert!(text.contains("did you mean `lint`"), "{text}");
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("5 minutes").is_err());
+        assert_eq!(
+            parse_duration("5 minutes").unwrap(),
+            Duration::from_secs(300)
+        );
+        let bare = parse_duration("90").unwrap_err();
+        assert!(bare.contains("has no unit"), "{bare}");
         assert!(yaml(&format!("{BASE}timeout: 0\n")).is_err());
     }
 

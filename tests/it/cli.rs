@@ -122,6 +122,10 @@ fn roles_lists_sources_and_help_answers() {
         "name: sre\nbranch_prefix: ops\nprompt: careful\n",
     )
     .unwrap();
+    // `roles_dir` is relative to the configuration file (here in the same directory).
+    let mut config = std::fs::read_to_string(&world.config).unwrap();
+    config.push_str("roles_dir: roles\n");
+    std::fs::write(&world.config, config).unwrap();
     let out = world.command(&["roles"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -134,4 +138,92 @@ fn roles_lists_sources_and_help_answers() {
     );
     let out = world.command(&["run", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("foreground"));
+}
+
+/// `autodev` started in `dir` with no configuration named: only `extra` set besides HOME and
+/// the data directory.
+fn bare_command(
+    world: &World,
+    dir: &std::path::Path,
+    args: &[&str],
+    extra: &[(&str, String)],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_autodev"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &world.home)
+        .env("AUTODEV_DATA_DIR", &world.data)
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_repositorys_own_config_and_roles_are_not_autodevs() {
+    let world = World::new();
+    // The repository autodev works in has a configuration and roles of its own.
+    std::fs::create_dir_all(world.repo.join("config")).unwrap();
+    std::fs::write(
+        world.repo.join("config/config.yaml"),
+        "url: https://example.com\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(world.repo.join("roles")).unwrap();
+    std::fs::write(
+        world.repo.join("roles/planted.yaml"),
+        "name: planted\nprompt: Do as the file says.\n",
+    )
+    .unwrap();
+    let out = bare_command(&world, &world.repo, &["roles"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("planted"), "{stdout}");
+    // The shipped roles are in the binary, wherever it runs.
+    for role in ["backend", "data_analyst", "sre"] {
+        assert!(stdout.contains(role), "{stdout}");
+    }
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/da_example.yaml");
+    let out = bare_command(
+        &world,
+        world.root.path(),
+        &["validate", spec.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // autodev's own file: $XDG_CONFIG_HOME/autodev/config.yaml, its roles_dir relative to it.
+    let xdg = world.root.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("autodev/my-roles")).unwrap();
+    std::fs::write(
+        xdg.join("autodev/config.yaml"),
+        "roles_dir: my-roles\nproviders:\n  order: [claude_cli]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        xdg.join("autodev/my-roles/reviewer.yaml"),
+        "name: reviewer\nprompt: Review the change.\n",
+    )
+    .unwrap();
+    let with_xdg = [("XDG_CONFIG_HOME", xdg.display().to_string())];
+    let out = bare_command(&world, &world.repo, &["roles"], &with_xdg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("reviewer") && !stdout.contains("planted"),
+        "{stdout}"
+    );
 }
