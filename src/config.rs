@@ -68,7 +68,7 @@ impl Env {
 }
 
 /// The configuration file. Every key is documented in the shipped `config/config.yaml`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -101,7 +101,7 @@ pub struct FileConfig {
 }
 
 /// Keys of `.github/autodev.yml` and of issue blocks that are used (see `trust`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct AllowedOverrides(pub Vec<String>);
 
@@ -116,7 +116,7 @@ impl Default for AllowedOverrides {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     pub path: Option<PathBuf>,
@@ -125,19 +125,19 @@ pub struct RepoConfig {
 
 /// Scheduled git hygiene. Intervals are minutes, or a duration such as `"2s"` (handy in
 /// tests).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HygieneConfig {
-    #[serde(deserialize_with = "minutes")]
+    #[serde(deserialize_with = "minutes", serialize_with = "human")]
     pub checkpoint_minutes: Duration,
-    #[serde(deserialize_with = "minutes")]
+    #[serde(deserialize_with = "minutes", serialize_with = "human")]
     pub pr_minutes: Duration,
-    #[serde(deserialize_with = "minutes")]
+    #[serde(deserialize_with = "minutes", serialize_with = "human")]
     pub rebase_minutes: Duration,
-    #[serde(deserialize_with = "minutes")]
+    #[serde(deserialize_with = "minutes", serialize_with = "human")]
     pub cleanup_minutes: Duration,
     /// How often the reconciler finishes half-done GitHub effects (also once at start).
-    #[serde(deserialize_with = "minutes")]
+    #[serde(deserialize_with = "minutes", serialize_with = "human")]
     pub reconcile_minutes: Duration,
     pub cleanup_after_hours: u64,
     /// How long webhook deliveries, the timelines and gate results of ended tasks and
@@ -150,7 +150,7 @@ pub struct HygieneConfig {
     pub merge_strategy: MergeStrategy,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum MergeStrategy {
     Rebase,
@@ -195,14 +195,14 @@ fn minutes<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(d)
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorktreesConfig {
     /// Default: `$AUTODEV_DATA_DIR/worktrees`.
     pub base_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConfig {
     /// Tasks one process runs at once.
@@ -241,14 +241,14 @@ impl WorkersConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatesConfig {
     /// The lint command (run with `sh -c` in `<worktree>/<target_dir>`); detected from the
     /// repository when unset.
     pub lint: Option<String>,
     pub typecheck: Option<String>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human")]
     pub timeout: Duration,
     /// Bytes of output kept per gate (the tail).
     pub max_output_bytes: usize,
@@ -268,14 +268,14 @@ impl Default for GatesConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Extra environment variables passed to every agent (names only; values come from
     /// autodev's environment).
     pub env: Vec<String>,
     /// Default whole-task budget when a spec sets no `timeout`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human")]
     pub task_timeout: Duration,
     /// Bytes of agent output kept (the tail).
     pub max_output_bytes: usize,
@@ -290,7 +290,7 @@ pub struct AgentConfig {
     /// configured providers' API and login hosts.
     pub egress: Option<Vec<String>>,
     /// How long each step of reading an agent's work (its branch, its files) may take.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human")]
     pub read_timeout: Duration,
 }
 
@@ -323,7 +323,7 @@ pub enum SandboxMode {
     Bwrap,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// SQLite `synchronous` pragma: `off`, `normal`, `full` or `extra`.
@@ -346,7 +346,7 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GithubConfig {
     /// Bot logins (e.g. `renovate[bot]`) whose labels and commands are honoured; other bots are
@@ -358,7 +358,7 @@ pub struct GithubConfig {
     pub permission_cache_seconds: u64,
     /// How long one GitHub API call may wait to connect, or for the next bytes of an answer,
     /// before it fails and is tried again (seconds, or a duration such as `"2s"`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human")]
     pub timeout: Duration,
 }
 
@@ -375,7 +375,7 @@ impl Default for GithubConfig {
 
 /// Which repositories may receive changes under `.github/workflows/`: `true`/`false` for all,
 /// or a list of `owner/name`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum WorkflowChanges {
     All(bool),
@@ -469,7 +469,7 @@ pub enum CliKind {
     Generic,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     pub mode: ProviderMode,
@@ -485,7 +485,11 @@ pub struct ProviderEntry {
     pub args: Option<Vec<String>>,
     #[serde(default)]
     pub model: Option<String>,
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "human_opt"
+    )]
     pub timeout: Option<Duration>,
     /// Extra environment variables this provider may see.
     #[serde(default)]
@@ -567,6 +571,27 @@ pub fn kind_from_name(name: &str) -> Option<CliKind> {
     }
 }
 
+impl Serialize for ProvidersConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.entries.len() + 1))?;
+        map.serialize_entry("order", &self.order)?;
+        // Every provider the order names, as it stands with its defaults, then the rest.
+        let mut named: Vec<&str> = self.order.iter().map(String::as_str).collect();
+        for name in self.entries.keys() {
+            if !named.contains(&name.as_str()) {
+                named.push(name);
+            }
+        }
+        for name in named {
+            if let Some(entry) = self.entry(name) {
+                map.serialize_entry(name, &entry)?;
+            }
+        }
+        map.end()
+    }
+}
+
 impl<'de> Deserialize<'de> for ProvidersConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
@@ -624,6 +649,18 @@ impl<'de> Deserialize<'de> for ProvidersConfig {
             }
         }
         Ok(config)
+    }
+}
+
+/// A duration as configuration files write it (`"30m"`, `"1h30m"`).
+fn human<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::core::spec::human_duration(*d))
+}
+
+fn human_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => human(d, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -882,7 +919,7 @@ impl Settings {
 }
 
 /// `$XDG_CONFIG_HOME/autodev/config.yaml`, else `~/.config/autodev/config.yaml`.
-fn default_config_path(env: &Env) -> Option<PathBuf> {
+pub fn default_config_path(env: &Env) -> Option<PathBuf> {
     let base = match env.get("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
         Some(xdg) => PathBuf::from(xdg),
         None => PathBuf::from(env.get("HOME")?).join(".config"),

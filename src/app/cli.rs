@@ -29,10 +29,11 @@ AUTODEV_URL, AUTODEV_PUBLIC_URL, AUTODEV_ALLOWED_HOSTS, AUTODEV_LOG, AUTODEV_LOG
 GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH (or GITHUB_PRIVATE_KEY), GITHUB_WEBHOOK_SECRET, GITHUB_API_URL; \
 local-mode pull requests: GITHUB_TOKEN; API providers: ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, OPENAI_API_KEY, \
 OPENAI_BASE_URL. Secrets may also be given as <NAME>_FILE.\n\
-Configuration keys are documented in config/config.yaml."
+Configuration keys are documented in config/config.yaml; `autodev config check` shows the ones in effect."
 )]
 pub struct Cli {
-    /// Config file (default: config/config.yaml when present)
+    /// autodev's configuration file (default: $XDG_CONFIG_HOME/autodev/config.yaml when present;
+    /// never a file of the working directory)
     #[arg(long, global = true, value_name = "FILE", env = "AUTODEV_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the database, worktrees and agent homes live (default: ~/.local/share/autodev)
@@ -46,6 +47,17 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the configuration in effect, each value with where it comes from (a default, the
+    /// configuration file, the environment, a flag); secrets are never printed. Exits 2 when
+    /// the configuration cannot be read.
+    #[command(
+        after_help = "Example:\n  AUTODEV_CONFIG=/etc/autodev/config.yaml autodev config check"
+    )]
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -95,6 +107,11 @@ pub enum Command {
     Roles,
     /// List the providers in the configured order and whether each can run here
     Providers,
+    /// autodev's own configuration
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Save a work-in-progress commit of every running task now (refs/autodev/checkpoints/<id>; pushed in App mode)
     Checkpoint,
     /// Open pull requests now for passed tasks that have none: App tasks through the App, local ones by pushing to a GitHub `origin` with GITHUB_TOKEN
@@ -197,6 +214,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Validate { specs } => validate(&settings, &specs),
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            print!("{}", crate::app::show_config::render(&settings)?);
+            Ok(0)
+        }
         Command::OpenPrs => open_prs(settings).await,
         Command::Relay { .. } | Command::Reap { .. } => {
             unreachable!("the shims run before configuration is read")

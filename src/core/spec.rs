@@ -19,11 +19,11 @@ const MAX_TIMEOUT_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The server's maxima: no source (a spec, an issue's block, a role, a repository's
 /// `.github/autodev.yml`) may ask for more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// The longest whole-task budget (`timeout`).
-    #[serde(deserialize_with = "limit_duration")]
+    #[serde(deserialize_with = "limit_duration", serialize_with = "human_secs")]
     pub max_timeout: Duration,
     /// The most rounds (`max_rounds`).
     pub max_rounds: u32,
@@ -70,6 +70,10 @@ fn limit_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D:
     use serde::Deserialize;
     let v = Value::deserialize(d)?;
     parse_timeout(&v).map_err(serde::de::Error::custom)
+}
+
+fn human_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&human_duration(*d))
 }
 
 /// `5400s` → `1h30m`; whole seconds, for messages.

@@ -227,3 +227,55 @@ fn a_repositorys_own_config_and_roles_are_not_autodevs() {
         "{stdout}"
     );
 }
+
+#[test]
+fn config_check_shows_each_value_with_its_source_and_no_secret() {
+    let world = World::new();
+    let mut config = std::fs::read_to_string(&world.config).unwrap();
+    config.push_str("hygiene: {checkpoint_minutes: 45}\n");
+    std::fs::write(&world.config, config).unwrap();
+    let out = world
+        .command(&["config", "check"])
+        .env("AUTODEV_API_TOKEN", "tok-very-secret")
+        .env("GITHUB_TOKEN", "ghp_also_secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("tok-very-secret") && !stdout.contains("ghp_also_secret"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("api_token: \"<set, not shown>\"  # env AUTODEV_API_TOKEN"),
+        "{stdout}"
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key}:")))
+            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        line("checkpoint_minutes").contains("\"45m\"  # file "),
+        "{stdout}"
+    );
+    assert!(line("rebase_minutes").ends_with("# default"), "{stdout}");
+    assert!(
+        line("data_dir").ends_with("# env AUTODEV_DATA_DIR"),
+        "{stdout}"
+    );
+    // What it prints is a configuration autodev reads back.
+    let yaml: String = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("providers:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    autodev::config::FileConfig::from_yaml(&yaml, std::path::Path::new("check.yaml"))
+        .expect("config check's output reads back");
+}
