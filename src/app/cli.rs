@@ -41,7 +41,7 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
     /// The repository tasks work on in local mode (default: the working directory)
     #[arg(long, global = true, value_name = "DIR", env = "REPO_PATH")]
-    pub repo: Option<PathBuf>,
+    pub repo_path: Option<PathBuf>,
     /// Log format on standard error (default: text)
     #[arg(long, global = true, value_enum, env = "AUTODEV_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -91,12 +91,54 @@ pub enum Command {
     /// Send a task spec to a running server (AUTODEV_URL, with AUTODEV_API_TOKEN when it asks for one)
     Submit { spec: PathBuf },
     /// Show a task from a running server (AUTODEV_URL, with AUTODEV_API_TOKEN when it asks for one)
+    #[command(
+        after_help = "Examples:\n  autodev status TSK-1234\n  autodev status issue-42 --repo octo/web"
+    )]
     Status {
-        /// Task id, e.g. TSK-1234
+        /// Task id, e.g. TSK-1234, or issue-42 for GitHub issue #42
         id: String,
+        /// The task's repository (owner/name); needed when the id exists in several
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: Option<String>,
         /// Print the server's JSON as it is
         #[arg(long)]
         json: bool,
+    },
+    /// List tasks from a running server, newest first
+    #[command(
+        after_help = "Examples:\n  autodev list\n  autodev list --state running\n  autodev list --repo octo/web --limit 20"
+    )]
+    List {
+        /// Only tasks in this state: queued, running, passed, failed, error or cancelled
+        #[arg(long)]
+        state: Option<String>,
+        /// Only tasks of this repository (owner/name, or `local`)
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the server's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running task on a running server
+    #[command(after_help = "Example:\n  autodev cancel issue-42 --repo octo/web")]
+    Cancel {
+        /// Task id
+        id: String,
+        /// The task's repository (owner/name), when the id exists in several
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: Option<String>,
+    },
+    /// Run an ended task again on a running server (a new run, continuing its branch)
+    #[command(after_help = "Example:\n  autodev retry TSK-1234")]
+    Retry {
+        /// Task id
+        id: String,
+        /// The task's repository (owner/name), when the id exists in several
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: Option<String>,
     },
     /// Check task spec files without running them
     Validate {
@@ -161,7 +203,7 @@ pub async fn main() -> i32 {
         config: cli.config.clone(),
         bind,
         data_dir: cli.data_dir.clone(),
-        repo: cli.repo.clone(),
+        repo: cli.repo_path.clone(),
     };
     let settings = match Settings::load(env, overrides) {
         Ok(s) => s,
@@ -210,7 +252,15 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Worker => serve(settings, false).await,
         Command::Run { spec, rerun } => run(settings, &spec, rerun).await,
         Command::Submit { spec } => submit(&settings, &spec).await,
-        Command::Status { id, json } => status(&settings, &id, json).await,
+        Command::Status { id, repo, json } => status(&settings, &id, repo.as_deref(), json).await,
+        Command::List {
+            state,
+            repo,
+            limit,
+            json,
+        } => list(&settings, state.as_deref(), repo.as_deref(), limit, json).await,
+        Command::Cancel { id, repo } => act(&settings, &id, repo.as_deref(), "cancel").await,
+        Command::Retry { id, repo } => act(&settings, &id, repo.as_deref(), "retry").await,
         Command::Validate { specs } => validate(&settings, &specs),
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
@@ -510,11 +560,29 @@ async fn submit(settings: &Settings, path: &Path) -> anyhow::Result<i32> {
     }
 }
 
-async fn status(settings: &Settings, id: &str, raw: bool) -> anyhow::Result<i32> {
+/// The API path of task `id`, of `repo` when given.
+fn task_path(id: &str, repo: Option<&str>) -> anyhow::Result<String> {
+    match repo {
+        None | Some("local") => Ok(format!("/tasks/{id}")),
+        Some(r) => match r.split_once('/') {
+            Some((owner, name)) if !owner.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(format!("/repos/{owner}/{name}/tasks/{id}"))
+            }
+            _ => bail!("--repo `{r}` is not owner/name"),
+        },
+    }
+}
+
+/// Calls the server; its JSON answer, or `None` (having said why) when it did not succeed.
+async fn call(
+    settings: &Settings,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let (client, headers) = client(settings)?;
-    let url = format!("{}/tasks/{id}", settings.server_url);
+    let url = format!("{}{path}", settings.server_url);
     let resp = client
-        .get(&url)
+        .request(method, &url)
         .headers(headers)
         .send()
         .await
@@ -526,8 +594,88 @@ async fn status(settings: &Settings, id: &str, raw: bool) -> anyhow::Result<i32>
             "autodev: server answered {code}: {}",
             json["error"].as_str().unwrap_or(&json.to_string())
         );
-        return Ok(1);
+        return Ok(None);
     }
+    Ok(Some(json))
+}
+
+async fn list(
+    settings: &Settings,
+    state: Option<&str>,
+    repo: Option<&str>,
+    limit: u32,
+    raw: bool,
+) -> anyhow::Result<i32> {
+    let mut path = format!("/tasks?limit={limit}");
+    if let Some(s) = state {
+        path.push_str(&format!("&state={s}"));
+    }
+    if let Some(r) = repo {
+        path.push_str(&format!("&repo={r}"));
+    }
+    let Some(json) = call(settings, reqwest::Method::GET, &path).await? else {
+        return Ok(1);
+    };
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(0);
+    }
+    let tasks = json.as_array().cloned().unwrap_or_default();
+    if tasks.is_empty() {
+        println!("no tasks");
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<28} {:<10} {:<12} {:>6} {:>9}",
+        "ID", "REPOSITORY", "STATE", "ROLE", "ROUNDS", "COST"
+    );
+    for t in tasks {
+        let s = |k: &str| t[k].as_str().unwrap_or("-").to_owned();
+        let cost = t["cost_usd"]
+            .as_f64()
+            .map(|c| format!("${c:.2}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<28} {:<10} {:<12} {:>6} {:>9}",
+            s("id"),
+            s("repo"),
+            s("state"),
+            t["spec"]["role"].as_str().unwrap_or("-"),
+            t["rounds"],
+            cost
+        );
+    }
+    Ok(0)
+}
+
+/// `cancel` or `retry` a task.
+async fn act(
+    settings: &Settings,
+    id: &str,
+    repo: Option<&str>,
+    action: &str,
+) -> anyhow::Result<i32> {
+    let path = format!("{}/{action}", task_path(id, repo)?);
+    let Some(json) = call(settings, reqwest::Method::POST, &path).await? else {
+        return Ok(1);
+    };
+    // A retry answers with the new job; a cancel with the task.
+    let state = json["state"]
+        .as_str()
+        .unwrap_or(if action == "retry" { "queued" } else { "?" });
+    println!("{id}: {state}");
+    Ok(0)
+}
+
+async fn status(
+    settings: &Settings,
+    id: &str,
+    repo: Option<&str>,
+    raw: bool,
+) -> anyhow::Result<i32> {
+    let Some(json) = call(settings, reqwest::Method::GET, &task_path(id, repo)?).await? else {
+        return Ok(1);
+    };
     if raw {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(0);

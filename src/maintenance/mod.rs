@@ -287,8 +287,13 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
     let tmp = engine.settings.data_dir.join("tmp");
     std::fs::create_dir_all(&tmp)?;
     let mut made = 0;
-    for task in
-        crate::store::list_tasks(&engine.pool, Some(crate::store::TaskState::Running), 1000).await?
+    for task in crate::store::list_tasks(
+        &engine.pool,
+        Some(crate::store::TaskState::Running),
+        None,
+        1000,
+    )
+    .await?
     {
         let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
             continue;
@@ -418,13 +423,16 @@ pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
         _ => Vec::new(),
     };
     tasks.extend(
-        crate::store::list_tasks(&engine.pool, Some(crate::store::TaskState::Passed), 1000)
-            .await?
-            .into_iter()
-            // A local branch whose pull request was merged or closed is left alone.
-            .filter(|t| {
-                t.repo_name().is_local() && t.pr_state != Some(crate::store::PrState::Closed)
-            }),
+        crate::store::list_tasks(
+            &engine.pool,
+            Some(crate::store::TaskState::Passed),
+            None,
+            1000,
+        )
+        .await?
+        .into_iter()
+        // A local branch whose pull request was merged or closed is left alone.
+        .filter(|t| t.repo_name().is_local() && t.pr_state != Some(crate::store::PrState::Closed)),
     );
     for task in tasks {
         let result = match (&engine.github, task.installation_id) {

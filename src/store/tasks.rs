@@ -104,13 +104,16 @@ pub async fn find_task<'e, E: Executor<'e, Database = Sqlite>>(
 pub async fn list_tasks(
     pool: &SqlitePool,
     state: Option<TaskState>,
+    repo: Option<&str>,
     limit: i64,
 ) -> anyhow::Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(
-        "SELECT * FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY pk DESC LIMIT ?2",
+        "SELECT * FROM tasks WHERE (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR repo = lower(?3))
+         ORDER BY pk DESC LIMIT ?2",
     )
     .bind(state)
     .bind(limit)
+    .bind(repo)
     .fetch_all(pool)
     .await?)
 }

@@ -192,6 +192,8 @@ async fn create_task(State(engine): State<Arc<Engine>>, request: Request) -> Api
 #[derive(Deserialize)]
 struct ListQuery {
     state: Option<String>,
+    /// `owner/name`, or `local`.
+    repo: Option<String>,
     limit: Option<i64>,
 }
 
@@ -210,8 +212,13 @@ async fn list_tasks(
             )
         })?),
     };
-    let rows =
-        store::list_tasks(&engine.pool, state, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    let rows = store::list_tasks(
+        &engine.pool,
+        state,
+        q.repo.as_deref(),
+        q.limit.unwrap_or(100).clamp(1, 1000),
+    )
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         out.push(task_json(&engine, row, false).await?);

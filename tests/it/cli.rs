@@ -279,3 +279,45 @@ fn config_check_shows_each_value_with_its_source_and_no_secret() {
     autodev::config::FileConfig::from_yaml(&yaml, std::path::Path::new("check.yaml"))
         .expect("config check's output reads back");
 }
+
+#[tokio::test]
+async fn list_cancel_and_retry_talk_to_the_server() {
+    let world = World::new();
+    let server = world.serve_with(&["--workers", "0"]);
+    for id in ["LST-1", "LST-2"] {
+        let (status, body) = server.post_spec("application/yaml", &spec(id, "")).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let run = |args: &[&str]| {
+        let mut cmd = world.command(args);
+        cmd.env("AUTODEV_URL", &server.url);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = run(&["list"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("LST-1") && stdout.contains("LST-2") && stdout.contains("queued"),
+        "{stdout}"
+    );
+    let (code, stdout) = run(&["cancel", "LST-1"]);
+    assert_eq!((code, stdout.trim()), (Some(0), "LST-1: cancelled"));
+    let (_, stdout) = run(&["list", "--state", "cancelled"]);
+    assert!(
+        stdout.contains("LST-1") && !stdout.contains("LST-2"),
+        "{stdout}"
+    );
+    let (_, stdout) = run(&["list", "--repo", "octo/web"]);
+    assert_eq!(stdout.trim(), "no tasks");
+    let (code, stdout) = run(&["retry", "LST-1"]);
+    assert_eq!((code, stdout.trim()), (Some(0), "LST-1: queued"));
+    let (code, _) = run(&["status", "LST-1", "--repo", "octo/web"]);
+    assert_eq!(code, Some(1), "not a task of that repository");
+    let (code, _) = run(&["status", "LST-1", "--repo", "not-a-repo"]);
+    assert_eq!(code, Some(2), "a bad --repo is a usage error");
+}
