@@ -296,6 +296,11 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
         );
     }
     crate::git::ops::check_data_dir_outside(&settings.repo_path, &settings.data_dir)?;
+    if settings.file.workers.concurrency > 0 && usable_providers(&settings) == 0 {
+        tracing::warn!(
+            "no configured provider can run here: every task will end `error` until one can (`autodev providers` says what is missing)"
+        );
+    }
     let engine = Engine::open(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -713,7 +718,25 @@ fn validate(settings: &Settings, paths: &[PathBuf]) -> anyhow::Result<i32> {
     let roles = Roles::load(settings.roles_dir.as_deref())?;
     let mut bad = 0;
     for path in paths {
-        match read_spec(settings, path, &roles)? {
+        let checked = read_spec(settings, path, &roles)?.and_then(|spec| {
+            // A provider the spec asks for must be one this server is configured with.
+            match &spec.options.provider_override {
+                Some(name) => match providers::chain(&settings.file.providers, Some(name)) {
+                    Ok(chain) => {
+                        if let Some(Err(why)) = chain.first().map(|p| p.locate(&settings.env)) {
+                            println!(
+                                "note: {}: provider_override `{name}` cannot run here: {why}",
+                                path.display()
+                            );
+                        }
+                        Ok(spec)
+                    }
+                    Err(e) => Err(format!("{}: provider_override: {e}", path.display())),
+                },
+                None => Ok(spec),
+            }
+        });
+        match checked {
             Ok(spec) => {
                 let branch = roles
                     .get(&spec.role)
@@ -768,11 +791,24 @@ fn list_providers(settings: &Settings) -> anyhow::Result<i32> {
         }
     }
     if usable == 0 {
-        println!(
-            "no provider can run here: install one of the CLIs or set `binary:` in config/config.yaml"
+        eprintln!(
+            "autodev: no provider can run here: install one of the CLIs, set `binary:`, or set an API key (see `autodev config check`)"
         );
+        return Ok(1);
     }
     Ok(0)
+}
+
+/// The configured providers that can run here.
+fn usable_providers(settings: &Settings) -> usize {
+    providers::chain(&settings.file.providers, None)
+        .map(|chain| {
+            chain
+                .iter()
+                .filter(|p| p.locate(&settings.env).is_ok())
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 async fn open_prs(settings: Settings) -> anyhow::Result<i32> {

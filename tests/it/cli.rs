@@ -321,3 +321,25 @@ async fn list_cancel_and_retry_talk_to_the_server() {
     let (code, _) = run(&["status", "LST-1", "--repo", "not-a-repo"]);
     assert_eq!(code, Some(2), "a bad --repo is a usage error");
 }
+
+#[test]
+fn validate_checks_the_provider_asked_for_and_providers_fails_when_none_can_run() {
+    let world = World::new();
+    world.write_config(
+        "providers:\n  order: [claude_cli]\n  claude_cli: {binary: /nonexistent/claude}\n",
+    );
+    let path = world.write_spec("t.yaml", &spec("VAL-1", "provider_override: nope_cli\n"));
+    let out = world
+        .command(&["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("provider_override") && stdout.contains("not configured"),
+        "{stdout}"
+    );
+    let out = world.command(&["providers"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no provider can run here"));
+}
