@@ -637,12 +637,12 @@ impl Engine {
         }
     }
 
-    /// Whether `e` comes from a full disk; if so, the disk's reserve is given back, so that
-    /// what runs can end and be recorded (and new work waits for room).
+    /// Whether `e` comes from a full disk; if so, and the disk is full in fact, its reserve
+    /// is given back, so that what runs can end and be recorded (and new work waits for room).
     pub fn note_disk_full(&self, e: &anyhow::Error) -> bool {
         let full = store::is_disk_full(e);
         if full {
-            self.disk.release();
+            self.disk.release_if_full();
         }
         full
     }

@@ -1067,6 +1067,15 @@ impl Git {
     }
 
     /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
+    /// The best common ancestor of `a` and `b`, if they have one.
+    pub async fn merge_base(&self, dir: &Path, a: &str, b: &str) -> anyhow::Result<Option<String>> {
+        let out = self.output(dir, &["merge-base", a, b], None).await?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+    }
+
     /// The tree of `commit`.
     pub async fn tree_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
         let spec = format!("{commit}^{{tree}}");

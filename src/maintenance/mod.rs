@@ -416,6 +416,13 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
 /// autodev pull requests, pushed with a lease so a new check run lands on the new head, and a
 /// conflict named once on the pull request. In local mode: passed tasks' branches, moved in
 /// the repository. A conflict leaves the branch as it was. Returns how many branches moved.
+/// Whether `task` is still as the chore listed it: ended, in the same run.
+async fn still_as_listed(engine: &Engine, task: &crate::store::TaskRow) -> anyhow::Result<bool> {
+    Ok(crate::store::get_task(&engine.pool, task.pk)
+        .await?
+        .is_some_and(|t| t.state.is_terminal() && t.run_seq == task.run_seq))
+}
+
 pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
     let mut moved = 0;
     let mut tasks = match &engine.github {
@@ -486,6 +493,10 @@ async fn rebase_pushed(
     let git = &engine.git;
     let token = gh.installation_token(InstallationId(installation)).await?;
     let _lock = crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+    // Again under the lock: a retry may have taken the task since it was listed.
+    if !still_as_listed(engine, task).await? {
+        return Ok(false);
+    }
     let mirror = engine.mirror_path(&task.repo_name());
     let base_sha = git.fetch_mirror(&mirror, url, &token, &base).await?;
     if git.is_ancestor(&mirror, &base_sha, &head).await? {
@@ -554,6 +565,10 @@ async fn rebase_local(engine: &Arc<Engine>, task: &crate::store::TaskRow) -> any
     let git = &engine.git;
     let repo = engine.settings.repo_path.clone();
     let _lock = crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+    // Again under the lock: a retry may have taken the task since it was listed.
+    if !still_as_listed(engine, task).await? {
+        return Ok(false);
+    }
     let (_, base_sha) = git.resolve_base(&repo, Some(&base)).await?;
     let (_, head) = match git.resolve_base(&repo, Some(&task.branch)).await {
         Ok(found) => found,

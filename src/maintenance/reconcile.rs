@@ -63,70 +63,84 @@ async fn settle_pushes(engine: &Engine) -> anyhow::Result<usize> {
     };
     let mut settled = 0;
     for task in store::unsettled_pushes(&engine.pool).await? {
-        let (Some(installation), Some(url)) = (task.installation_id, task.clone_url.as_deref())
-        else {
-            continue;
-        };
-        let repo = task.repo_name();
-        // The rebase chore pushes under this lock: no push of it is under way meanwhile.
-        let _lock = FileLock::acquire(engine.repo_lock(&repo)).await?;
-        let Some(t) = store::get_task(&engine.pool, task.pk).await? else {
-            continue;
-        };
-        let Some(intent) = t
-            .push_intent
-            .clone()
-            .filter(|i| t.pushed_sha.as_ref() != Some(i))
-        else {
-            continue;
-        };
-        if !t.state.is_terminal() {
-            continue;
-        }
-        let token = gh.installation_token(InstallationId(installation)).await?;
-        let mirror = engine.mirror_path(&repo);
-        if !mirror.join("HEAD").exists() {
-            continue;
-        }
-        let there = engine
-            .git
-            .remote_branch(&mirror, url, &t.branch, &token)
-            .await?;
-        let mut tx = store::begin_write(&engine.pool).await?;
-        if there.as_deref() == Some(intent.as_str()) {
-            store::set_pushed(&mut *tx, t.pk, &intent).await?;
-            for effect in [
-                Effect::CheckRun { task: t.pk },
-                Effect::Status { task: t.pk },
-            ] {
-                crate::jobs::push(&mut tx, &OutboxJob::new(effect), Duration::ZERO).await?;
-            }
-            engine
-                .record_in(
-                    &mut tx,
-                    t.pk,
-                    t.run_seq,
-                    store::EventKind::Push,
-                    &format!(
-                        "found {} on {}: pushed before autodev stopped, and recorded now",
-                        &intent[..intent.len().min(10)],
-                        t.branch
-                    ),
-                )
-                .await?;
-            settled += 1;
-        } else {
-            store::drop_push_intent(&mut *tx, t.pk, &intent).await?;
-        }
-        tx.commit().await?;
-        if there.as_deref() == Some(intent.as_str()) {
-            engine.announce(
-                t.pk,
-                t.run_seq,
-                store::EventKind::Push,
-                "a push recorded late",
-            );
+        // One repository GitHub will not answer for does not hold up the others.
+        match settle_push(engine, &gh, task).await {
+            Ok(true) => settled += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("reconciling a push: {e:#}"),
         }
     }
     Ok(settled)
+}
+
+/// Settles one task's push; whether GitHub had it.
+async fn settle_push(
+    engine: &Engine,
+    gh: &crate::github::client::GithubClient,
+    task: store::TaskRow,
+) -> anyhow::Result<bool> {
+    let (Some(installation), Some(url)) = (task.installation_id, task.clone_url.as_deref()) else {
+        return Ok(false);
+    };
+    let repo = task.repo_name();
+    // The rebase chore pushes under this lock: no push of it is under way meanwhile.
+    let _lock = FileLock::acquire(engine.repo_lock(&repo)).await?;
+    let Some(t) = store::get_task(&engine.pool, task.pk).await? else {
+        return Ok(false);
+    };
+    let Some(intent) = t
+        .push_intent
+        .clone()
+        .filter(|i| t.pushed_sha.as_ref() != Some(i))
+    else {
+        return Ok(false);
+    };
+    if !t.state.is_terminal() {
+        return Ok(false);
+    }
+    let mirror = engine.mirror_path(&repo);
+    if !mirror.join("HEAD").exists() {
+        return Ok(false);
+    }
+    let token = gh.installation_token(InstallationId(installation)).await?;
+    let there = engine
+        .git
+        .remote_branch(&mirror, url, &t.branch, &token)
+        .await?;
+    let found = there.as_deref() == Some(intent.as_str());
+    let mut tx = store::begin_write(&engine.pool).await?;
+    if found {
+        store::set_pushed(&mut *tx, t.pk, &intent).await?;
+        for effect in [
+            Effect::CheckRun { task: t.pk },
+            Effect::Status { task: t.pk },
+        ] {
+            crate::jobs::push(&mut tx, &OutboxJob::new(effect), Duration::ZERO).await?;
+        }
+        engine
+            .record_in(
+                &mut tx,
+                t.pk,
+                t.run_seq,
+                store::EventKind::Push,
+                &format!(
+                    "found {} on {}: pushed before autodev stopped, and recorded now",
+                    &intent[..intent.len().min(10)],
+                    t.branch
+                ),
+            )
+            .await?;
+    } else {
+        store::drop_push_intent(&mut *tx, t.pk, &intent).await?;
+    }
+    tx.commit().await?;
+    if found {
+        engine.announce(
+            t.pk,
+            t.run_seq,
+            store::EventKind::Push,
+            "a push recorded late",
+        );
+    }
+    Ok(found)
 }

@@ -8,6 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Less room than this on the data directory's disk is a full disk.
+const FULL: u64 = 1024 * 1024;
+
 pub struct Reserve {
     path: PathBuf,
     bytes: u64,
@@ -47,6 +50,20 @@ impl Reserve {
             }
         }
         true
+    }
+
+    /// Gives the reserve back if the disk is full in fact (an error's words alone, which may be
+    /// anyone's, are not enough); whether it is full, or was found full before.
+    pub fn release_if_full(&self) -> bool {
+        if self.is_released() {
+            return true;
+        }
+        let full = free_bytes(self.path.parent().unwrap_or(Path::new(".")))
+            .is_some_and(|room| room < FULL);
+        if full {
+            self.release();
+        }
+        full
     }
 
     /// Makes the reserve again when the disk has room for it and as much again; `true` when

@@ -163,9 +163,10 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
             head: None,
         }
     });
-    if let Some(why) = outcome.error.as_mut().filter(|e| store::says_disk_full(e)) {
-        // What space the reserve gives back is for writing this end, not for more work.
-        engine.disk.release();
+    // The words of a full disk, and the disk full in fact (the words may be the agent's).
+    let disk_full = outcome.error.as_deref().is_some_and(store::says_disk_full)
+        && engine.disk.release_if_full();
+    if let (true, Some(why)) = (disk_full, outcome.error.as_mut()) {
         *why = format!("autodev's data directory is full: {why}");
     }
     let ended = match end_run(engine, &row, &outcome).await {
@@ -176,12 +177,49 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         tracing::warn!("lease lost before the result could be written");
         return Ok(TaskState::Running);
     }
+    // A disk full when the run ends (whatever filled it: this task's agent, most likely) gets
+    // the run's worktree back at once; its branch keeps the work.
+    if disk_full || engine.disk.release_if_full() {
+        free_worktree(engine, &row).await;
+    }
     engine
         .metrics
         .task_duration_seconds
         .with_label_values(&[&row.role])
         .observe(started.elapsed().as_secs_f64());
     Ok(outcome.state)
+}
+
+/// Removes the worktree of a run that ended on a full disk, so that whatever filled it (the
+/// agent's files, say) is given back at once; the branch stays, and a retry starts from it.
+async fn free_worktree(engine: &Engine, row: &TaskRow) {
+    let freed = async {
+        let Some(path) = store::get_task(&engine.pool, row.pk)
+            .await?
+            .and_then(|t| t.worktree)
+        else {
+            return anyhow::Ok(());
+        };
+        let repo = row.repo_name();
+        let _lock = crate::proc::lock::FileLock::acquire(engine.repo_lock(&repo)).await?;
+        engine
+            .git
+            .remove_worktree(&engine.home_repo(&repo), std::path::Path::new(&path))
+            .await?;
+        store::clear_worktree(&engine.pool, row.pk).await?;
+        engine
+            .record(
+                row.pk,
+                row.run_seq,
+                store::EventKind::Cleanup,
+                &format!("removed worktree {path}: the disk is full"),
+            )
+            .await;
+        anyhow::Ok(())
+    };
+    if let Err(e) = freed.await {
+        tracing::warn!("removing the worktree of a task that filled the disk: {e:#}");
+    }
 }
 
 /// Writes a run's final state and, in the same transaction, what follows it: the timeline

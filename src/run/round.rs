@@ -158,17 +158,8 @@ impl Rounds<'_> {
         )
         .await?;
         let unchanged = ws.snapshot(engine).await?.same_as(&round_start);
-        // A continued branch may already hold the work (an earlier run's, or one cut off
-        // after it wrote or committed it): an agent with nothing to add has not failed then,
-        // and the gates judge what is there.
-        let earlier_work = unchanged
-            && round == 1
-            && ws.worktree.reused_branch
-            && engine
-                .git
-                .tree_of(&ws.home_git, &run.source.base_sha)
-                .await?
-                != round_start.tree;
+        let earlier_work =
+            unchanged && round == 1 && holds_cut_off_work(run, ws, &round_start).await?;
         if earlier_work {
             run.note(
                 store::EventKind::Agent,
@@ -220,4 +211,31 @@ impl Rounds<'_> {
             Round::Retry(failures)
         })
     }
+}
+
+/// Whether the branch holds the work of the run before this one, which was cut off (its worker
+/// died, or a shutdown interrupted it) after writing or committing it: an agent with nothing
+/// to add has not failed then, and the gates judge what is there. Not after a run that ended
+/// (a retry, or a fix asked for, must change something), nor for a branch that only fell
+/// behind its base.
+async fn holds_cut_off_work(
+    run: &Run<'_>,
+    ws: &Workspace,
+    start: &crate::git::ops::Snapshot,
+) -> anyhow::Result<bool> {
+    let (engine, row) = (run.engine, run.row);
+    if !ws.worktree.reused_branch
+        || row.run_seq < 2
+        || !store::run_cut_off(&engine.pool, row.pk, row.run_seq - 1).await?
+    {
+        return Ok(false);
+    }
+    let git = &engine.git;
+    let Some(fork) = git
+        .merge_base(&ws.home_git, &run.source.base_sha, &ws.worktree.head)
+        .await?
+    else {
+        return Ok(false);
+    };
+    Ok(git.tree_of(&ws.home_git, &fork).await? != start.tree)
 }

@@ -12,6 +12,8 @@ const BATCH: i64 = 2000;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub deliveries: u64,
+    /// Deliveries kept (for their id) with their payload dropped.
+    pub payloads: u64,
     pub events: u64,
     pub gate_results: u64,
     pub jobs: u64,
@@ -22,6 +24,7 @@ pub struct Pruned {
 impl Pruned {
     pub fn total(&self) -> u64 {
         self.deliveries
+            + self.payloads
             + self.events
             + self.gate_results
             + self.jobs
@@ -30,17 +33,29 @@ impl Pruned {
     }
 }
 
+/// A delivery's id is kept at least this long, so that the same delivery sent again (GitHub's
+/// "Redeliver", or a replay of a signed body) is still known for one.
+pub const DELIVERY_IDS_KEPT: chrono::Duration = chrono::Duration::days(90);
+
 /// Deletes what is older than `before`. A queued or running task keeps its whole timeline;
+/// a delivery keeps its id (not its payload) for [`DELIVERY_IDS_KEPT`] at least;
 /// a queue job is deleted only when it is finished for good (done, killed, or failed with no
 /// attempt left), and a queue worker only when no job names it.
 pub async fn prune(pool: &SqlitePool, before: DateTime<Utc>) -> anyhow::Result<Pruned> {
     let unix = before.timestamp();
     Ok(Pruned {
+        payloads: batched(
+            pool,
+            "UPDATE deliveries SET payload = NULL WHERE rowid IN
+               (SELECT rowid FROM deliveries WHERE received_at < ?1 AND payload IS NOT NULL LIMIT ?2)",
+            Cutoff::Time(before),
+        )
+        .await?,
         deliveries: batched(
             pool,
             "DELETE FROM deliveries WHERE rowid IN
                (SELECT rowid FROM deliveries WHERE received_at < ?1 LIMIT ?2)",
-            Cutoff::Time(before),
+            Cutoff::Time(before.min(Utc::now() - DELIVERY_IDS_KEPT)),
         )
         .await?,
         events: batched(
@@ -216,9 +231,15 @@ mod tests {
             .await
             .unwrap();
         }
-        for (id, at) in [("d-old", old), ("d-new", Utc::now())] {
+        let ancient = Utc::now() - chrono::Duration::days(400);
+        for (id, at) in [
+            ("d-ancient", ancient),
+            ("d-old", old),
+            ("d-new", Utc::now()),
+        ] {
             sqlx::query(
-                "INSERT INTO deliveries (id, event, outcome, received_at) VALUES (?, 'issues', 'task', ?)",
+                "INSERT INTO deliveries (id, event, outcome, received_at, payload)
+                 VALUES (?, 'issues', 'task', ?, '{}')",
             )
             .bind(id)
             .bind(at)
@@ -259,10 +280,21 @@ mod tests {
                 pruned.events,
                 pruned.gate_results,
                 pruned.deliveries,
+                pruned.payloads,
                 pruned.jobs
             ),
-            (1, 1, 1, 3),
+            (1, 1, 1, 2, 3),
             "{pruned:?}"
+        );
+        // A delivery of 40 days keeps its id, not its payload.
+        let kept: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT id, payload FROM deliveries ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            kept,
+            [("d-new".into(), Some("{}".into())), ("d-old".into(), None)]
         );
         let kept: Vec<String> = sqlx::query_scalar("SELECT id FROM Jobs ORDER BY id")
             .fetch_all(&pool)

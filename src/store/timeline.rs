@@ -111,6 +111,22 @@ pub async fn add_event<'e, E: Executor<'e, Database = Sqlite>>(
     Ok(())
 }
 
+/// Whether run `run_seq` of the task was cut off (its worker died, or it was interrupted by a
+/// shutdown) rather than ended: it has such an event and no end of its own.
+pub async fn run_cut_off(pool: &SqlitePool, key: TaskKey, run_seq: i64) -> anyhow::Result<bool> {
+    let cut: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM task_events WHERE task_pk = ?1 AND run_seq = ?2
+                          AND kind IN ('recovered', 'interrupted'))
+            AND NOT EXISTS (SELECT 1 FROM task_events WHERE task_pk = ?1 AND run_seq = ?2
+                          AND kind IN ('passed', 'failed', 'error', 'cancelled'))",
+    )
+    .bind(key)
+    .bind(run_seq)
+    .fetch_one(pool)
+    .await?;
+    Ok(cut)
+}
+
 pub async fn events(pool: &SqlitePool, key: TaskKey) -> anyhow::Result<Vec<EventRow>> {
     Ok(sqlx::query_as(
         "SELECT run_seq, at, kind, message FROM task_events WHERE task_pk = ? ORDER BY id",

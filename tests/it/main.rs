@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod api_providers;
 mod attacks;
+mod attacks_faults;
 mod cli;
 mod examples;
 mod fake_github;
