@@ -394,8 +394,17 @@ async fn sweep_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
     let every =
         std::time::Duration::from_secs(engine.settings.file.workers.heartbeat_seconds.max(1));
     loop {
-        // A disk that filled up: room for the reserve again means new work is taken again.
-        engine.disk.restore();
+        // A disk that filled up: room for the reserve again means new work is taken again; no
+        // room, and ended tasks' worktrees give theirs.
+        if !engine.disk.restore() && engine.disk.release_if_full() {
+            match crate::maintenance::free_ended_worktrees(&engine).await {
+                Ok(n) if n > 0 => {
+                    tracing::warn!("the disk is full: removed {n} ended task(s)' worktrees")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("freeing worktrees on a full disk: {e:#}"),
+            }
+        }
         if let Err(e) = engine.sweep_leftovers().await {
             tracing::warn!("sweeping left-over agents: {e:#}");
         }

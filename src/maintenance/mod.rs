@@ -168,6 +168,40 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
     Ok(removed)
 }
 
+/// The disk is full and its reserve cannot be made again: the worktrees of ended tasks go at
+/// once, whatever their age (their branches keep the work; what an agent left beside it, such
+/// as a file that filled the disk, is not on a branch). Returns how many.
+pub async fn free_ended_worktrees(engine: &Engine) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for task in crate::store::ended_with_worktree(&engine.pool, chrono::Utc::now()).await? {
+        let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
+            continue;
+        };
+        let repo = engine.home_repo(&task.repo_name());
+        let _lock =
+            crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
+        match crate::store::get_task(&engine.pool, task.pk).await? {
+            Some(t) if t.state.is_terminal() && t.worktree.is_some() => {}
+            _ => continue,
+        }
+        engine.git.remove_worktree(&repo, &path).await?;
+        crate::store::clear_worktree(&engine.pool, task.pk).await?;
+        engine
+            .record(
+                task.pk,
+                task.run_seq,
+                crate::store::EventKind::Cleanup,
+                &format!("removed worktree {}: the disk is full", path.display()),
+            )
+            .await;
+        removed += 1;
+        if engine.disk.restore() {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
 /// In App mode: tasks whose pull request was merged or closed lose their worktree and their
 /// branch in the mirror (GitHub keeps the pushed branch, or deleted it on merge). In local
 /// mode such a task is only marked, so its branch is no longer rebased.

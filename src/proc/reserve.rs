@@ -1,12 +1,12 @@
 //! Room kept on the data directory's disk (`database.reserve_mb`, a file of that size), so a
-//! full disk can still be written about. When a write fails because the disk is full, the
-//! file is removed: the task that hit it ends `error` naming the cause, the queue and the
-//! database go on working, and new work is refused (HTTP 507) until there is room for the
-//! file again, which is checked on every sweep. Imports nothing of autodev's.
+//! full disk can still be written about. When a write fails and the disk is full in fact, the
+//! file is removed: what runs can end and be recorded, the queue and the database go on
+//! working, and new work is refused (HTTP 507) until there is room for the file again, which
+//! every process checks on its sweep. The file is the state: every process on the data
+//! directory sees it go. Imports nothing of autodev's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Less room than this on the data directory's disk is a full disk.
 const FULL: u64 = 1024 * 1024;
@@ -14,8 +14,6 @@ const FULL: u64 = 1024 * 1024;
 pub struct Reserve {
     path: PathBuf,
     bytes: u64,
-    /// The file is not there: the disk filled up, or had no room for it.
-    released: AtomicBool,
 }
 
 impl Reserve {
@@ -24,32 +22,37 @@ impl Reserve {
         let reserve = Self {
             path: data_dir.join("reserve"),
             bytes,
-            released: AtomicBool::new(true),
         };
         reserve.restore();
         reserve
     }
 
+    /// The file, whole. Its being there is the state every process on the data directory
+    /// shares: one that frees it tells them all.
+    fn in_place(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| m.len() == self.bytes)
+    }
+
     /// Whether new work must wait: the reserve is spent and not made again yet.
     pub fn is_released(&self) -> bool {
-        self.bytes > 0 && self.released.load(Ordering::SeqCst)
+        self.bytes > 0 && !self.in_place()
     }
 
     /// Gives the reserve's room back to the disk; `true` if this call did.
     pub fn release(&self) -> bool {
-        if self.bytes == 0 || self.released.swap(true, Ordering::SeqCst) {
+        if self.bytes == 0 {
             return false;
         }
         match std::fs::remove_file(&self.path) {
-            Ok(()) => tracing::error!(
-                "the data directory's disk is full: its reserve of {} MB is freed so that what runs can end and be recorded; new work is refused until there is room again",
-                self.bytes / (1024 * 1024)
-            ),
-            Err(e) => {
-                tracing::error!("the data directory's disk is full; freeing its reserve: {e}")
+            Ok(()) => {
+                tracing::error!(
+                    "the data directory's disk is full: its reserve of {} MB is freed so that what runs can end and be recorded; new work is refused until there is room again",
+                    self.bytes / (1024 * 1024)
+                );
+                true
             }
+            Err(_) => false,
         }
-        true
     }
 
     /// Gives the reserve back if the disk is full in fact (an error's words alone, which may be
@@ -58,8 +61,7 @@ impl Reserve {
         if self.is_released() {
             return true;
         }
-        let full = free_bytes(self.path.parent().unwrap_or(Path::new(".")))
-            .is_some_and(|room| room < FULL);
+        let full = free_bytes(self.dir()).is_some_and(|room| room < FULL);
         if full {
             self.release();
         }
@@ -69,36 +71,38 @@ impl Reserve {
     /// Makes the reserve again when the disk has room for it and as much again; `true` when
     /// it is in place.
     pub fn restore(&self) -> bool {
-        if self.bytes == 0 {
+        if self.bytes == 0 || self.in_place() {
             return true;
         }
-        if !self.released.load(Ordering::SeqCst) {
-            return true;
+        if free_bytes(self.dir()).is_none_or(|room| room < 2 * self.bytes) {
+            return false;
         }
-        let complete = std::fs::metadata(&self.path).is_ok_and(|m| m.len() == self.bytes);
-        if !complete {
-            let room = free_bytes(self.path.parent().unwrap_or(Path::new(".")));
-            if room.is_none_or(|r| r < 2 * self.bytes) {
-                return false;
-            }
-            if let Err(e) = self.write() {
-                let _ = std::fs::remove_file(&self.path);
-                tracing::warn!("making the disk reserve {}: {e}", self.path.display());
-                return false;
-            }
+        // Written aside and renamed: a process never sees half a reserve as a whole one.
+        let aside = self
+            .path
+            .with_file_name(format!("reserve.{}.tmp", std::process::id()));
+        if let Err(e) = self
+            .write(&aside)
+            .and_then(|()| std::fs::rename(&aside, &self.path))
+        {
+            let _ = std::fs::remove_file(&aside);
+            tracing::warn!("making the disk reserve {}: {e}", self.path.display());
+            return false;
         }
-        if self.released.swap(false, Ordering::SeqCst) {
-            tracing::info!("the data directory has room again: new work is taken");
-        }
+        tracing::info!(
+            "the data directory has room: its reserve is in place, and new work is taken"
+        );
         true
     }
 
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Writes the file out in full (zeros, not a sparse file: the blocks must be taken).
-    fn write(&self) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::File::create(&self.path)?;
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.dir())?;
+        let mut f = std::fs::File::create(path)?;
         let chunk = vec![0u8; 1024 * 1024];
         let mut left = self.bytes;
         while left > 0 {
@@ -141,6 +145,12 @@ mod tests {
         assert!(r.release());
         assert!(!r.release(), "once");
         assert!(r.is_released());
+        // Another process on the same directory sees it.
+        let other = Reserve {
+            path: dir.path().join("reserve"),
+            bytes: 1024 * 1024,
+        };
+        assert!(other.is_released());
         assert!(!dir.path().join("reserve").exists());
         assert!(r.restore());
         assert!(!r.is_released());

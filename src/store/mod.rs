@@ -178,6 +178,14 @@ pub async fn connect(url: &str, config: &DatabaseConfig) -> anyhow::Result<Sqlit
     }
     SqlitePoolOptions::new()
         .max_connections(config.max_connections)
+        // A connection still counted in a transaction goes, not back to the pool: a COMMIT
+        // that failed (a full disk) leaves sqlx counting one that SQLite already rolled back,
+        // and every `BEGIN` on that connection would fail after it.
+        .after_release(|conn, _| {
+            use sqlx::Connection;
+            let reusable = !conn.is_in_transaction();
+            Box::pin(async move { Ok(reusable) })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("opening database {url}"))

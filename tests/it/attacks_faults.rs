@@ -1,6 +1,6 @@
 //! Attacks on the fault-handling changes (retention, the reconciler, the disk reserve, the
-//! "continued branch" rule of a round): each test is an attack that worked when it was
-//! written, and fails until autodev defends against it.
+//! "continued branch" rule of a round): each test is an attack that worked against an earlier
+//! version, and keeps autodev defending against it.
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -499,4 +499,62 @@ async fn the_rebase_chore_never_touches_a_task_that_was_retried_after_it_was_lis
         worktree_kept && !rebased_while_running && t.state == State::Passed,
         "the rebase chore acted on a running task: worktree kept {worktree_kept}, rebased while running {rebased_while_running}: {t}"
     );
+}
+
+/// Against the fix that gives back the worktree of a run that *ends on a full disk*: the agent
+/// fills the disk from its worktree (with a file its `.gitignore` hides) but leaves a little
+/// more than the megabyte autodev calls full. Its run ends normally, so its worktree, ballast
+/// included, is kept for `cleanup_after_hours` (72 h). The next task is the one that finds the
+/// disk full: the reserve is spent on it and its (small) worktree is given back, not the
+/// ballast, so the reserve cannot be made again and new work is refused for three days.
+#[tokio::test]
+async fn an_agent_that_leaves_just_over_a_megabyte_free_does_not_keep_new_work_out() {
+    let world = World::new();
+    let Some(_disk) = SmallDisk::mount(&world.data, 64) else {
+        return;
+    };
+    // A repository whose checkout needs a few megabytes.
+    let out = std::process::Command::new("head")
+        .args(["-c", "3000000", "/dev/urandom"])
+        .output()
+        .unwrap();
+    std::fs::write(world.repo.join("big.bin"), out.stdout).unwrap();
+    git(&world.repo, &["add", "big.bin"]);
+    git(&world.repo, &["commit", "-q", "-m", "a big file"]);
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\necho \"$(date +%s%N)\" > feature.txt\n\
+             if [ \"$(basename \"$(pwd -P)\")\" = FILL-1 ]; then\n\
+               echo ballast > .gitignore\n\
+               avail=$(df -Pk . | awk 'NR==2 {{print $4}}')\n\
+               head -c $(( (avail - 1500) * 1024 )) /dev/zero > ballast\n\
+             fi\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    let t = server.run_to_end("FILL-1", "").await;
+    assert_eq!(
+        t.state,
+        State::Passed,
+        "the filling run ends as any other: {t}"
+    );
+    // The next task finds the disk full.
+    let t = server.run_to_end("FILL-2", "").await;
+    eprintln!("the next task ended {:?}: {:?}", t.state, t.last_error);
+    let spec = crate::support::spec("FILL-3", "");
+    within(
+        Duration::from_secs(30),
+        "new tasks taken again",
+        async || {
+            let (status, body) = server.post_spec("application/yaml", &spec).await;
+            if status == 201 {
+                Ok(())
+            } else {
+                Err((status, body))
+            }
+        },
+    )
+    .await;
+    Task::local(&server, "FILL-3").ended_as(State::Passed).await;
 }

@@ -512,7 +512,7 @@ async fn the_scheduled_prizer_opens_it_once_with_two_processes_on_one_database()
 
 #[tokio::test]
 async fn pr_command_and_open_pr_button_open_it_on_demand() {
-    let a = app_with_hygiene("600").await;
+    let a = app_with_hygiene("10m").await;
     let issue = a.issue(1);
     issue.comment("/autodev pr").by(WRITER).await;
     issue.reply_with("no pull request to open yet").await;
