@@ -212,6 +212,12 @@ pub async fn main() -> i32 {
             return 2;
         }
     };
+    // `run` prints each step on standard output; its log says only what goes wrong, unless
+    // AUTODEV_LOG asks for more.
+    let mut settings = settings;
+    if matches!(cli.command, Command::Run { .. }) && settings.env.get("AUTODEV_LOG").is_none() {
+        settings.log_filter = "warn".into();
+    }
     init_logging(&settings, cli.log_format);
     // Jobs this process runs without a sandbox run under `autodev reap`.
     crate::proc::sandbox::use_reaper();
@@ -231,8 +237,10 @@ fn init_logging(settings: &Settings, flag: Option<LogFormat>) {
     });
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -472,9 +480,22 @@ async fn run(settings: Settings, path: &Path, rerun: bool) -> anyhow::Result<i32
     println!("task {} ({}) on branch {}", spec.id, spec.role, row.branch);
     let mut live = engine.subscribe();
     let printer = tokio::spawn(async move {
-        while let Ok(ev) = live.recv().await {
-            if ev.task == key {
-                println!("[{}] {}", ev.kind, ev.message);
+        // Each event once, and a heartbeat while nothing happens (an agent at work).
+        const QUIET: std::time::Duration = std::time::Duration::from_secs(30);
+        let mut last = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(QUIET, live.recv()).await {
+                Ok(Ok(ev)) if ev.task == key => {
+                    println!("[{}] {}", ev.kind, ev.message);
+                    last = std::time::Instant::now();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) => return,
+                Err(_) => println!(
+                    "[working] {} since the last step",
+                    spec::human_duration(std::time::Duration::from_secs(last.elapsed().as_secs()))
+                ),
             }
         }
     });

@@ -343,3 +343,27 @@ fn validate_checks_the_provider_asked_for_and_providers_fails_when_none_can_run(
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no provider can run here"));
 }
+
+#[test]
+fn run_says_each_step_once_and_colours_nothing_it_does_not_print_to_a_terminal() {
+    let world = World::new();
+    world.simple_claude("feature.txt", "hi");
+    let path = world.write_spec("task.yaml", &spec("ONCE-1", ""));
+    let out = world
+        .command(&["run", path.to_str().unwrap()])
+        .env_remove("AUTODEV_LOG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("[passed]").count(), 1, "{stdout}");
+    // The steps are on standard output; the log repeats none of them.
+    assert!(!stderr.contains("committed"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
+        "no colour: {stderr}"
+    );
+}
