@@ -149,6 +149,14 @@ pub enum Command {
     Roles,
     /// List the providers in the configured order and whether each can run here
     Providers,
+    /// Print an example task spec, to start one of your own from (without a name: list them)
+    #[command(
+        after_help = "Examples:\n  autodev example\n  autodev example sample_task > task.yaml && autodev validate task.yaml"
+    )]
+    Example {
+        /// Which example: sample_task, da_example, fm_example, compbio_example
+        name: Option<String>,
+    },
     /// autodev's own configuration
     Config {
         #[command(subcommand)]
@@ -272,6 +280,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
         Command::Validate { specs } => validate(&settings, &specs),
         Command::Roles => list_roles(&settings),
         Command::Providers => list_providers(&settings),
+        Command::Example { name } => Ok(example(name.as_deref())),
         Command::Config {
             action: ConfigAction::Check,
         } => {
@@ -806,6 +815,46 @@ fn list_roles(settings: &Settings) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The example specs shipped in `specs/`, compiled in.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("sample_task", include_str!("../../specs/sample_task.yaml")),
+    ("da_example", include_str!("../../specs/da_example.yaml")),
+    ("fm_example", include_str!("../../specs/fm_example.yaml")),
+    (
+        "compbio_example",
+        include_str!("../../specs/compbio_example.yaml"),
+    ),
+];
+
+fn example(name: Option<&str>) -> i32 {
+    match name {
+        None => {
+            for (name, text) in EXAMPLES {
+                let title = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("title: "))
+                    .unwrap_or("");
+                println!("{name:<18} {title}");
+            }
+            0
+        }
+        Some(name) => match EXAMPLES.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => {
+                print!("{text}");
+                0
+            }
+            None => {
+                let known: Vec<&str> = EXAMPLES.iter().map(|(n, _)| *n).collect();
+                eprintln!(
+                    "autodev: no example `{name}`; there are {}",
+                    known.join(", ")
+                );
+                2
+            }
+        },
+    }
 }
 
 fn list_providers(settings: &Settings) -> anyhow::Result<i32> {

@@ -367,3 +367,34 @@ fn run_says_each_step_once_and_colours_nothing_it_does_not_print_to_a_terminal()
         "no colour: {stderr}"
     );
 }
+
+#[test]
+fn the_example_specs_come_with_the_binary_and_validate() {
+    let world = World::new();
+    let out = world.command(&["example"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && list.contains("sample_task"),
+        "{list}"
+    );
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let out = world.command(&["example", name]).output().unwrap();
+        assert!(out.status.success(), "{name}");
+        let path = world.write_spec(
+            &format!("{name}.yaml"),
+            &String::from_utf8_lossy(&out.stdout),
+        );
+        let out = world
+            .command(&["validate", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let out = world.command(&["example", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

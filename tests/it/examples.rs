@@ -133,3 +133,67 @@ async fn migrations_apply_to_an_empty_database_twice() {
     // A second start on the same file finds both sets of migrations applied.
     autodev::engine::Engine::open(settings).await.unwrap();
 }
+
+/// The App manifest asks for the events autodev acts on, and no other.
+#[test]
+fn the_app_manifest_subscribes_to_exactly_the_events_autodev_acts_on() {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("app-manifest.json")).unwrap())
+            .unwrap();
+    let events: Vec<&str> = manifest["default_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(manifest["public"], false);
+    // GitHub's own examples of each event autodev has a fixture for: which are acted on.
+    let acts_on = |event: &str, fixture: &str| {
+        let text =
+            std::fs::read_to_string(root().join(format!("tests/fixtures/webhooks/{fixture}.json")))
+                .unwrap();
+        let mut payload: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // As an App receives it, about autodev.
+        payload["installation"] = serde_json::json!({"id": 1});
+        if payload.get("label").is_some() {
+            payload["label"]["name"] = serde_json::json!("autodev:backend");
+        }
+        if payload.get("comment").is_some() {
+            payload["comment"]["body"] = serde_json::json!("/autodev help");
+        }
+        if payload.get("check_run").is_some() {
+            payload["check_run"]["name"] = serde_json::json!("autodev/backend");
+        }
+        let body = serde_json::to_vec(&payload).unwrap();
+        matches!(
+            autodev::github::webhook::parse(event, &body),
+            Ok(autodev::github::webhook::Parsed::Event(_))
+        )
+    };
+    for (event, fixture) in [
+        ("issues", "issues.labeled"),
+        ("issue_comment", "issue_comment.created"),
+        ("check_run", "check_run.rerequested"),
+        ("pull_request", "pull_request.closed"),
+        (
+            "pull_request_review_comment",
+            "pull_request_review_comment.created",
+        ),
+        ("star", "star.created"),
+    ] {
+        assert_eq!(
+            events.contains(&event),
+            acts_on(event, fixture),
+            "{event}: subscribed to exactly when acted on"
+        );
+    }
+    for (permission, level) in [
+        ("checks", "write"),
+        ("contents", "write"),
+        ("issues", "write"),
+        ("pull_requests", "write"),
+        ("metadata", "read"),
+    ] {
+        assert_eq!(manifest["default_permissions"][permission], level);
+    }
+}
