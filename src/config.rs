@@ -443,6 +443,42 @@ impl GithubApp {
     }
 }
 
+/// The App the setup page made, as stored in the data directory (`github-app.json`, mode 0600).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StoredApp {
+    pub app_id: u64,
+    pub slug: String,
+    pub private_key: String,
+    pub webhook_secret: String,
+    /// The App's page on GitHub.
+    pub html_url: String,
+}
+
+impl StoredApp {
+    pub const FILE: &'static str = "github-app.json";
+
+    /// The stored App in `data_dir`, if the setup page made one.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = data_dir.join(Self::FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is not autodev's stored App", path.display()))
+    }
+
+    pub fn credentials(&self) -> GithubApp {
+        GithubApp {
+            app_id: self.app_id,
+            private_key: SecretString::from(self.private_key.clone()),
+            webhook_secret: SecretString::from(self.webhook_secret.clone()),
+        }
+    }
+}
+
 /// How a provider runs: a local CLI, or an HTTP API through the built-in tool loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -873,6 +909,11 @@ impl Settings {
                     .unwrap_or_default()
             );
         }
+        // The GITHUB_* variables win over an App the setup page stored.
+        let github = match GithubApp::from_env(&env)? {
+            Some(app) => Some(app),
+            None => StoredApp::load(&data_dir)?.map(|s| s.credentials()),
+        };
         Ok(Self {
             config_path,
             bind: flags
@@ -905,7 +946,7 @@ impl Settings {
             database_url,
             worktrees_dir,
             roles_dir,
-            github: GithubApp::from_env(&env)?,
+            github,
             github_api_url: env
                 .get("GITHUB_API_URL")
                 .unwrap_or("https://api.github.com")

@@ -34,8 +34,13 @@ pub struct Engine {
     pub roles: Roles,
     pub metrics: Metrics,
     pub git: Git,
-    /// The GitHub client: the App's in App mode, `GITHUB_TOKEN`'s in local mode.
-    pub github: Option<Arc<crate::github::client::GithubClient>>,
+    /// The GitHub client: the App's in App mode, `GITHUB_TOKEN`'s in local mode. Replaced
+    /// once, when the setup page creates the App (see [`Engine::github`]).
+    github: std::sync::RwLock<Option<Arc<crate::github::client::GithubClient>>>,
+    /// The App's credentials (its webhook secret checks deliveries), when there is an App.
+    app: std::sync::RwLock<Option<crate::config::GithubApp>>,
+    /// The one-time code that opens the setup page, while there is no App.
+    pub setup: crate::github::manifest::SetupState,
     /// The agents' sandbox, when `agent.sandbox` asks for one.
     pub sandbox: Option<crate::proc::sandbox::Sandbox>,
     /// Identifies this process in task leases and as a queue worker: unique per start, so a
@@ -139,15 +144,7 @@ impl Engine {
         )
         .with_read_timeout(settings.file.agent.read_timeout);
         let (live, _) = broadcast::channel(1024);
-        let github = crate::github::client::GithubClient::new(
-            &settings.github_api_url,
-            settings.github.as_ref(),
-            settings.github_token.as_ref(),
-            std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
-            settings.file.github.timeout,
-            &settings.data_dir.join("locks"),
-        )?
-        .map(Arc::new);
+        let github = github_client(&settings, settings.github.as_ref())?;
         let sandbox = crate::proc::sandbox::Sandbox::from_settings(&settings)?;
         let disk = crate::proc::reserve::Reserve::new(
             &settings.data_dir,
@@ -156,7 +153,9 @@ impl Engine {
         Ok(Arc::new(Self {
             disk,
             sandbox,
-            github,
+            github: std::sync::RwLock::new(github),
+            app: std::sync::RwLock::new(settings.github.clone()),
+            setup: crate::github::manifest::SetupState::new(settings.github.is_none()),
             owner: unique_owner_name(),
             settings,
             pool,
@@ -346,7 +345,26 @@ impl Engine {
 
     /// GitHub App mode is configured (webhooks, installations, check runs).
     pub fn app_mode(&self) -> bool {
-        self.github.as_ref().is_some_and(|g| g.is_app())
+        self.github().is_some_and(|g| g.is_app())
+    }
+
+    /// The GitHub client, if there is one now.
+    pub fn github(&self) -> Option<Arc<crate::github::client::GithubClient>> {
+        self.github.read().expect("lock").clone()
+    }
+
+    /// The App's credentials, if there is an App now.
+    pub fn app(&self) -> Option<crate::config::GithubApp> {
+        self.app.read().expect("lock").clone()
+    }
+
+    /// Takes up `app` (made by the setup page) at once: deliveries are checked with its
+    /// secret and GitHub is called as it, without a restart.
+    pub fn install_app(&self, app: crate::config::GithubApp) -> anyhow::Result<()> {
+        let client = github_client(&self.settings, Some(&app))?;
+        *self.github.write().expect("lock") = client;
+        *self.app.write().expect("lock") = Some(app);
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
@@ -692,6 +710,22 @@ impl Engine {
             .join(repo.dir_name())
             .join(task_id)
     }
+}
+
+/// The GitHub client for `app` and the settings' `GITHUB_TOKEN`, if either is there.
+fn github_client(
+    settings: &Settings,
+    app: Option<&crate::config::GithubApp>,
+) -> anyhow::Result<Option<Arc<crate::github::client::GithubClient>>> {
+    Ok(crate::github::client::GithubClient::new(
+        &settings.github_api_url,
+        app,
+        settings.github_token.as_ref(),
+        std::time::Duration::from_secs(settings.file.github.permission_cache_seconds),
+        settings.file.github.timeout,
+        &settings.data_dir.join("locks"),
+    )?
+    .map(Arc::new))
 }
 
 impl Engine {

@@ -319,6 +319,16 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
         );
     }
     let engine = Engine::open(settings).await?;
+    if http && let Some(code) = engine.setup.code() {
+        match &engine.settings.public_url {
+            Some(public) => tracing::warn!(
+                "no GitHub App is configured: create one at {public}/setup?code={code} (this link works until the App is made)"
+            ),
+            None => tracing::info!(
+                "local mode; to create a GitHub App from autodev's setup page, set AUTODEV_PUBLIC_URL"
+            ),
+        }
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));

@@ -144,13 +144,9 @@ enum Kind {
 /// that cannot be decoded) is started again under a new name after a pause, so one bad moment
 /// does not leave a queue without a worker.
 pub async fn run_workers(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut kinds = vec![Kind::Tasks, Kind::Hygiene];
-    if engine.app_mode() {
-        kinds.push(Kind::Github);
-    }
-    if engine.github.is_some() {
-        kinds.push(Kind::Outbox);
-    }
+    // Every queue, whatever the mode now: an App made on the setup page starts to deliver at
+    // once, and jobs of a queue with nothing to do for them end at once.
+    let kinds = vec![Kind::Tasks, Kind::Hygiene, Kind::Github, Kind::Outbox];
     let runs = kinds
         .into_iter()
         .map(|kind| supervise(engine.clone(), kind, shutdown.clone()));

@@ -89,7 +89,16 @@ pub fn render(settings: &Settings) -> anyhow::Result<String> {
                 ),
                 None => "not set: local mode".into(),
             },
-            source_of(settings, "GITHUB_APP_ID", false),
+            match (settings.env.get("GITHUB_APP_ID"), &settings.github) {
+                (None, Some(_)) => format!(
+                    "made by the setup page ({})",
+                    settings
+                        .data_dir
+                        .join(crate::config::StoredApp::FILE)
+                        .display()
+                ),
+                _ => source_of(settings, "GITHUB_APP_ID", false),
+            },
         ),
         (
             "github_api_url",

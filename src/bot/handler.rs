@@ -25,7 +25,7 @@ const OUTSIDER_REPLY_WINDOW: Duration = Duration::from_secs(3600);
 /// Acts on delivery `id`. `Ok(Some(wait))` asks to be run again after `wait` (GitHub was
 /// unavailable or rate-limited us).
 pub async fn handle(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Option<Duration>> {
-    let Some(gh) = engine.github.clone() else {
+    let Some(gh) = engine.github() else {
         return Ok(None);
     };
     let Some(payload) = store::delivery_payload(&engine.pool, id).await? else {

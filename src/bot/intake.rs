@@ -48,11 +48,7 @@ pub async fn receive(
     headers: DeliveryHeaders<'_>,
     body: &[u8],
 ) -> Result<Intake, IntakeError> {
-    let app = engine
-        .settings
-        .github
-        .as_ref()
-        .ok_or(IntakeError::NotConfigured)?;
+    let app = engine.app().ok_or(IntakeError::NotConfigured)?;
     webhook::verify_signature(
         app.webhook_secret.expose_secret().as_bytes(),
         body,

@@ -20,7 +20,7 @@ use crate::store::{self, Claim, GithubObject};
 
 /// Runs one outbox job; retryable failures are queued again with GitHub's wait.
 pub async fn run(engine: &Arc<Engine>, job: OutboxJob) -> anyhow::Result<()> {
-    let Some(gh) = engine.github.clone() else {
+    let Some(gh) = engine.github() else {
         return Ok(());
     };
     let result = perform(engine, &gh, &job.effect).await;
@@ -412,7 +412,8 @@ struct PrTarget {
 /// Opens the pull request of a passed task now (App tasks through the installation, local ones
 /// through `GITHUB_TOKEN` on `origin`, pushing the branch there first).
 pub async fn open_pr_now(engine: &Engine, task: TaskKey) -> Result<PrOutcome, ApiError> {
-    let Some(gh) = engine.github.as_deref() else {
+    let client = engine.github();
+    let Some(gh) = client.as_deref() else {
         return Ok(PrOutcome::NotOpened(
             "there is nowhere to open pull requests: no GitHub App and no GITHUB_TOKEN".into(),
         ));
@@ -696,8 +697,9 @@ async fn pr_target(
 /// Pushes a local task's branch to `origin` again after hygiene moved it (its pull request
 /// follows); a reason not to is put on the task's timeline.
 pub async fn republish_local(engine: &Engine, task: TaskKey) -> anyhow::Result<()> {
+    let client = engine.github();
     let (Some(gh), Some(t)) = (
-        engine.github.as_deref(),
+        client.as_deref(),
         store::get_task(&engine.pool, task).await?,
     ) else {
         return Ok(());

@@ -6,4 +6,5 @@
 pub mod api;
 pub mod client;
 pub mod event;
+pub mod manifest;
 pub mod webhook;

@@ -206,7 +206,7 @@ pub async fn free_ended_worktrees(engine: &Engine) -> anyhow::Result<usize> {
 /// branch in the mirror (GitHub keeps the pushed branch, or deleted it on merge). In local
 /// mode such a task is only marked, so its branch is no longer rebased.
 async fn prune_closed(engine: &Engine) -> anyhow::Result<usize> {
-    let Some(gh) = engine.github.clone() else {
+    let Some(gh) = engine.github() else {
         return Ok(0);
     };
     let mut pruned = 0;
@@ -391,7 +391,7 @@ pub async fn checkpoint(engine: &Engine) -> anyhow::Result<usize> {
             )
             .await;
         if let (Some(gh), Some(installation), Some(url)) = (
-            &engine.github,
+            &engine.github(),
             task.installation_id,
             task.clone_url.as_deref(),
         ) {
@@ -459,7 +459,7 @@ async fn still_as_listed(engine: &Engine, task: &crate::store::TaskRow) -> anyho
 
 pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
     let mut moved = 0;
-    let mut tasks = match &engine.github {
+    let mut tasks = match &engine.github() {
         Some(gh) if gh.is_app() => crate::store::tasks_with_open_pr(&engine.pool).await?,
         _ => Vec::new(),
     };
@@ -476,7 +476,7 @@ pub async fn rebase(engine: &Arc<Engine>) -> anyhow::Result<usize> {
         .filter(|t| t.repo_name().is_local() && t.pr_state != Some(crate::store::PrState::Closed)),
     );
     for task in tasks {
-        let result = match (&engine.github, task.installation_id) {
+        let result = match (&engine.github(), task.installation_id) {
             (Some(gh), Some(_)) => rebase_pushed(engine, gh, &task).await,
             _ => rebase_local(engine, &task).await,
         };

@@ -58,7 +58,7 @@ async fn requeue_stalled(engine: &Engine) -> anyhow::Result<usize> {
 
 /// Records the pushes GitHub has that their tasks do not (see the module's comment).
 async fn settle_pushes(engine: &Engine) -> anyhow::Result<usize> {
-    let Some(gh) = engine.github.clone() else {
+    let Some(gh) = engine.github() else {
         return Ok(0);
     };
     let mut settled = 0;

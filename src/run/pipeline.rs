@@ -269,7 +269,7 @@ async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::R
     engine
         .record_in(&mut tx, key, row.run_seq, state.into(), &message)
         .await?;
-    if let Some(gh) = &engine.github
+    if let Some(gh) = &engine.github()
         && let Some(t) = store::get_task(&mut *tx, key).await?
     {
         let mut effects = Vec::new();
@@ -658,7 +658,7 @@ async fn push(
     let _lock = FileLock::acquire(engine.repo_lock(&run.row.repo_name())).await?;
     // A fresh token: the one from the start of the task may be near its end by now.
     let pushed = match (
-        &engine.github,
+        &engine.github(),
         run.row.installation_id,
         run.row.clone_url.as_deref(),
     ) {

@@ -244,8 +244,7 @@ impl Source {
             });
         }
         let gh = engine
-            .github
-            .as_ref()
+            .github()
             .context("this task comes from GitHub, but GitHub App mode is not configured")?;
         let installation = row
             .installation_id

@@ -104,6 +104,8 @@ pub fn router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
                 require_token,
             )),
         )
+        .route("/setup", get(crate::web::setup::start))
+        .route("/setup/callback", get(crate::web::setup::callback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })

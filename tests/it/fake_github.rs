@@ -96,6 +96,10 @@ pub struct St {
     pub chaos: Option<Chaos>,
     /// Requests answered 503 (`Retry-After: 0`) while GitHub is down for them.
     pub down_on: Vec<String>,
+    /// Codes of the manifest flow GitHub handed out, each good for one conversion.
+    pub manifest_codes: Vec<String>,
+    /// The App's private key, which a conversion hands over.
+    private_pem: String,
 }
 
 /// GitHub failing at random: `percent` of requests fail in one of [`FAULTS`]' ways, chosen by
@@ -164,12 +168,14 @@ impl FakeGithub {
             public_key: String::from_utf8(out.stdout).unwrap(),
             token_ttl: Duration::from_secs(3600),
             next_id: 1000,
+            private_pem: std::fs::read_to_string(key_pem).unwrap(),
             ..Default::default()
         }));
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/installation/repositories", get(installation_repos))
             .route("/app", get(get_app))
+            .route("/app-manifests/{code}/conversions", post(convert_manifest))
             .route(
                 "/repos/{owner}/{repo}/pulls",
                 get(list_pulls).post(create_pull),
@@ -308,6 +314,11 @@ impl FakeGithub {
             .unwrap()
             .failures_on
             .push((request.into(), status));
+    }
+
+    /// GitHub sends a person back from its new-App page with `code`.
+    pub fn hand_out_manifest_code(&self, code: &str) {
+        self.state.lock().unwrap().manifest_codes.push(code.into());
     }
 
     /// Requests starting with `request` are answered 503 with `Retry-After: 0` until
@@ -1118,4 +1129,28 @@ async fn chaos(
             applied
         }
     }
+}
+
+/// `POST /app-manifests/{code}/conversions`: the App made from a manifest, once per code (no
+/// authentication, as on GitHub).
+async fn convert_manifest(State(s): State<Shared>, Path(code): Path<String>) -> Response {
+    let mut st = s.lock().unwrap();
+    st.requests
+        .push(format!("POST /app-manifests/{code}/conversions"));
+    let Some(i) = st.manifest_codes.iter().position(|c| *c == code) else {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    };
+    st.manifest_codes.remove(i);
+    let body = json!({
+        "id": st.app_id,
+        "slug": "autodev-test",
+        "node_id": "MDM6QXBwNTk=",
+        "name": "autodev",
+        "html_url": "https://github.com/apps/autodev-test",
+        "client_id": "Iv1.8a61f9b3a7aba766",
+        "client_secret": "1726be1638095a19edd134c77bde3aa2ece1e5d8",
+        "webhook_secret": "secret-made-by-the-manifest-flow",
+        "pem": st.private_pem,
+    });
+    (StatusCode::CREATED, axum::Json(body)).into_response()
 }

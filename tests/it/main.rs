@@ -23,6 +23,7 @@ mod real_cli;
 mod recovery;
 mod retention;
 mod sandbox;
+mod setup;
 mod soak;
 mod story;
 mod webhooks;
