@@ -69,6 +69,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API, the workers and the scheduler in one process
+    #[command(
+        after_help = "Examples:\n  autodev serve                                   # 127.0.0.1:8000, the repository in the working directory\n  REPO_PATH=~/src/web autodev serve --workers 4\n  AUTODEV_API_TOKEN=... autodev serve --bind 0.0.0.0:8000 --workers 0   # API only; `autodev worker` runs tasks\nStops on SIGTERM after draining for workers.drain_seconds (30) plus about 15 s."
+    )]
     Serve {
         /// Listen address (default: 127.0.0.1:8000)
         #[arg(long, value_name = "ADDR", env = "AUTODEV_BIND")]
@@ -79,8 +82,14 @@ pub enum Command {
         workers: Option<usize>,
     },
     /// Run workers only (more processes may share one database)
+    #[command(
+        after_help = "Example:\n  AUTODEV_DATA_DIR=/var/lib/autodev autodev worker   # beside `autodev serve --workers 0` on the same data directory"
+    )]
     Worker,
     /// Run one task in the foreground without a server, printing each stage; exits 0 only if it passed
+    #[command(
+        after_help = "Examples:\n  autodev example sample_task > task.yaml && autodev run task.yaml\n  autodev run task.yaml --rerun      # again, on the task's branch"
+    )]
     Run {
         /// Task spec file (YAML, or JSON by the .json extension)
         spec: PathBuf,
@@ -89,7 +98,13 @@ pub enum Command {
         rerun: bool,
     },
     /// Send a task spec to a running server (AUTODEV_URL, with AUTODEV_API_TOKEN when it asks for one)
-    Submit { spec: PathBuf },
+    #[command(
+        after_help = "Example:\n  AUTODEV_URL=https://autodev.example.com AUTODEV_API_TOKEN=... autodev submit task.yaml"
+    )]
+    Submit {
+        /// Task spec file (YAML, or JSON by the .json extension)
+        spec: PathBuf,
+    },
     /// Show a task from a running server (AUTODEV_URL, with AUTODEV_API_TOKEN when it asks for one)
     #[command(
         after_help = "Examples:\n  autodev status TSK-1234\n  autodev status issue-42 --repo octo/web"
@@ -140,14 +155,18 @@ pub enum Command {
         #[arg(long, value_name = "OWNER/NAME")]
         repo: Option<String>,
     },
-    /// Check task spec files without running them
+    /// Check task spec files without running them; exits 1 if any is invalid
+    #[command(after_help = "Example:\n  autodev validate specs/*.yaml")]
     Validate {
+        /// Task spec files (YAML, or JSON by the .json extension)
         #[arg(required = true)]
         specs: Vec<PathBuf>,
     },
-    /// List the roles (built-in and from roles/*.yaml) and where each comes from
+    /// List the roles (built-in, shipped, and from the configuration's roles_dir) and where each comes from
+    #[command(after_help = "Example:\n  autodev roles")]
     Roles,
-    /// List the providers in the configured order and whether each can run here
+    /// List the providers in the configured order and whether each can run here; exits 1 if none can
+    #[command(after_help = "Example:\n  autodev providers")]
     Providers,
     /// Print an example task spec, to start one of your own from (without a name: list them)
     #[command(
@@ -163,9 +182,14 @@ pub enum Command {
         action: ConfigAction,
     },
     /// Save a work-in-progress commit of every running task now (refs/autodev/checkpoints/<id>; pushed in App mode)
+    #[command(after_help = "Example:\n  autodev checkpoint")]
     Checkpoint,
     /// Open pull requests now for passed tasks that have none: App tasks through the App, local ones by pushing to a GitHub `origin` with GITHUB_TOKEN
-    #[command(name = "open-prs", alias = "prize")]
+    #[command(
+        name = "open-prs",
+        alias = "prize",
+        after_help = "Example:\n  GITHUB_TOKEN=... autodev open-prs   # exits 1 if any could not be opened\n(`prize` is its old name, still accepted.)"
+    )]
     OpenPrs,
     /// Without a sandbox: runs the command and, when it ends, ends everything it started
     /// (autodev starts this itself)

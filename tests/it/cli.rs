@@ -398,3 +398,32 @@ fn the_example_specs_come_with_the_binary_and_validate() {
     let out = world.command(&["example", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn every_command_explains_itself_with_an_example() {
+    let world = World::new();
+    let out = world.command(&["--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 15, "{help}");
+    for command in commands {
+        let mut args = vec![command];
+        if command == "config" {
+            args.push("check");
+        }
+        args.push("--help");
+        let out = world.command(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "`autodev {command} --help` shows no example:\n{text}"
+        );
+    }
+}
