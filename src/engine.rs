@@ -665,6 +665,36 @@ impl Engine {
         full
     }
 
+    /// Removes the worktree of task `key` if it has ended (checked again under its repository's
+    /// lock: a retry may have taken it), records `why`, and says whether it did. The branch
+    /// stays; a retry makes a new worktree from it.
+    pub async fn remove_ended_worktree(&self, key: TaskKey, why: &str) -> anyhow::Result<bool> {
+        let Some(task) = store::get_task(&self.pool, key).await? else {
+            return Ok(false);
+        };
+        let repo = task.repo_name();
+        let _lock = crate::proc::lock::FileLock::acquire(self.repo_lock(&repo)).await?;
+        let task = match store::get_task(&self.pool, key).await? {
+            Some(t) if t.state.is_terminal() => t,
+            _ => return Ok(false),
+        };
+        let Some(path) = task.worktree.as_deref() else {
+            return Ok(false);
+        };
+        self.git
+            .remove_worktree(&self.home_repo(&repo), std::path::Path::new(path))
+            .await?;
+        store::clear_worktree(&self.pool, key).await?;
+        self.record(
+            key,
+            task.run_seq,
+            store::EventKind::Cleanup,
+            &format!("removed worktree {path}{why}"),
+        )
+        .await;
+        Ok(true)
+    }
+
     /// Sets the gauges that reflect state rather than events, from the database (which every
     /// process shares), never by scanning directories.
     pub async fn refresh_gauges(&self) {

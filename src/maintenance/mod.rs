@@ -141,28 +141,9 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
     let before = chrono::Utc::now() - chrono::Duration::hours(hours as i64);
     let mut removed = 0;
     for task in crate::store::ended_with_worktree(&engine.pool, before).await? {
-        let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
-            continue;
-        };
-        let repo = engine.home_repo(&task.repo_name());
-        let _lock =
-            crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
-        // Re-read under the lock: a retry may have taken the task since.
-        match crate::store::get_task(&engine.pool, task.pk).await? {
-            Some(t) if t.state.is_terminal() && t.worktree.is_some() => {}
-            _ => continue,
+        if engine.remove_ended_worktree(task.pk, "").await? {
+            removed += 1;
         }
-        engine.git.remove_worktree(&repo, &path).await?;
-        crate::store::clear_worktree(&engine.pool, task.pk).await?;
-        engine
-            .record(
-                task.pk,
-                task.run_seq,
-                crate::store::EventKind::Cleanup,
-                &format!("removed worktree {}", path.display()),
-            )
-            .await;
-        removed += 1;
     }
     removed += prune_closed(engine).await?;
     Ok(removed)
@@ -174,26 +155,12 @@ pub async fn cleanup(engine: &Engine) -> anyhow::Result<usize> {
 pub async fn free_ended_worktrees(engine: &Engine) -> anyhow::Result<usize> {
     let mut removed = 0;
     for task in crate::store::ended_with_worktree(&engine.pool, chrono::Utc::now()).await? {
-        let Some(path) = task.worktree.as_deref().map(std::path::PathBuf::from) else {
+        if !engine
+            .remove_ended_worktree(task.pk, ": the disk is full")
+            .await?
+        {
             continue;
-        };
-        let repo = engine.home_repo(&task.repo_name());
-        let _lock =
-            crate::proc::lock::FileLock::acquire(engine.repo_lock(&task.repo_name())).await?;
-        match crate::store::get_task(&engine.pool, task.pk).await? {
-            Some(t) if t.state.is_terminal() && t.worktree.is_some() => {}
-            _ => continue,
         }
-        engine.git.remove_worktree(&repo, &path).await?;
-        crate::store::clear_worktree(&engine.pool, task.pk).await?;
-        engine
-            .record(
-                task.pk,
-                task.run_seq,
-                crate::store::EventKind::Cleanup,
-                &format!("removed worktree {}: the disk is full", path.display()),
-            )
-            .await;
         removed += 1;
         if engine.disk.restore() {
             break;

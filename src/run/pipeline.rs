@@ -179,8 +179,12 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     }
     // A disk full when the run ends (whatever filled it: this task's agent, most likely) gets
     // the run's worktree back at once; its branch keeps the work.
-    if disk_full || engine.disk.release_if_full() {
-        free_worktree(engine, &row).await;
+    if (disk_full || engine.disk.release_if_full())
+        && let Err(e) = engine
+            .remove_ended_worktree(row.pk, ": the disk is full")
+            .await
+    {
+        tracing::warn!("removing the worktree of a task that ended on a full disk: {e:#}");
     }
     engine
         .metrics
@@ -188,38 +192,6 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
         .with_label_values(&[&row.role])
         .observe(started.elapsed().as_secs_f64());
     Ok(outcome.state)
-}
-
-/// Removes the worktree of a run that ended on a full disk, so that whatever filled it (the
-/// agent's files, say) is given back at once; the branch stays, and a retry starts from it.
-async fn free_worktree(engine: &Engine, row: &TaskRow) {
-    let freed = async {
-        let Some(path) = store::get_task(&engine.pool, row.pk)
-            .await?
-            .and_then(|t| t.worktree)
-        else {
-            return anyhow::Ok(());
-        };
-        let repo = row.repo_name();
-        let _lock = crate::proc::lock::FileLock::acquire(engine.repo_lock(&repo)).await?;
-        engine
-            .git
-            .remove_worktree(&engine.home_repo(&repo), std::path::Path::new(&path))
-            .await?;
-        store::clear_worktree(&engine.pool, row.pk).await?;
-        engine
-            .record(
-                row.pk,
-                row.run_seq,
-                store::EventKind::Cleanup,
-                &format!("removed worktree {path}: the disk is full"),
-            )
-            .await;
-        anyhow::Ok(())
-    };
-    if let Err(e) = freed.await {
-        tracing::warn!("removing the worktree of a task that filled the disk: {e:#}");
-    }
 }
 
 /// Writes a run's final state and, in the same transaction, what follows it: the timeline

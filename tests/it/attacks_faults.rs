@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use crate::faults::SmallDisk;
 use crate::story::{App, State, Task, WRITER, writes};
 use crate::support::{CLAUDE_OK, World, assert_lacks, eventually, git};
 
@@ -70,37 +71,6 @@ async fn an_agents_words_about_a_full_disk_neither_free_the_reserve_nor_blame_au
         "the agent's words made autodev record that its own disk is full ({why}) and free its reserve ({freed})"
     );
     assert_lacks(&log, "disk is full");
-}
-
-/// A tmpfs of `mb` megabytes on `dir` until dropped: a disk that can be filled.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// `None`, and the test says it was skipped, where this process may not mount one.
-    fn mount(dir: &std::path::Path, mb: u32) -> Option<Self> {
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "skipped: mounting a small disk needs root: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Self(dir.to_owned()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// The agent fills the data directory's disk with a file its own `.gitignore` hides, in its

@@ -506,11 +506,11 @@ async fn a_push_whose_record_a_stop_cut_off_is_recorded_by_the_reconciler() {
 }
 
 /// A tmpfs of `mb` megabytes on `dir` until dropped: a disk that can be filled.
-struct SmallDisk(std::path::PathBuf);
+pub struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
     /// `None`, and the test says it was skipped, where this process may not mount one.
-    fn mount(dir: &std::path::Path, mb: u32) -> Option<Self> {
+    pub fn mount(dir: &std::path::Path, mb: u32) -> Option<Self> {
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
             .arg(dir)
