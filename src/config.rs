@@ -444,7 +444,7 @@ impl GithubApp {
 }
 
 /// The App the setup page made, as stored in the data directory (`github-app.json`, mode 0600).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct StoredApp {
     pub app_id: u64,
     pub slug: String,
@@ -452,6 +452,17 @@ pub struct StoredApp {
     pub webhook_secret: String,
     /// The App's page on GitHub.
     pub html_url: String,
+}
+
+/// Never the key or the secret.
+impl std::fmt::Debug for StoredApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredApp")
+            .field("app_id", &self.app_id)
+            .field("slug", &self.slug)
+            .field("html_url", &self.html_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StoredApp {

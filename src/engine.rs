@@ -350,18 +350,41 @@ impl Engine {
 
     /// The GitHub client, if there is one now.
     pub fn github(&self) -> Option<Arc<crate::github::client::GithubClient>> {
+        self.adopt_stored_app();
         self.github.read().expect("lock").clone()
     }
 
     /// The App's credentials, if there is an App now.
     pub fn app(&self) -> Option<crate::config::GithubApp> {
+        self.adopt_stored_app();
         self.app.read().expect("lock").clone()
+    }
+
+    /// Without an App, takes up the one the setup page stored, whichever process of this data
+    /// directory ran the page (a `worker` started before it, say).
+    fn adopt_stored_app(&self) {
+        if self.app.read().expect("lock").is_some() {
+            return;
+        }
+        match crate::config::StoredApp::load(&self.settings.data_dir) {
+            Ok(Some(stored)) => {
+                if let Err(e) = self.install_app(stored.credentials()) {
+                    tracing::warn!("taking up the stored GitHub App: {e:#}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e:#}"),
+        }
     }
 
     /// Takes up `app` (made by the setup page) at once: deliveries are checked with its
     /// secret and GitHub is called as it, without a restart.
     pub fn install_app(&self, app: crate::config::GithubApp) -> anyhow::Result<()> {
         let client = github_client(&self.settings, Some(&app))?;
+        if self.sandbox.is_none() {
+            tracing::warn!("{}", crate::proc::sandbox::UNCONFINED_WARNING);
+        }
+        tracing::info!("GitHub App {} taken up", app.app_id);
         *self.github.write().expect("lock") = client;
         *self.app.write().expect("lock") = Some(app);
         Ok(())

@@ -44,9 +44,13 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         t = escape(title)
     );
     let mut response = (status, Html(html)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, "no-store".parse().expect("header"));
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("header"));
+    // The page's address holds its code: no other site is told it.
+    headers.insert(
+        header::REFERRER_POLICY,
+        "no-referrer".parse().expect("header"),
+    );
     response
 }
 

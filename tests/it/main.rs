@@ -7,6 +7,7 @@ mod api;
 mod api_providers;
 mod attacks;
 mod attacks_faults;
+mod attacks_setup;
 mod cli;
 mod examples;
 mod fake_github;
