@@ -94,13 +94,15 @@ async fn perform(engine: &Engine, gh: &GithubClient, effect: &Effect) -> Result<
         } => {
             let inst = InstallationId(*installation);
             let marker = messages::reply_marker(key);
+            // Lock first, then look: two jobs of one reply (two ticks of a schedule) must not
+            // both find nothing and both post.
+            let _write = gh.write_lock(inst).await?;
             if find_comment(gh, inst, owner, repo, *issue, &marker)
                 .await?
                 .is_some()
             {
                 return Ok(());
             }
-            let _write = gh.write_lock(inst).await?;
             let repo = RepoPath { owner, name: repo };
             gh.create_comment(inst, repo, *issue, &format!("{marker}\n{body}"))
                 .await?;
