@@ -60,8 +60,21 @@ impl Metrics {
             &["event", "outcome"],
         )
         .expect("valid metric");
+        // Which autodev this is, as Prometheus exporters say it: one series, always 1.
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "autodev_build_info",
+                "The autodev version this process runs",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
-            Box::new(tasks_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(tasks_total.clone()),
             Box::new(task_duration_seconds.clone()),
             Box::new(provider_requests_total.clone()),
             Box::new(active_worktrees.clone()),

@@ -96,6 +96,11 @@ async fn yaml_and_json_specs_run_to_passed_on_their_branches() {
         metrics.contains(r#"autodev_task_duration_seconds_count{role="backend"} 2"#),
         "{metrics}"
     );
+    let build = format!(
+        "autodev_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&build), "{metrics}");
 }
 
 #[tokio::test]
