@@ -447,7 +447,9 @@ async fn sweep_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
     loop {
         // A disk that filled up: room for the reserve again means new work is taken again; no
         // room, and ended tasks' worktrees give theirs.
-        if !engine.disk.restore() && engine.disk.release_if_full() {
+        // Looked at every sweep, not only when a write of autodev's fails: the queue's own
+        // writes (its heartbeats) find a full disk first, and must find the reserve's room.
+        if engine.disk.release_if_full() && !engine.disk.restore() {
             match crate::maintenance::free_ended_worktrees(&engine).await {
                 Ok(n) if n > 0 => {
                     tracing::warn!("the disk is full: removed {n} ended task(s)' worktrees")
