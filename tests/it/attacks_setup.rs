@@ -85,12 +85,7 @@ async fn deliver(
 #[tokio::test]
 async fn a_worker_started_before_the_app_was_made_swallows_every_delivery() {
     let mut world = World::new();
-    let key = world.root.path().join("app.pem");
-    let out = std::process::Command::new("openssl")
-        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let key = crate::webhooks::app_key(&world);
     let fake = FakeGithub::start(4242, &key).await;
     fake.install(1, &[REPO]);
     fake.set_permission(REPO, WRITER, "write");

@@ -55,12 +55,7 @@ fn after<'a>(html: &'a str, marker: &str) -> &'a str {
 #[tokio::test]
 async fn the_setup_page_makes_the_app_from_its_manifest_and_autodev_uses_it_at_once() {
     let mut world = World::new();
-    let key = world.root.path().join("app.pem");
-    let out = std::process::Command::new("openssl")
-        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let key = crate::webhooks::app_key(&world);
     let fake = FakeGithub::start(4242, &key).await;
     world.extra_env.extend([
         ("GITHUB_API_URL".to_owned(), fake.url.clone()),

@@ -21,8 +21,8 @@ pub fn fixture(name: &str) -> Value {
 /// Queued jobs other than maintenance chores (a process queues its reconciler at start).
 const NON_CHORE_JOBS: &str = "SELECT COUNT(*) FROM Jobs WHERE job_type != 'autodev.hygiene'";
 
-pub fn app_world() -> World {
-    let mut world = World::new();
+/// A fresh App private key at `<world root>/app.pem`; its path.
+pub fn app_key(world: &World) -> std::path::PathBuf {
     let key = world.root.path().join("app.pem");
     let out = std::process::Command::new("openssl")
         .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
@@ -33,6 +33,12 @@ pub fn app_world() -> World {
         "openssl genrsa: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    key
+}
+
+pub fn app_world() -> World {
+    let mut world = World::new();
+    let key = app_key(&world);
     world.extra_env.extend([
         ("GITHUB_APP_ID".to_owned(), "4242".to_owned()),
         (
