@@ -65,6 +65,36 @@ impl Env {
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+
+    /// The values of variables whose names say they hold a secret (`*KEY*`, `*TOKEN*`,
+    /// `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`), and of the files `*_FILE` variables of such
+    /// names point to: what is blotted out of output shown to people. Values shorter than 8
+    /// characters are left alone (blotting `true` or `1` out would garble every text).
+    pub fn secret_values(&self) -> Vec<String> {
+        const MARKS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"];
+        let mut values: Vec<String> = Vec::new();
+        for (name, value) in self.vars() {
+            let upper = name.to_ascii_uppercase();
+            if !MARKS.iter().any(|m| upper.contains(m)) {
+                continue;
+            }
+            let value = match upper.strip_suffix("_FILE") {
+                Some(_) => std::fs::read_to_string(value)
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_default(),
+                None => value.trim().to_owned(),
+            };
+            // A PEM key is blotted out line by line, as output would show it.
+            for part in value.lines().map(str::trim) {
+                if part.len() >= 8 && !values.iter().any(|v| v == part) {
+                    values.push(part.to_owned());
+                }
+            }
+        }
+        // Longest first, so a secret that holds another is blotted out whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values
+    }
 }
 
 /// The configuration file. Every key is documented in the shipped `config/config.yaml`.

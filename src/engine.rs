@@ -144,7 +144,7 @@ impl Engine {
         )
         .with_read_timeout(settings.file.agent.read_timeout);
         let (live, _) = broadcast::channel(1024);
-        let github = github_client(&settings, settings.github.as_ref())?;
+        let github = github_client(&settings, settings.github.as_ref(), &metrics)?;
         let sandbox = crate::proc::sandbox::Sandbox::from_settings(&settings)?;
         let disk = crate::proc::reserve::Reserve::new(
             &settings.data_dir,
@@ -380,7 +380,7 @@ impl Engine {
     /// Takes up `app` (made by the setup page) at once: deliveries are checked with its
     /// secret and GitHub is called as it, without a restart.
     pub fn install_app(&self, app: crate::config::GithubApp) -> anyhow::Result<()> {
-        let client = github_client(&self.settings, Some(&app))?;
+        let client = github_client(&self.settings, Some(&app), &self.metrics)?;
         if self.sandbox.is_none() {
             tracing::warn!("{}", crate::proc::sandbox::UNCONFINED_WARNING);
         }
@@ -722,9 +722,18 @@ impl Engine {
     /// process shares), never by scanning directories.
     pub async fn refresh_gauges(&self) {
         match store::gauges(&self.pool).await {
-            Ok((queued, worktrees)) => {
-                self.metrics.queue_size.set(queued);
-                self.metrics.active_worktrees.set(worktrees);
+            Ok(g) => {
+                let m = &self.metrics;
+                m.queue_size.set(g.queued);
+                m.running_tasks.set(g.running);
+                m.active_worktrees.set(g.worktrees);
+                m.outbox_backlog.set(g.outbox_backlog);
+                let queued_at = g
+                    .outbox_oldest
+                    .and_then(|id| ulid::Ulid::from_string(&id).ok())
+                    .map(|id| id.timestamp_ms() as i64);
+                m.outbox_oldest_seconds
+                    .set(queued_at.map_or(0.0, |at| (store::now_ms() - at).max(0) as f64 / 1000.0));
             }
             Err(e) => tracing::warn!("reading the gauges: {e:#}"),
         }
@@ -769,6 +778,7 @@ impl Engine {
 fn github_client(
     settings: &Settings,
     app: Option<&crate::config::GithubApp>,
+    metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<crate::github::client::GithubClient>>> {
     Ok(crate::github::client::GithubClient::new(
         &settings.github_api_url,
@@ -778,7 +788,7 @@ fn github_client(
         settings.file.github.timeout,
         &settings.data_dir.join("locks"),
     )?
-    .map(Arc::new))
+    .map(|client| Arc::new(client.counted(metrics))))
 }
 
 impl Engine {

@@ -177,6 +177,32 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// The effect's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Effect::Reaction { .. } => "reaction",
+            Effect::Reply { .. } => "reply",
+            Effect::Status { .. } => "status",
+            Effect::CheckRun { .. } => "check_run",
+            Effect::OpenPr { .. } => "open_pr",
+            Effect::Reviewers { .. } => "reviewers",
+        }
+    }
+
+    /// The repository it acts on, where the effect names it (a task's effects find theirs
+    /// in the task).
+    pub fn task(&self) -> Option<TaskKey> {
+        match self {
+            Effect::Status { task }
+            | Effect::CheckRun { task }
+            | Effect::OpenPr { task }
+            | Effect::Reviewers { task, .. } => Some(*task),
+            Effect::Reaction { .. } | Effect::Reply { .. } => None,
+        }
+    }
+}
+
 /// An [`Effect`] and how many times it was tried.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxJob {

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{CliKind, Env, ProviderEntry, ProviderMode, ProvidersConfig, kind_from_name};
 use crate::proc::exec::{self, Ending};
@@ -328,11 +329,17 @@ pub async fn run_chain(
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let timeout = provider.entry.timeout.map_or(left, |t| t.min(left));
+        let span = tracing::info_span!("agent", provider = %provider.name);
         let result = match provider.entry.mode {
             ProviderMode::Cli => run_one(provider, &binary, env, req, timeout, cancel, record)
+                .instrument(span)
                 .await
                 .map_err(Failed::from),
-            ProviderMode::Api => run_api(provider, env, req, timeout, cancel, record).await,
+            ProviderMode::Api => {
+                run_api(provider, env, req, timeout, cancel, record)
+                    .instrument(span)
+                    .await
+            }
         };
         match result {
             Ok(report) => {
@@ -411,7 +418,11 @@ async fn run_one(
     };
     // Nothing of the real HOME is writable: the CLI works on its copies in the task's HOME.
     let job = crate::proc::sandbox::confine(req.jail, job, &[]);
-    let started = exec::start(job)
+    let tap = exec::current_tap();
+    if let Some(tap) = &tap {
+        tap.note(&format!("agent {}", provider.name));
+    }
+    let started = exec::start_tapped(job, tap)
         .map_err(|e| failure(format!("could not start {}: {e}", binary.display())))?;
     record(Some(started.pgid)).await;
     let out = started.wait(cancel).await;

@@ -426,6 +426,7 @@ impl Tools<'_> {
             }
             "run_command" => {
                 let command = text("command")?;
+                let shown = exec::tail_chars(&command, 200);
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 let timeout = COMMAND_TIMEOUT.min(left);
                 let job = exec::Job {
@@ -439,7 +440,12 @@ impl Tools<'_> {
                     fd3: None,
                 };
                 let job = crate::proc::sandbox::confine(self.jail, job, &[]);
-                let started = exec::start(job).map_err(|e| format!("could not start sh: {e}"))?;
+                let tap = exec::current_tap();
+                if let Some(tap) = &tap {
+                    tap.note(&format!("$ {shown}"));
+                }
+                let started =
+                    exec::start_tapped(job, tap).map_err(|e| format!("could not start sh: {e}"))?;
                 (self.record)(Some(started.pgid)).await;
                 let out = started.wait(self.cancel).await;
                 (self.record)(None).await;

@@ -83,9 +83,14 @@ pub enum Command {
     },
     /// Run workers only (more processes may share one database)
     #[command(
-        after_help = "Example:\n  AUTODEV_DATA_DIR=/var/lib/autodev autodev worker   # beside `autodev serve --workers 0` on the same data directory"
+        after_help = "Examples:\n  AUTODEV_DATA_DIR=/var/lib/autodev autodev worker   # beside `autodev serve --workers 0` on the same data directory\n  autodev worker --metrics-bind 0.0.0.0:9100          # Prometheus scrapes http://<host>:9100/metrics"
     )]
-    Worker,
+    Worker {
+        /// Serve /metrics, /healthz and /readyz on this address (none by default: a worker
+        /// serves no HTTP otherwise). /metrics needs AUTODEV_API_TOKEN when it is set.
+        #[arg(long, value_name = "ADDR", env = "AUTODEV_METRICS_BIND")]
+        metrics_bind: Option<String>,
+    },
     /// Run one task in the foreground without a server, printing each stage; exits 0 only if it passed
     #[command(
         after_help = "Examples:\n  autodev example sample_task > task.yaml && autodev run task.yaml\n  autodev run task.yaml --rerun      # again, on the task's branch"
@@ -287,9 +292,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
             if let Some(n) = workers {
                 settings.file.workers.concurrency = n;
             }
-            serve(settings, true).await
+            serve(settings, Http::Api).await
         }
-        Command::Worker => serve(settings, false).await,
+        Command::Worker { metrics_bind } => {
+            let metrics = match metrics_bind {
+                Some(addr) => Some(addr.parse::<SocketAddr>().with_context(|| {
+                    format!("--metrics-bind `{addr}` is not an address such as 0.0.0.0:9100")
+                })?),
+                None => None,
+            };
+            serve(settings, Http::Metrics(metrics)).await
+        }
         Command::Run { spec, rerun } => run(settings, &spec, rerun).await,
         Command::Submit { spec } => submit(&settings, &spec).await,
         Command::Status { id, repo, json } => status(&settings, &id, repo.as_deref(), json).await,
@@ -324,14 +337,22 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<i32> {
     }
 }
 
-async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
+/// What HTTP a process serves: all of it (`serve`), or a worker's metrics and probes on an
+/// address of their own, if one is given.
+enum Http {
+    Api,
+    Metrics(Option<SocketAddr>),
+}
+
+async fn serve(settings: Settings, http: Http) -> anyhow::Result<i32> {
     let addr: SocketAddr = settings.bind.parse().with_context(|| {
         format!(
             "AUTODEV_BIND `{}` is not an address such as 127.0.0.1:8000",
             settings.bind
         )
     })?;
-    if http && !addr.ip().is_loopback() && settings.api_token.is_none() {
+    let api = matches!(http, Http::Api);
+    if api && !addr.ip().is_loopback() && settings.api_token.is_none() {
         bail!(
             "refusing to listen on {addr} without AUTODEV_API_TOKEN: anyone who reaches it could run agents. Set AUTODEV_API_TOKEN, or bind to 127.0.0.1"
         );
@@ -343,7 +364,7 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
         );
     }
     let engine = Engine::open(settings).await?;
-    if http && let Some(code) = engine.setup.code() {
+    if api && let Some(code) = engine.setup.code() {
         match &engine.settings.public_url {
             Some(public) => tracing::warn!(
                 "no GitHub App is configured: create one at {public}/setup?code={code} (this link works until the App is made)"
@@ -369,7 +390,24 @@ async fn serve(settings: Settings, http: bool) -> anyhow::Result<i32> {
         tracing::info!("no workers in this process (--workers 0)");
         None
     };
-    if http {
+    if let Http::Metrics(Some(addr)) = http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} for /metrics"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!("worker metrics on http://{bound}/metrics");
+        let app = crate::web::api::worker_router(engine.clone(), bound);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the metrics server stopped: {e:#}");
+            }
+        });
+    }
+    if api {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;

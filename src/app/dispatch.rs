@@ -32,8 +32,12 @@ async fn handle_delivery(
     job: HandleDelivery,
     engine: Data<Arc<Engine>>,
 ) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
     let what = format!("delivery {}", job.delivery);
-    unpanicked(what, handle_delivery_inner(job, engine)).await
+    let span = tracing::info_span!("delivery", delivery = %job.delivery);
+    unpanicked(what, handle_delivery_inner(job, engine))
+        .instrument(span)
+        .await
 }
 
 async fn handle_delivery_inner(
@@ -57,12 +61,20 @@ async fn handle_delivery_inner(
 }
 
 async fn handle_outbox(job: OutboxJob, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
     let what = format!("GitHub side effect {:?}", job.effect);
+    let span = tracing::info_span!(
+        "effect",
+        effect = job.effect.kind(),
+        task_pk = job.effect.task().map(|k| k.0),
+        attempt = job.attempt,
+    );
     unpanicked(what, async move {
         crate::bot::outbox::run(&engine, job)
             .await
             .map_err(|e| format!("{e:#}").into())
     })
+    .instrument(span)
     .await
 }
 

@@ -143,6 +143,8 @@ pub struct GithubClient {
     permission_ttl: Duration,
     /// The App's bot login, once known.
     app_login: Mutex<Option<String>>,
+    /// Where calls are counted, when they are.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl GithubClient {
@@ -205,7 +207,50 @@ impl GithubClient {
             permissions: Mutex::new(HashMap::new()),
             permission_ttl,
             app_login: Mutex::new(None),
+            metrics: None,
         }))
+    }
+
+    /// Counts every call in `metrics` (`autodev_github_requests_total`, the rate limit).
+    pub fn counted(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// One call's outcome: a status code, or `transport`, with the rate limit it reported.
+    fn count(&self, m: Method, path: &str, outcome: &str, headers: Option<&http::HeaderMap>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics
+            .github_requests_total
+            .with_label_values(&[route_of(path), m.name(), outcome])
+            .inc();
+        let Some(headers) = headers else {
+            return;
+        };
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        let resource = headers
+            .get("x-ratelimit-resource")
+            .and_then(|v| v.to_str().ok())
+            .map_or("core", crate::metrics::rate_limit_resource);
+        if let Some(left) = number("x-ratelimit-remaining") {
+            metrics
+                .github_rate_limit_remaining
+                .with_label_values(&[resource])
+                .set(left);
+        }
+        if let Some(limit) = number("x-ratelimit-limit") {
+            metrics
+                .github_rate_limit
+                .with_label_values(&[resource])
+                .set(limit);
+        }
     }
 
     /// App mode: webhooks and installations.
@@ -312,7 +357,7 @@ impl GithubClient {
                 path: path.to_owned(),
                 message: format!("{e:#}"),
             })?;
-        Self::send(&client, method, path, body).await
+        self.send(&client, method, path, body).await
     }
 
     /// One API call with the App's own token (JWT).
@@ -322,7 +367,7 @@ impl GithubClient {
             path: path.to_owned(),
             message: "GitHub App mode is not configured".into(),
         })?;
-        Self::send(app, method, path, None).await
+        self.send(app, method, path, None).await
     }
 
     /// The login the App's comments carry (`<slug>[bot]`), asked of GitHub once with the App's
@@ -337,15 +382,19 @@ impl GithubClient {
     }
 
     async fn send(
+        &self,
         client: &Octocrab,
         m: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let transport = |e: octocrab::Error| ApiError::Transport {
-            method: m.name(),
-            path: path.to_owned(),
-            message: e.to_string(),
+        let transport = |e: octocrab::Error| {
+            self.count(m, path, "transport", None);
+            ApiError::Transport {
+                method: m.name(),
+                path: path.to_owned(),
+                message: e.to_string(),
+            }
         };
         let response = match m {
             Method::Get => client._get(path).await,
@@ -354,6 +403,7 @@ impl GithubClient {
         }
         .map_err(transport)?;
         let status = response.status().as_u16();
+        self.count(m, path, status_label(status), Some(response.headers()));
         let mut retry = retry_advice(status, response.headers());
         let text = client.body_to_string(response).await.map_err(transport)?;
         if (200..300).contains(&status) {
@@ -420,6 +470,60 @@ impl GithubClient {
     }
 }
 
+/// The route of an API path, its variable parts named (`/repos/{owner}/{repo}/pulls/{n}`):
+/// one of the routes autodev calls, else `other`, so the metric's labels stay few.
+pub fn route_of(path: &str) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/app",
+        "/installation/repositories",
+        "/repos/{owner}/{repo}/collaborators/{login}/permission",
+        "/repos/{owner}/{repo}/issues/{n}/reactions",
+        "/repos/{owner}/{repo}/issues/{n}/comments",
+        "/repos/{owner}/{repo}/issues/comments/{n}",
+        "/repos/{owner}/{repo}/commits/{sha}/check-runs",
+        "/repos/{owner}/{repo}/check-runs",
+        "/repos/{owner}/{repo}/check-runs/{n}",
+        "/repos/{owner}/{repo}/pulls",
+        "/repos/{owner}/{repo}/pulls/{n}",
+        "/repos/{owner}/{repo}/pulls/{n}/requested_reviewers",
+        "/repos/{owner}/{repo}/pulls/{n}/comments",
+    ];
+    let path = path.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    ROUTES
+        .iter()
+        .find(|route| {
+            let parts: Vec<&str> = route.trim_matches('/').split('/').collect();
+            parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(p, s)| match *p {
+                    "{n}" => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+                    "{owner}" | "{repo}" | "{login}" | "{sha}" => !s.is_empty(),
+                    literal => literal == *s,
+                })
+        })
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A status code as a label: the codes GitHub's API answers with, else its class.
+fn status_label(status: u16) -> &'static str {
+    const CODES: &[&str] = &[
+        "200", "201", "204", "304", "400", "401", "403", "404", "409", "410", "422", "429", "500",
+        "502", "503", "504",
+    ];
+    let code = status.to_string();
+    if let Some(known) = CODES.iter().find(|c| **c == code) {
+        return known;
+    }
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// GitHub's rate-limit rules: `Retry-After` first; else, with no requests left, wait for
 /// `x-ratelimit-reset`; a 403/429 without either is a secondary limit (wait at least a minute);
 /// 5xx back off; other 4xx will not get better.
@@ -474,6 +578,29 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn routes_name_their_variable_parts_and_nothing_else() {
+        assert_eq!(
+            route_of("/repos/o/r/issues/12/comments?per_page=100&page=2"),
+            "/repos/{owner}/{repo}/issues/{n}/comments"
+        );
+        assert_eq!(
+            route_of("/repos/o/r/issues/comments/991"),
+            "/repos/{owner}/{repo}/issues/comments/{n}"
+        );
+        assert_eq!(
+            route_of("/repos/o/r/commits/abc123/check-runs?check_name=autodev"),
+            "/repos/{owner}/{repo}/commits/{sha}/check-runs"
+        );
+        assert_eq!(route_of("/app"), "/app");
+        // A path autodev never calls, or a number where a word belongs, is `other`.
+        assert_eq!(route_of("/repos/o/r/issues/x/comments"), "other");
+        assert_eq!(route_of("/users/someone"), "other");
+        assert_eq!(status_label(201), "201");
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(599), "5xx");
     }
 
     #[test]

@@ -98,6 +98,61 @@ pub fn tail_chars(s: &str, limit: usize) -> String {
     s[start..].to_owned()
 }
 
+/// A live copy of children's output for people to watch while they run: the last
+/// [`Tap::LIMIT`] bytes of stdout and stderr as they came, and a count that changes with every
+/// write. Shared: the run that owns it copies it out while its children write.
+#[derive(Debug, Clone, Default)]
+pub struct Tap(std::sync::Arc<std::sync::Mutex<TapInner>>);
+
+#[derive(Debug, Default)]
+struct TapInner {
+    text: VecDeque<u8>,
+    writes: u64,
+}
+
+impl Tap {
+    pub const LIMIT: usize = 32 * 1024;
+
+    pub fn write(&self, bytes: &[u8]) {
+        let mut inner = self.0.lock().expect("lock");
+        inner.text.extend(bytes);
+        let excess = inner.text.len().saturating_sub(Self::LIMIT);
+        inner.text.drain(..excess);
+        inner.writes += 1;
+    }
+
+    /// A line of autodev's own between children's output (which gate runs now).
+    pub fn note(&self, line: &str) {
+        let inner = self.0.lock().expect("lock");
+        let ends_line = inner.text.back().is_none_or(|b| *b == b'\n');
+        drop(inner);
+        self.write(format!("{}── {line} ──\n", if ends_line { "" } else { "\n" }).as_bytes());
+    }
+
+    /// How many writes it has seen, and what it holds.
+    pub fn read(&self) -> (u64, String) {
+        let mut inner = self.0.lock().expect("lock");
+        let writes = inner.writes;
+        let bytes = inner.text.make_contiguous();
+        (writes, String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+tokio::task_local! {
+    /// The tap of the run this task works for, if its output is watched.
+    static RUN_TAP: Tap;
+}
+
+/// Runs `work` with `tap` as [`current_tap`] (what its agents and gates print goes there).
+pub async fn with_tap<F: std::future::Future>(tap: Tap, work: F) -> F::Output {
+    RUN_TAP.scope(tap, work).await
+}
+
+/// The tap of the run the calling task works for, if any.
+pub fn current_tap() -> Option<Tap> {
+    RUN_TAP.try_with(Tap::clone).ok()
+}
+
 /// A child that is running; `pgid` lets the caller record it for crash recovery.
 pub struct Started {
     pub pgid: i32,
@@ -113,6 +168,11 @@ pub struct Started {
 /// Starts `job` in a new process group. Errors when the program cannot be started (not found,
 /// not executable).
 pub fn start(job: Job) -> std::io::Result<Started> {
+    start_tapped(job, None)
+}
+
+/// [`start`], with the child's output also copied to `tap` as it comes.
+pub fn start_tapped(job: Job, tap: Option<Tap>) -> std::io::Result<Started> {
     use std::os::unix::process::CommandExt;
     let mut std_cmd = std::process::Command::new(&job.program);
     std_cmd
@@ -147,8 +207,18 @@ pub fn start(job: Job) -> std::io::Result<Started> {
     }
     let limit = job.output_limit.max(1);
     let stop_reading = CancellationToken::new();
-    let stdout = tokio::spawn(read_tail(child.stdout.take(), limit, stop_reading.clone()));
-    let stderr = tokio::spawn(read_tail(child.stderr.take(), limit, stop_reading.clone()));
+    let stdout = tokio::spawn(read_tail(
+        child.stdout.take(),
+        limit,
+        stop_reading.clone(),
+        tap.clone(),
+    ));
+    let stderr = tokio::spawn(read_tail(
+        child.stderr.take(),
+        limit,
+        stop_reading.clone(),
+        tap,
+    ));
     Ok(Started {
         pgid,
         child,
@@ -333,6 +403,15 @@ pub async fn run(job: Job, cancel: &CancellationToken) -> std::io::Result<Output
     Ok(start(job)?.wait(cancel).await)
 }
 
+/// [`run`], with the output also copied to `tap`.
+pub async fn run_tapped(
+    job: Job,
+    cancel: &CancellationToken,
+    tap: Option<Tap>,
+) -> std::io::Result<Output> {
+    Ok(start_tapped(job, tap)?.wait(cancel).await)
+}
+
 fn exit_ending(status: std::process::ExitStatus) -> Ending {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -487,6 +566,7 @@ async fn read_tail<R: AsyncRead + Unpin>(
     reader: Option<R>,
     limit: usize,
     stop: CancellationToken,
+    tap: Option<Tap>,
 ) -> (Vec<u8>, usize) {
     let Some(mut reader) = reader else {
         return (Vec::new(), 0);
@@ -502,6 +582,9 @@ async fn read_tail<R: AsyncRead + Unpin>(
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(tap) = &tap {
+                    tap.write(&buf[..n]);
+                }
                 kept.extend(&buf[..n]);
                 if kept.len() > limit {
                     let excess = kept.len() - limit;

@@ -234,7 +234,11 @@ pub async fn run(
             fd3: None,
         };
         let job = crate::proc::sandbox::confine(jail, job, &[]);
-        let started = exec::start(job);
+        let tap = exec::current_tap();
+        if let Some(tap) = &tap {
+            tap.note(&format!("gate {}: {command}", gate.name));
+        }
+        let started = exec::start_tapped(job, tap);
         let result = match started {
             Ok(started) => {
                 record(Some(started.pgid)).await;

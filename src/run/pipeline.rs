@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::core::faults::crash_point;
+use crate::core::ids::TaskKey;
 use crate::core::spec::{self, TaskSpec};
 use crate::engine::Engine;
 use crate::git::ops;
@@ -106,6 +107,55 @@ async fn requeue_orphan(engine: &Arc<Engine>, row: &TaskRow) -> anyhow::Result<(
     Ok(())
 }
 
+/// How often a run's output tail is written while it changes.
+const OUTPUT_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes `tap`'s output to the task's row whenever it changed, every [`OUTPUT_EVERY`], and a
+/// last time when `done`. The values of autodev's secrets are blotted out first (an agent
+/// sees its provider's key, and may be talked into printing it). A failed write is only
+/// logged: watching is not worth a run.
+async fn copy_output(
+    engine: Arc<Engine>,
+    key: TaskKey,
+    run_seq: i64,
+    tap: exec::Tap,
+    done: CancellationToken,
+) {
+    let mut secrets = engine.settings.env.secret_values();
+    if let Some(app) = engine.app() {
+        use secrecy::ExposeSecret;
+        let key = app.private_key.expose_secret().lines().map(str::trim);
+        for part in key.chain([app.webhook_secret.expose_secret()]) {
+            if part.len() >= 8 && !part.starts_with("-----") {
+                secrets.push(part.to_owned());
+            }
+        }
+        secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+    let mut written = 0;
+    loop {
+        let last = tokio::select! {
+            _ = tokio::time::sleep(OUTPUT_EVERY) => false,
+            _ = done.cancelled() => true,
+        };
+        let (writes, mut text) = tap.read();
+        if writes != written {
+            for secret in &secrets {
+                if text.contains(secret.as_str()) {
+                    text = text.replace(secret.as_str(), "[secret]");
+                }
+            }
+            match store::set_output(&engine.pool, key, run_seq, &text).await {
+                Ok(()) => written = writes,
+                Err(e) => tracing::debug!("writing the output tail: {e:#}"),
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 fn lease_ttl(engine: &Engine) -> Duration {
     engine
         .settings
@@ -148,7 +198,20 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     engine.track_running(key, cancel.clone());
     let started = Instant::now();
 
-    let result = pipeline(engine, &row, &cancel, &stop).await;
+    // What the agent and the gates print, copied to the task's row every second for pages
+    // in any process to show.
+    let tap = exec::Tap::default();
+    let watched = CancellationToken::new();
+    let copier = tokio::spawn(copy_output(
+        engine.clone(),
+        key,
+        run_seq,
+        tap.clone(),
+        watched.clone(),
+    ));
+    let result = exec::with_tap(tap, pipeline(engine, &row, &cancel, &stop)).await;
+    watched.cancel();
+    let _ = copier.await;
 
     drop(running);
     if stop.lease_lost() {
@@ -189,7 +252,7 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     engine
         .metrics
         .task_duration_seconds
-        .with_label_values(&[&row.role])
+        .with_label_values(&[&row.role, outcome.state.as_str()])
         .observe(started.elapsed().as_secs_f64());
     Ok(outcome.state)
 }

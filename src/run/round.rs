@@ -117,6 +117,7 @@ impl Rounds<'_> {
             )
             .await;
         }
+        count_spending(engine, &row.role, &chain);
         // Failed attempts that still cost something (API runs with prices) count too.
         let failed_cost = chain
             .attempts
@@ -238,4 +239,31 @@ async fn holds_cut_off_work(
         return Ok(false);
     };
     Ok(git.tree_of(&ws.home_git, &fork).await? != start.tree)
+}
+
+/// What a round's agents used, in the operators' metrics: tokens where the provider reports
+/// them, cost where it reports or prices it (failed attempts included).
+fn count_spending(engine: &crate::engine::Engine, role: &str, chain: &providers::ChainOutcome) {
+    let m = &engine.metrics;
+    for a in &chain.attempts {
+        if let Some(cost) = a.cost_usd {
+            m.agent_cost_usd_total
+                .with_label_values(&[&a.provider, role])
+                .inc_by(cost.max(0.0));
+        }
+    }
+    if let Some(report) = &chain.report {
+        if let Some(cost) = report.cost_usd {
+            m.agent_cost_usd_total
+                .with_label_values(&[&report.provider, role])
+                .inc_by(cost.max(0.0));
+        }
+        if let Some((input, output)) = report.tokens {
+            for (direction, n) in [("input", input), ("output", output)] {
+                m.agent_tokens_total
+                    .with_label_values(&[&report.provider, role, direction])
+                    .inc_by(n);
+            }
+        }
+    }
 }

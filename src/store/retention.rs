@@ -1,5 +1,5 @@
 //! What is kept, and for how long: pruning history older than `hygiene.keep_history_days`
-//! (webhook deliveries, the timelines and gate results of ended tasks, finished queue jobs
+//! (webhook deliveries, the timelines, gate results and output tails of ended tasks, finished queue jobs
 //! and the queue's dead workers, outsider-reply marks). Deletes go in batches, so that no
 //! prune holds SQLite's write lock long enough to make a request wait.
 
@@ -16,6 +16,8 @@ pub struct Pruned {
     pub payloads: u64,
     pub events: u64,
     pub gate_results: u64,
+    /// Live tails of ended tasks' runs.
+    pub outputs: u64,
     pub jobs: u64,
     pub workers: u64,
     pub outsider_replies: u64,
@@ -27,6 +29,7 @@ impl Pruned {
             + self.payloads
             + self.events
             + self.gate_results
+            + self.outputs
             + self.jobs
             + self.workers
             + self.outsider_replies
@@ -72,6 +75,14 @@ pub async fn prune(pool: &SqlitePool, before: DateTime<Utc>) -> anyhow::Result<P
                (SELECT g.id FROM gate_results g JOIN tasks t ON t.pk = g.task_pk
                 WHERE g.at < ?1 AND t.state NOT IN ('queued', 'running') LIMIT ?2)",
             Cutoff::Time(before),
+        )
+        .await?,
+        outputs: batched(
+            pool,
+            "DELETE FROM task_output WHERE task_pk IN
+               (SELECT o.task_pk FROM task_output o JOIN tasks t ON t.pk = o.task_pk
+                WHERE o.updated_ms < ?1 AND t.state NOT IN ('queued', 'running') LIMIT ?2)",
+            Cutoff::Unix(before.timestamp_millis()),
         )
         .await?,
         jobs: batched(
@@ -168,11 +179,31 @@ pub async fn ended_with_worktree_in(
     .await?)
 }
 
-/// The gauges that reflect state: tasks queued, and tasks holding a worktree.
-pub async fn gauges(pool: &SqlitePool) -> anyhow::Result<(i64, i64)> {
+/// What the gauges show: state every process shares, read from the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Gauges {
+    pub queued: i64,
+    pub running: i64,
+    /// Tasks holding a worktree.
+    pub worktrees: i64,
+    /// GitHub effects (outbox jobs) not yet done.
+    pub outbox_backlog: i64,
+    /// The id of the oldest of them: a ULID, which tells when it was queued.
+    pub outbox_oldest: Option<String>,
+}
+
+/// The gauges, in one statement.
+pub async fn gauges(pool: &SqlitePool) -> anyhow::Result<Gauges> {
     Ok(sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'queued'),
-                (SELECT COUNT(*) FROM tasks WHERE worktree IS NOT NULL)",
+        "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'queued') AS queued,
+                (SELECT COUNT(*) FROM tasks WHERE state = 'running') AS running,
+                (SELECT COUNT(*) FROM tasks WHERE worktree IS NOT NULL) AS worktrees,
+                (SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.outbox'
+                    AND (status IN ('Pending', 'Queued', 'Running')
+                         OR (status = 'Failed' AND attempts < max_attempts))) AS outbox_backlog,
+                (SELECT MIN(id) FROM Jobs WHERE job_type = 'autodev.outbox'
+                    AND (status IN ('Pending', 'Queued', 'Running')
+                         OR (status = 'Failed' AND attempts < max_attempts))) AS outbox_oldest",
     )
     .fetch_one(pool)
     .await?)

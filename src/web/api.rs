@@ -88,10 +88,25 @@ pub fn router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
         ));
     Router::new()
         .merge(tasks)
+        .route("/", get(crate::web::board::page))
+        .route("/events", get(crate::web::board::stream))
+        .route(
+            "/login",
+            get(crate::web::board::login_page).post(crate::web::board::login),
+        )
+        .route("/logout", post(crate::web::board::logout))
         .route("/view/tasks/{id}", get(crate::web::pages::local_page))
+        .route(
+            "/view/tasks/{id}/events",
+            get(crate::web::pages::local_stream),
+        )
         .route(
             "/view/repos/{owner}/{repo}/tasks/{id}",
             get(crate::web::pages::repo_page),
+        )
+        .route(
+            "/view/repos/{owner}/{repo}/tasks/{id}/events",
+            get(crate::web::pages::repo_stream),
         )
         .route(
             "/webhooks/github",
@@ -115,7 +130,37 @@ pub fn router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
         .with_state(engine)
 }
 
-/// With `AUTODEV_API_TOKEN` set, every task route needs `Authorization: Bearer <token>`.
+/// What an `autodev worker` serves on its own address (`--metrics-bind`): its metrics and
+/// its probes, nothing else. `/metrics` needs the token when one is set, as on `serve`.
+pub fn worker_router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
+    let hosts = Arc::new(crate::web::guard::AllowedHosts::new(
+        &engine.settings,
+        bound,
+    ));
+    Router::new()
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(
+                engine.clone(),
+                require_token,
+            )),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "a worker serves only /metrics, /healthz and /readyz",
+            )
+        })
+        .layer(middleware::from_fn(move |request, next| {
+            crate::web::guard::refuse_browsers(hosts.clone(), request, next)
+        }))
+        .with_state(engine)
+}
+
+/// With `AUTODEV_API_TOKEN` set, every task route needs `Authorization: Bearer <token>`, or
+/// a signed-in dashboard page's session cookie with its CSRF token (see `web::session`).
 async fn require_token(
     State(engine): State<Arc<Engine>>,
     request: Request,
@@ -128,7 +173,8 @@ async fn require_token(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
+        let bearer = constant_time_eq(given.as_bytes(), token.expose_secret().as_bytes());
+        if !bearer && !crate::web::session::authorises(token.expose_secret(), request.headers()) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong `Authorization: Bearer <token>` (AUTODEV_API_TOKEN)",
@@ -402,12 +448,9 @@ async fn github_webhook(
     };
     use crate::bot::intake::{self, DeliveryHeaders, Intake, IntakeError};
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    // A label from the header only when it looks like an event name, so a forged request
-    // cannot grow the metric without bound.
-    let event = header("x-github-event")
-        .filter(|e| e.len() <= 40 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-        .unwrap_or("unknown")
-        .to_owned();
+    // A label only from a fixed list of event names, so a forged request cannot grow the
+    // metric.
+    let event = crate::metrics::event_label(header("x-github-event").unwrap_or(""));
     let result = intake::receive(
         &engine,
         DeliveryHeaders {
@@ -461,7 +504,7 @@ async fn github_webhook(
     let event = if outcome == "unauthorized" {
         "unverified"
     } else {
-        event.as_str()
+        event
     };
     engine
         .metrics

@@ -1,14 +1,19 @@
-//! Task pages for people: the check run's Details link and the status comment's link lead
-//! here. A browser following a link from GitHub carries no bearer token, so with
-//! `AUTODEV_API_TOKEN` set a page needs the signature autodev puts into the links it makes
-//! (an HMAC of the task's name under that token): whoever can see the link can read the page,
-//! nobody can guess another's.
+//! Task pages for people: the check run's Details link, the status comment's link and the
+//! dashboard lead here. A browser following a link from GitHub carries no bearer token, so
+//! with `AUTODEV_API_TOKEN` set a page needs the signature autodev puts into the links it
+//! makes (an HMAC of the task's name under that token), or a signed-in session: whoever can
+//! see the link can read the page, nobody can guess another's. Only a signed-in session (or
+//! a server without a token) gets the cancel and retry buttons. A page stays live through a
+//! stream of server-sent events that re-reads the task from the database.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -17,6 +22,10 @@ use crate::config::Settings;
 use crate::core::ids::RepoName;
 use crate::engine::Engine;
 use crate::store::{self, EventRow, GateRow, TaskRow};
+use crate::web::session::Viewer;
+
+/// How often a page's stream looks at the database for a change.
+pub const STREAM_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 pub struct Signed {
@@ -27,6 +36,23 @@ pub struct Signed {
 #[template(path = "task.html")]
 struct TaskPage<'a> {
     title: &'a str,
+    task_id: &'a str,
+    state: &'a str,
+    live: bool,
+    /// Whether the viewer came from the dashboard (is signed in, or needs no sign-in).
+    dashboard: bool,
+    may_act: bool,
+    /// The task's JSON API path (`/tasks/{id}` or `/repos/{o}/{r}/tasks/{id}`).
+    api: String,
+    csrf_json: String,
+    stream: String,
+    body: String,
+}
+
+/// What changes while a task runs: the part of its page the stream sends again.
+#[derive(Template)]
+#[template(path = "task_live.html")]
+struct TaskLive<'a> {
     task_id: &'a str,
     repo: &'a str,
     state: &'a str,
@@ -39,16 +65,42 @@ struct TaskPage<'a> {
     provider: Option<&'a str>,
     rounds: i64,
     runs: i64,
+    cost: Option<String>,
     head_sha: Option<&'a str>,
     created_at: String,
     finished_at: Option<String>,
+    duration: String,
     last_error: Option<&'a str>,
+    output: Option<String>,
+    output_run: Option<i64>,
     gates: Vec<GateRow>,
     events: Vec<EventRow>,
 }
 
-fn stamp(at: DateTime<Utc>) -> String {
+pub fn stamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// How long a task has run (or ran): `1h 02m`, `3m 05s`, `12s`; empty before it started.
+pub fn duration(t: &TaskRow, now: DateTime<Utc>) -> String {
+    let Some(start) = t.started_at else {
+        return String::new();
+    };
+    let end = if t.state.is_terminal() {
+        t.finished_at.unwrap_or(t.updated_at)
+    } else {
+        now
+    };
+    let s = (end - start).num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+pub fn money(usd: f64) -> String {
+    format!("${usd:.2}")
 }
 
 /// `/view/tasks/{id}`: a local task.
@@ -56,8 +108,9 @@ pub async fn local_page(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(q): Query<Signed>,
+    headers: HeaderMap,
 ) -> Response {
-    show(&engine, &RepoName::local(), &id, q).await
+    show(&engine, &RepoName::local(), &id, q, &headers).await
 }
 
 /// `/view/repos/{owner}/{repo}/tasks/{id}`.
@@ -65,44 +118,120 @@ pub async fn repo_page(
     State(engine): State<Arc<Engine>>,
     Path((owner, repo, id)): Path<(String, String, String)>,
     Query(q): Query<Signed>,
+    headers: HeaderMap,
 ) -> Response {
-    show(&engine, &RepoName::github(&owner, &repo), &id, q).await
+    show(&engine, &RepoName::github(&owner, &repo), &id, q, &headers).await
 }
 
-/// The signature is checked before the task is looked up, so unsigned requests learn
+/// `/view/tasks/{id}/events`: the page's stream.
+pub async fn local_stream(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<Signed>,
+    headers: HeaderMap,
+) -> Response {
+    stream(engine, RepoName::local(), id, q, &headers).await
+}
+
+/// `/view/repos/{owner}/{repo}/tasks/{id}/events`.
+pub async fn repo_stream(
+    State(engine): State<Arc<Engine>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+    Query(q): Query<Signed>,
+    headers: HeaderMap,
+) -> Response {
+    stream(engine, RepoName::github(&owner, &repo), id, q, &headers).await
+}
+
+/// Whether the request may read the page: no token configured, the link's signature, or a
+/// signed-in session. Checked before the task is looked up, so a refused request learns
 /// nothing, not even whether a task exists.
-async fn show(engine: &Engine, repo: &RepoName, id: &str, q: Signed) -> Response {
-    let settings = &engine.settings;
-    if settings.api_token.is_some() {
-        let want = crate::links::signature(settings, repo.as_str(), id);
-        let given = q.sig.unwrap_or_default();
-        if !crate::web::api::constant_time_eq(given.as_bytes(), want.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "this page needs the signed link autodev posts (the check run's Details, the status comment, `autodev status`)",
-            )
-                .into_response();
-        }
+fn may_read(settings: &Settings, repo: &RepoName, id: &str, q: &Signed, viewer: &Viewer) -> bool {
+    if settings.api_token.is_none() || matches!(viewer, Viewer::SignedIn { .. }) {
+        return true;
     }
-    match store::find_task(&engine.pool, repo, id).await {
-        Ok(Some(row)) => page(engine, row).await,
-        Ok(None) => not_found(id),
-        Err(e) => failure(e),
-    }
+    let want = crate::links::signature(settings, repo.as_str(), id);
+    let given = q.sig.as_deref().unwrap_or_default();
+    crate::web::api::constant_time_eq(given.as_bytes(), want.as_bytes())
 }
 
-async fn page(engine: &Engine, t: TaskRow) -> Response {
+fn unsigned() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "this page needs the signed link autodev posts (the check run's Details, the status comment, `autodev status`), or signing in at /login",
+    )
+        .into_response()
+}
+
+async fn show(
+    engine: &Engine,
+    repo: &RepoName,
+    id: &str,
+    q: Signed,
+    headers: &HeaderMap,
+) -> Response {
     let settings = &engine.settings;
-    let (events, gates) = match (
-        store::events(&engine.pool, t.pk).await,
-        store::gate_results(&engine.pool, t.pk).await,
-    ) {
-        (Ok(e), Ok(g)) => (e, g),
-        (Err(e), _) | (_, Err(e)) => return failure(e),
+    let viewer = Viewer::of(settings, headers);
+    if !may_read(settings, repo, id, &q, &viewer) {
+        return unsigned();
+    }
+    let t = match store::find_task(&engine.pool, repo, id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return not_found(id),
+        Err(e) => return failure(e),
     };
-    let pr_url = t.pr_number.and_then(|n| pr_url(settings, &t, n));
+    let body = match live_part(engine, &t).await {
+        Ok(body) => body,
+        Err(e) => return failure(e),
+    };
+    let view = crate::links::path(settings, &t.repo, &t.task_id);
+    let (path, query) = view.split_once('?').unwrap_or((view.as_str(), ""));
+    let stream = match query {
+        "" => format!("{path}/events"),
+        q => format!("{path}/events?{q}"),
+    };
+    let api = if t.repo == "local" {
+        format!("/tasks/{}", t.task_id)
+    } else {
+        format!("/repos/{}/tasks/{}", t.repo, t.task_id)
+    };
     let page = TaskPage {
         title: &t.title,
+        task_id: &t.task_id,
+        state: t.state.as_str(),
+        live: !t.state.is_terminal(),
+        dashboard: viewer.may_act(),
+        may_act: viewer.may_act(),
+        api,
+        csrf_json: script_string(viewer.csrf()),
+        stream,
+        body,
+    };
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => failure(e.into()),
+    }
+}
+
+/// `s` as a JavaScript string literal that is safe inside a `<script>` element.
+pub fn script_string(s: &str) -> String {
+    serde_json::to_string(s)
+        .expect("a string serialises")
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+/// The part of a task's page that changes while it runs, rendered.
+async fn live_part(engine: &Engine, t: &TaskRow) -> anyhow::Result<String> {
+    let (events, gates, output) = tokio::try_join!(
+        store::events(&engine.pool, t.pk),
+        store::gate_results(&engine.pool, t.pk),
+        store::output(&engine.pool, t.pk),
+    )?;
+    let settings = &engine.settings;
+    let pr_url = t.pr_number.and_then(|n| pr_url(settings, t, n));
+    let part = TaskLive {
         task_id: &t.task_id,
         repo: &t.repo,
         state: t.state.as_str(),
@@ -115,17 +244,68 @@ async fn page(engine: &Engine, t: TaskRow) -> Response {
         provider: t.provider.as_deref(),
         rounds: t.rounds,
         runs: t.run_seq,
+        cost: t.cost_usd.map(money),
         head_sha: t.head_sha.as_deref(),
         created_at: stamp(t.created_at),
         finished_at: t.finished_at.map(stamp),
+        duration: duration(t, Utc::now()),
         last_error: t.last_error.as_deref(),
+        output_run: output.as_ref().map(|o| o.run_seq),
+        output: output.map(|o| o.text).filter(|t| !t.is_empty()),
         gates,
         events,
     };
-    match page.render() {
-        Ok(html) => Html(html).into_response(),
-        Err(e) => failure(e.into()),
+    Ok(part.render()?)
+}
+
+/// The page's stream: an `update` event with the page's changing part whenever the task, its
+/// timeline or its output changed in the database, and an `end` event once it has ended.
+async fn stream(
+    engine: Arc<Engine>,
+    repo: RepoName,
+    id: String,
+    q: Signed,
+    headers: &HeaderMap,
+) -> Response {
+    let viewer = Viewer::of(&engine.settings, headers);
+    if !may_read(&engine.settings, &repo, &id, &q, &viewer) {
+        return unsigned();
     }
+    let t = match store::find_task(&engine.pool, &repo, &id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return not_found(&id),
+        Err(e) => return failure(e),
+    };
+    let key = t.pk;
+    let events = futures::stream::unfold(
+        (engine, None, false),
+        move |(engine, last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let mark = store::task_mark(&engine.pool, key).await.ok();
+                if mark.is_some() && mark != last {
+                    // A read that fails is tried again at the next look, not taken for an end.
+                    if let Ok(Some(row)) = store::get_task(&engine.pool, key).await
+                        && let Ok(html) = live_part(&engine, &row).await
+                    {
+                        let done = row.state.is_terminal();
+                        let event = Event::default().event("update").data(html);
+                        return Some((Ok::<_, Infallible>(event), (engine, mark, done)));
+                    }
+                }
+                tokio::time::sleep(STREAM_EVERY).await;
+            }
+        },
+    );
+    let ending = futures::stream::once(async {
+        Ok::<_, Infallible>(Event::default().event("end").data("the task has ended"))
+    });
+    use futures::StreamExt;
+    Sse::new(events.chain(ending))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The pull request on GitHub's web host (github.com, or the Enterprise Server's).
@@ -145,7 +325,7 @@ fn not_found(id: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("no task `{id}`")).into_response()
 }
 
-fn failure(e: anyhow::Error) -> Response {
-    tracing::error!("task page: {e:#}");
+pub fn failure(e: anyhow::Error) -> Response {
+    tracing::error!("page: {e:#}");
     (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }

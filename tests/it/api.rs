@@ -93,7 +93,8 @@ async fn yaml_and_json_specs_run_to_passed_on_their_branches() {
     assert!(metrics.contains("autodev_active_worktrees 2"), "{metrics}");
     assert!(metrics.contains("autodev_queue_size 0"), "{metrics}");
     assert!(
-        metrics.contains(r#"autodev_task_duration_seconds_count{role="backend"} 2"#),
+        metrics
+            .contains(r#"autodev_task_duration_seconds_count{outcome="passed",role="backend"} 2"#),
         "{metrics}"
     );
     let build = format!(

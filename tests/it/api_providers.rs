@@ -83,6 +83,15 @@ async fn the_anthropic_api_writes_the_change_through_tools_confined_to_the_workt
         task.timeline().contains("400 tokens in, 80 out"),
         "{task:#}"
     );
+    // Operators see the same by provider and role.
+    let metrics = server.metrics().await;
+    for line in [
+        r#"autodev_agent_tokens_total{direction="input",provider="anthropic_api",role="backend"} 400"#,
+        r#"autodev_agent_tokens_total{direction="output",provider="anthropic_api",role="backend"} 80"#,
+        r#"autodev_agent_cost_usd_total{provider="anthropic_api",role="backend"} 0.0024"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
     assert_eq!(
         git(&world.repo, &["show", "auto/backend/API-1:src/feature.txt"]),
         "x"

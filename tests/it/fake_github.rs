@@ -100,7 +100,12 @@ pub struct St {
     pub manifest_codes: Vec<String>,
     /// The App's private key, which a conversion hands over.
     private_pem: String,
+    /// Requests counted against the rate limit (`x-ratelimit-used`), as GitHub counts them.
+    pub rate_used: u64,
 }
+
+/// The size of the fake's rate-limit window, as GitHub's for an installation.
+pub const RATE_LIMIT: u64 = 5000;
 
 /// GitHub failing at random: `percent` of requests fail in one of [`FAULTS`]' ways, chosen by
 /// a generator seeded with `seed` (printed, so a failing run can be played again).
@@ -221,6 +226,10 @@ impl FakeGithub {
                 )
             })
             .layer(axum::middleware::from_fn_with_state(state.clone(), chaos))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rate_limit_headers,
+            ))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1083,6 +1092,42 @@ async fn request_reviewers(
     }
     let v = pull_json(p);
     (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+/// GitHub's rate-limit headers, on every answer: each request uses one of [`RATE_LIMIT`].
+async fn rate_limit_headers(
+    State(s): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let used = {
+        let mut st = s.lock().unwrap();
+        st.rate_used += 1;
+        st.rate_used
+    };
+    let mut response = next.run(request).await;
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    for (name, value) in [
+        ("x-ratelimit-limit", RATE_LIMIT.to_string()),
+        (
+            "x-ratelimit-remaining",
+            RATE_LIMIT.saturating_sub(used).to_string(),
+        ),
+        ("x-ratelimit-used", used.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+        ("x-ratelimit-resource", "core".to_owned()),
+    ] {
+        // A test's own limit headers (an exhausted window) stand.
+        response
+            .headers_mut()
+            .entry(name)
+            .or_insert(axum::http::HeaderValue::from_str(&value).unwrap());
+    }
+    response
 }
 
 /// Plays [`Chaos`]: fails a request before it reaches its handler, or after.

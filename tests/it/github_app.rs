@@ -44,6 +44,42 @@ async fn a_label_from_a_writer_makes_one_task_with_a_reaction_and_a_status_comme
     );
     assert_eq!(a.tasks().await.len(), 1, "one task per issue");
     assert_eq!(issue.comments_with("autodev:status").len(), 1);
+
+    // Operators see GitHub's calls by route and outcome, and the rate limit GitHub reported.
+    let metrics = a.server.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"autodev_github_requests_total{method="POST",outcome="201",route="/repos/{owner}/{repo}/issues/{n}/reactions"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="/repos/{owner}/{repo}/check-runs""#),
+        "{metrics}"
+    );
+    let used = a.fake.state.lock().unwrap().rate_used;
+    let left: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"autodev_github_rate_limit_remaining{resource="core"} "#))
+        .expect("the remaining rate limit")
+        .parse()
+        .unwrap();
+    assert!(left < crate::fake_github::RATE_LIMIT && left >= crate::fake_github::RATE_LIMIT - used);
+    assert!(
+        metrics.contains(r#"autodev_github_rate_limit{resource="core"} 5000"#),
+        "{metrics}"
+    );
+    // Everything GitHub was to be told has been told.
+    eventually("an empty outbox", async || {
+        let metrics = a.server.metrics().await;
+        match metrics.contains("autodev_outbox_backlog 0")
+            && metrics.contains("autodev_outbox_oldest_seconds 0")
+        {
+            true => Ok(()),
+            false => Err(metrics),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

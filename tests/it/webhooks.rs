@@ -70,7 +70,7 @@ pub async fn deliver(
     send(server, event, delivery, &body, Some(&sig)).await
 }
 
-async fn send(
+pub async fn send(
     server: &Server,
     event: &str,
     delivery: &str,
@@ -238,11 +238,24 @@ async fn what_autodev_does_not_act_on_is_answered_and_counted() {
     let body = accepted(&server, "issue_comment", "s-4", &comment).await;
     assert_eq!(body, ignored("comment holds no /autodev command"));
     assert_eq!(count(&pool, NON_CHORE_JOBS).await, 0);
+    // An event name GitHub never sends, even signed, is counted as `other`: a name from a
+    // request never becomes a label of its own.
+    for (i, made_up) in ["x_made_up_event", "issues2", "ISSUES"].iter().enumerate() {
+        let (status, _) = deliver(&server, made_up, &format!("s-x{i}"), &json!({})).await;
+        assert!(status < 500, "{status}");
+    }
     let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"autodev_webhook_deliveries_total{event="star",outcome="ignored"} 1"#),
         "{metrics}"
     );
+    assert!(metrics.contains(r#"event="other""#), "{metrics}");
+    for made_up in ["x_made_up_event", "issues2", "ISSUES"] {
+        assert!(
+            !metrics.contains(made_up),
+            "{made_up} became a label:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
