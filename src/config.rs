@@ -68,8 +68,7 @@ impl Env {
 
     /// The values of variables whose names say they hold a secret (`*KEY*`, `*TOKEN*`,
     /// `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`), and of the files `*_FILE` variables of such
-    /// names point to: what is blotted out of output shown to people. Values shorter than 8
-    /// characters are left alone (blotting `true` or `1` out would garble every text).
+    /// names point to: what is blotted out of text shown to people (`core::blot`).
     pub fn secret_values(&self) -> Vec<String> {
         const MARKS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"];
         let mut values: Vec<String> = Vec::new();
@@ -85,14 +84,14 @@ impl Env {
                 None => value.trim().to_owned(),
             };
             // A PEM key is blotted out line by line, as output would show it.
-            for part in value.lines().map(str::trim) {
-                if part.len() >= 8 && !values.iter().any(|v| v == part) {
-                    values.push(part.to_owned());
-                }
-            }
+            values.extend(
+                value
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_owned),
+            );
         }
-        // Longest first, so a secret that holds another is blotted out whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::core::blot::Secrets;
 use crate::core::ids::{RepoName, TaskKey};
 use crate::core::roles::Roles;
 use crate::core::spec::TaskSpec;
@@ -54,6 +55,13 @@ pub struct Engine {
     interrupting: std::sync::atomic::AtomicBool,
     /// Room kept on the data directory's disk, given back when it fills up.
     pub disk: crate::proc::reserve::Reserve,
+    /// Wakes this process's queue workers when a job for them is committed.
+    pub wakeups: jobs::Wakeups,
+    /// What is blotted out of text people see (see [`Engine::secrets`]).
+    secrets: std::sync::RwLock<Arc<Secrets>>,
+    /// Cancelled when the process begins to stop (SIGTERM): what waits on it (the HTTP
+    /// server, open event streams, the workers) winds down.
+    pub stopping: CancellationToken,
 }
 
 /// The HOMEs of one run, removed when dropped.
@@ -150,7 +158,7 @@ impl Engine {
             &settings.data_dir,
             settings.file.database.reserve_mb * 1024 * 1024,
         );
-        Ok(Arc::new(Self {
+        let engine = Arc::new(Self {
             disk,
             sandbox,
             github: std::sync::RwLock::new(github),
@@ -166,7 +174,12 @@ impl Engine {
             workers: WorkerHealth::default(),
             running: Mutex::new(HashMap::new()),
             interrupting: std::sync::atomic::AtomicBool::new(false),
-        }))
+            wakeups: jobs::Wakeups::default(),
+            secrets: std::sync::RwLock::default(),
+            stopping: CancellationToken::new(),
+        });
+        engine.set_secrets(Vec::new());
+        Ok(engine)
     }
 
     /// What a sandboxed agent or gate working in `worktree` may reach besides its own HOME:
@@ -424,14 +437,13 @@ impl Engine {
         )
         .await?;
         store::set_job_id(&mut *tx, key, &job_id).await?;
+        // The timeline's first event goes in the same commit: one commit per task.
+        let queued = format!("queued as job {job_id} for branch {branch}");
+        self.record_in(&mut tx, key, 1, crate::store::EventKind::Queued, &queued)
+            .await?;
         tx.commit().await.context("committing task")?;
-        self.record(
-            key,
-            1,
-            crate::store::EventKind::Queued,
-            &format!("queued as job {job_id} for branch {branch}"),
-        )
-        .await;
+        self.wakeups.wake::<RunTask>();
+        self.announce(key, 1, crate::store::EventKind::Queued, &queued);
         Ok(Submitted {
             job_id,
             task_id: spec.id.to_string(),
@@ -533,14 +545,18 @@ impl Engine {
         )
         .await?;
         store::set_job_id(&mut *tx, key, &job_id).await?;
-        tx.commit().await?;
-        self.record(
+        let queued = format!("retry queued as job {job_id}");
+        self.record_in(
+            &mut tx,
             key,
             run_seq,
             crate::store::EventKind::Queued,
-            &format!("retry queued as job {job_id}"),
+            &queued,
         )
-        .await;
+        .await?;
+        tx.commit().await?;
+        self.wakeups.wake::<RunTask>();
+        self.announce(key, run_seq, crate::store::EventKind::Queued, &queued);
         Ok(Some(job_id))
     }
 
@@ -554,9 +570,14 @@ impl Engine {
             tx.commit().await?;
             anyhow::Ok(())
         };
-        if let Err(e) = written.await {
-            self.note_disk_full(&e);
-            tracing::warn!(task = %key, "could not record event: {e:#}");
+        match written.await {
+            // The status comment's update, when the event queued one.
+            Ok(()) if self.app_mode() => self.wakeups.wake::<jobs::OutboxJob>(),
+            Ok(()) => {}
+            Err(e) => {
+                self.note_disk_full(&e);
+                tracing::warn!(task = %key, "could not record event: {e:#}");
+            }
         }
         self.announce(key, run_seq, kind, message);
     }
@@ -572,7 +593,8 @@ impl Engine {
         kind: store::EventKind,
         message: &str,
     ) -> anyhow::Result<()> {
-        store::add_event(&mut *tx, key, run_seq, kind, message).await?;
+        let message = self.secrets().blot(message);
+        store::add_event(&mut *tx, key, run_seq, kind, &message).await?;
         if self.app_mode()
             && kind.changes_status()
             && store::get_task(&mut *tx, key)
@@ -594,6 +616,35 @@ impl Engine {
             kind: kind_name.to_owned(),
             message: message.to_owned(),
         });
+    }
+
+    /// The values blotted out of what people see (timeline, gate output, errors, output
+    /// tails): secret-looking variables of autodev's environment, the App's key and webhook
+    /// secret, and what [`Engine::set_secrets`] added last (the agents' login files).
+    pub fn secrets(&self) -> Arc<Secrets> {
+        self.secrets.read().expect("lock").clone()
+    }
+
+    /// Sets the secrets to blot out: the environment's and the App's, and `more`.
+    pub fn set_secrets(&self, more: Vec<String>) {
+        let mut values = self.settings.env.secret_values();
+        if let Some(token) = &self.settings.api_token {
+            use secrecy::ExposeSecret;
+            values.push(token.expose_secret().to_owned());
+        }
+        if let Some(app) = self.app.read().expect("lock").as_ref() {
+            use secrecy::ExposeSecret;
+            let key = app.private_key.expose_secret();
+            values.extend(
+                key.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_owned),
+            );
+            values.push(app.webhook_secret.expose_secret().to_owned());
+        }
+        values.extend(more);
+        *self.secrets.write().expect("lock") = Arc::new(Secrets::new(values));
     }
 
     /// Registers a running task's cancel token so a cancel in this process acts at once.

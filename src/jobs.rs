@@ -6,10 +6,12 @@
 //! `maintenance` perform); this module imports `core` and the store's connection types only,
 //! never what performs a job, nor the engine.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::TaskBuilder;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::core::ids::TaskKey;
 
@@ -41,6 +43,46 @@ pub async fn push<J: Job>(
         .await
         .map_err(|e| anyhow::anyhow!("queueing a job on {}: {e}", J::QUEUE))?;
     Ok(id.to_string())
+}
+
+/// Wakes this process's worker of a queue once a job for it is committed, so that it fetches
+/// at once instead of at its next poll; workers of other processes find the job at theirs.
+/// (Not SQLite's update hook: it fires before the commit, when the job cannot be fetched yet.)
+#[derive(Debug, Default)]
+pub struct Wakeups(std::sync::Mutex<std::collections::HashMap<&'static str, Arc<Notify>>>);
+
+impl Wakeups {
+    fn of(&self, queue: &'static str) -> Arc<Notify> {
+        self.0
+            .lock()
+            .expect("lock")
+            .entry(queue)
+            .or_default()
+            .clone()
+    }
+
+    /// Says that a job of `J`'s queue was committed. A wake with no worker waiting is kept
+    /// for the next one that waits.
+    pub fn wake<J: Job>(&self) {
+        self.of(J::QUEUE).notify_one();
+    }
+
+    /// What a worker of `queue` polls by: each wake, and every `every` in any case.
+    pub fn stream(
+        &self,
+        queue: &'static str,
+        every: Duration,
+    ) -> std::pin::Pin<Box<dyn futures::Stream<Item = ()> + Send>> {
+        let woken = futures::stream::unfold(self.of(queue), |notify| async move {
+            notify.notified().await;
+            Some(((), notify))
+        });
+        let ticks = futures::stream::unfold((), move |()| async move {
+            tokio::time::sleep(every).await;
+            Some(((), ()))
+        });
+        Box::pin(futures::stream::select(woken, ticks))
+    }
 }
 
 /// How many times a delivery or a GitHub effect is tried before it is given up.

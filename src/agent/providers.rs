@@ -175,6 +175,33 @@ impl Provider {
     }
 }
 
+/// What the configured providers hold that people must not see: the values of the variables
+/// each may see by its `env` list, and every string of the CLIs' login files in the
+/// operator's HOME (tokens a subscription login keeps there).
+pub fn login_secrets(config: &ProvidersConfig, env: &Env) -> Vec<String> {
+    let mut values = Vec::new();
+    for provider in chain(config, None).unwrap_or_default() {
+        values.extend(
+            provider
+                .entry
+                .env
+                .iter()
+                .filter_map(|name| env.get(name))
+                .map(str::to_owned),
+        );
+        let (Some(file), Some(home)) = (provider.credential_file(), env.get("HOME")) else {
+            continue;
+        };
+        let login = std::fs::read_to_string(Path::new(home).join(file))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        if let Some(login) = login {
+            crate::core::blot::json_strings(&login, &mut values);
+        }
+    }
+    values
+}
+
 /// The configured chain, in order; `only` narrows it to one provider (a spec's
 /// `provider_override`).
 pub fn chain(config: &ProvidersConfig, only: Option<&str>) -> Result<Vec<Provider>, String> {

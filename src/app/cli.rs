@@ -352,6 +352,14 @@ async fn serve(settings: Settings, http: Http) -> anyhow::Result<i32> {
         )
     })?;
     let api = matches!(http, Http::Api);
+    if let Http::Metrics(Some(metrics)) = &http
+        && !metrics.ip().is_loopback()
+        && settings.api_token.is_none()
+    {
+        bail!(
+            "refusing to serve metrics on {metrics} without AUTODEV_API_TOKEN: set it (Prometheus then sends it as a bearer token), or bind to 127.0.0.1"
+        );
+    }
     if api && !addr.ip().is_loopback() && settings.api_token.is_none() {
         bail!(
             "refusing to listen on {addr} without AUTODEV_API_TOKEN: anyone who reaches it could run agents. Set AUTODEV_API_TOKEN, or bind to 127.0.0.1"
@@ -374,7 +382,9 @@ async fn serve(settings: Settings, http: Http) -> anyhow::Result<i32> {
             ),
         }
     }
-    let shutdown = CancellationToken::new();
+    // The engine's own: open event streams end with it, or the HTTP server would wait for
+    // them before the workers drain.
+    let shutdown = engine.stopping.clone();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(sweep_periodically(engine.clone(), shutdown.clone()));
     tokio::spawn(crate::maintenance::run_schedules(

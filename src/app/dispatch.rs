@@ -113,6 +113,10 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
+/// How often a worker looks for jobs that no wake-up announced (jobs queued by another
+/// process, or delayed ones coming due).
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
 /// One apalis worker on `$queue` for job type `$args`, handled by `$handler`, until `$shutdown`.
 macro_rules! run_queue_worker {
     ($engine:expr, $name:expr, $queue:expr, $args:ty, $handler:expr, $concurrency:expr, $shutdown:expr) => {{
@@ -124,7 +128,7 @@ macro_rules! run_queue_worker {
             .missed_heartbeats(workers.missed_heartbeats as usize);
         let storage = SqliteStorage::<$args>::new(&$engine.pool)
             .with_config(config)
-            .poll_with_interval(Duration::from_millis(500));
+            .poll_with_stream($engine.wakeups.stream($queue, POLL_EVERY));
         let worker = WorkerBuilder::new($name.clone())
             .backend(storage)
             .data($engine.clone())

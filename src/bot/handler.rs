@@ -399,6 +399,7 @@ impl Ctx<'_> {
         let job = jobs::push(&mut tx, &RunTask { task: key, run }, Duration::ZERO).await?;
         store::set_job_id(&mut *tx, key, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
+        engine.wakeups.wake::<RunTask>();
         if let Some(notice) = &notice {
             engine
                 .record(key, run, crate::store::EventKind::Settings, notice)
@@ -588,6 +589,7 @@ impl Ctx<'_> {
         let job = jobs::push(&mut tx, &RunTask { task: task.pk, run }, Duration::ZERO).await?;
         store::set_job_id(&mut *tx, task.pk, &job).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
+        self.engine.wakeups.wake::<RunTask>();
         self.engine
             .record(
                 task.pk,

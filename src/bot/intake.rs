@@ -122,6 +122,9 @@ pub async fn receive(
         }
     };
     tx.commit().await.map_err(anyhow::Error::from)?;
+    if intake == Intake::Queued {
+        engine.wakeups.wake::<crate::jobs::HandleDelivery>();
+    }
     Ok(intake)
 }
 

@@ -303,7 +303,13 @@ pub async fn run_recorded(
     record: ProcessRecorder<'_>,
     jail: Option<crate::proc::sandbox::Jail<'_>>,
 ) -> anyhow::Result<Vec<GateResult>> {
-    let results = run(planned, dir, env, config, cancel, record, jail).await;
+    let mut results = run(planned, dir, env, config, cancel, record, jail).await;
+    // A gate runs the agent's code, which may print the agent's key: recorded and shown (on
+    // the page, in the check run) blotted out.
+    let secrets = at.engine.secrets();
+    for r in &mut results {
+        r.output = secrets.blot(&r.output);
+    }
     for r in &results {
         crate::store::add_gate_result(
             &at.engine.pool,

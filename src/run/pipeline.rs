@@ -111,9 +111,9 @@ async fn requeue_orphan(engine: &Arc<Engine>, row: &TaskRow) -> anyhow::Result<(
 const OUTPUT_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes `tap`'s output to the task's row whenever it changed, every [`OUTPUT_EVERY`], and a
-/// last time when `done`. The values of autodev's secrets are blotted out first (an agent
-/// sees its provider's key, and may be talked into printing it). A failed write is only
-/// logged: watching is not worth a run.
+/// last time when `done`. Secrets are blotted out first (an agent sees its provider's key, and
+/// may be talked into printing it), pieces of one where the kept tail cuts through it
+/// included. A failed write is only logged: watching is not worth a run.
 async fn copy_output(
     engine: Arc<Engine>,
     key: TaskKey,
@@ -121,30 +121,16 @@ async fn copy_output(
     tap: exec::Tap,
     done: CancellationToken,
 ) {
-    let mut secrets = engine.settings.env.secret_values();
-    if let Some(app) = engine.app() {
-        use secrecy::ExposeSecret;
-        let key = app.private_key.expose_secret().lines().map(str::trim);
-        for part in key.chain([app.webhook_secret.expose_secret()]) {
-            if part.len() >= 8 && !part.starts_with("-----") {
-                secrets.push(part.to_owned());
-            }
-        }
-        secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    }
+    let secrets = engine.secrets();
     let mut written = 0;
     loop {
         let last = tokio::select! {
             _ = tokio::time::sleep(OUTPUT_EVERY) => false,
             _ = done.cancelled() => true,
         };
-        let (writes, mut text) = tap.read();
+        let (writes, text) = tap.read();
         if writes != written {
-            for secret in &secrets {
-                if text.contains(secret.as_str()) {
-                    text = text.replace(secret.as_str(), "[secret]");
-                }
-            }
+            let text = secrets.blot_tail(&text);
             match store::set_output(&engine.pool, key, run_seq, &text).await {
                 Ok(()) => written = writes,
                 Err(e) => tracing::debug!("writing the output tail: {e:#}"),
@@ -198,6 +184,12 @@ async fn run_leased_inner(engine: &Arc<Engine>, row: TaskRow) -> anyhow::Result<
     engine.track_running(key, cancel.clone());
     let started = Instant::now();
 
+    // What is blotted out of what this run shows: the agents' login files may have been
+    // refreshed since the last run.
+    engine.set_secrets(crate::agent::providers::login_secrets(
+        &engine.settings.file.providers,
+        &engine.settings.env,
+    ));
     // What the agent and the gates print, copied to the task's row every second for pages
     // in any process to show.
     let tap = exec::Tap::default();
@@ -284,7 +276,9 @@ async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::R
     };
     let outcome = interrupted.as_ref().unwrap_or(outcome);
     let state = outcome.state;
-    let message = match &outcome.error {
+    // An agent's failure says what it printed last, which may be its key.
+    let error = outcome.error.as_deref().map(|e| engine.secrets().blot(e));
+    let message = match &error {
         Some(e) => format!("{state}: {e}"),
         None => state.to_string(),
     };
@@ -294,7 +288,7 @@ async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::R
         row.run_seq,
         &engine.owner,
         state,
-        outcome.error.as_deref(),
+        error.as_deref(),
         outcome.head.as_deref(),
     )
     .await?;
@@ -319,6 +313,7 @@ async fn end_run(engine: &Engine, row: &TaskRow, outcome: &Outcome) -> anyhow::R
         }
     }
     tx.commit().await.context("writing the run's end")?;
+    engine.wakeups.wake::<OutboxJob>();
     crash_point("final-state-written");
     engine.announce(key, row.run_seq, state.into(), &message);
     engine

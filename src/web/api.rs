@@ -124,9 +124,11 @@ pub fn router(engine: Arc<Engine>, bound: std::net::SocketAddr) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::Extension(crate::web::guard::Streams::new()))
         .layer(middleware::from_fn(move |request, next| {
             crate::web::guard::refuse_browsers(hosts.clone(), request, next)
         }))
+        .layer(middleware::map_response(crate::web::guard::page_headers))
         .with_state(engine)
 }
 
@@ -174,7 +176,14 @@ async fn require_token(
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         let bearer = constant_time_eq(given.as_bytes(), token.expose_secret().as_bytes());
-        if !bearer && !crate::web::session::authorises(token.expose_secret(), request.headers()) {
+        // A page's session presses its buttons, and nothing else: a stolen cookie submits no
+        // task and reads no metrics.
+        let button = request.method() == axum::http::Method::POST
+            && (request.uri().path().ends_with("/cancel")
+                || request.uri().path().ends_with("/retry"));
+        let session =
+            button && crate::web::session::authorises(&engine.settings, request.headers());
+        if !(bearer || session) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong `Authorization: Bearer <token>` (AUTODEV_API_TOKEN)",

@@ -12,7 +12,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
 use secrecy::ExposeSecret;
@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::store::{self, Count, TaskFilter, TaskState};
-use crate::web::pages::{duration, failure, money, script_string};
+use crate::web::pages::{Asker, duration, failure, money, script_string};
 use crate::web::session::{self, Viewer};
 
 /// Tasks the dashboard lists at most (the totals count them all).
@@ -312,13 +312,16 @@ pub async fn page(
 pub async fn stream(
     State(engine): State<Arc<Engine>>,
     Query(filters): Query<Filters>,
-    headers: HeaderMap,
+    asker: Asker,
 ) -> Response {
-    if !Viewer::of(&engine.settings, &headers).may_act() {
+    if !asker.viewer(&engine).may_act() {
         return (StatusCode::UNAUTHORIZED, "sign in at /login").into_response();
     }
+    let Some(turn) = asker.turn() else {
+        return crate::web::pages::too_many_streams();
+    };
     let filter = filters.to_filter();
-    let events = futures::stream::unfold((engine, None), move |(engine, last)| {
+    let events = futures::stream::unfold((engine.clone(), None), move |(engine, last)| {
         let filter = filter.clone();
         async move {
             loop {
@@ -336,9 +339,7 @@ pub async fn stream(
             }
         }
     });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    crate::web::pages::sse(&engine, turn, events)
 }
 
 #[derive(Template)]
@@ -357,10 +358,9 @@ pub async fn login_page(State(engine): State<Arc<Engine>>, Query(next): Query<Ne
     if engine.settings.api_token.is_none() {
         return Redirect::to("/").into_response();
     }
-    // Only a path of this server: never `//elsewhere` or `https://elsewhere`.
     let next = next
         .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .filter(|n| local_path(n))
         .unwrap_or_else(|| "/".into());
     match (LoginPage {
         next_json: script_string(&next),
@@ -370,6 +370,20 @@ pub async fn login_page(State(engine): State<Arc<Engine>>, Query(next): Query<Ne
         Ok(html) => Html(html).into_response(),
         Err(e) => failure(e.into()),
     }
+}
+
+/// Whether `next` is a path of this server and nothing else: it starts with one `/` and holds
+/// only characters a path and query of autodev's pages use, so neither `//elsewhere` nor
+/// what a browser drops from a URL (tabs, line breaks) nor a backslash can make it another
+/// site.
+fn local_path(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && next.len() <= 2048
+        && next
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~?=&%+".contains(&b))
+        && !next[1..].starts_with('/')
 }
 
 #[derive(Deserialize)]
@@ -423,6 +437,24 @@ pub async fn logout(State(engine): State<Arc<Engine>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_in_sends_people_back_only_to_this_servers_pages() {
+        assert!(local_path("/"));
+        assert!(local_path("/view/tasks/t-1?sig=ab12"));
+        assert!(local_path("/?state=failed&repo=octo%2Fweb"));
+        for elsewhere in [
+            "//evil.example/x",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "evil.example",
+            "",
+        ] {
+            assert!(!local_path(elsewhere), "{elsewhere:?}");
+        }
+    }
 
     #[test]
     fn a_filter_is_its_own_query_string() {

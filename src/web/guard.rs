@@ -106,6 +106,87 @@ impl Drop for Turn {
     }
 }
 
+/// Streams of server-sent events open at once, in all and from one peer: each asks the
+/// database every second, so a holder of a public link cannot open thousands.
+pub const STREAMS: usize = 256;
+pub const STREAMS_PER_PEER: usize = 16;
+
+/// Turns to hold a stream open.
+#[derive(Debug)]
+pub struct Streams {
+    all: Arc<tokio::sync::Semaphore>,
+    peers: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// A stream's turn; given back when dropped (when the stream ends or its client goes).
+pub struct StreamTurn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    streams: Arc<Streams>,
+    peer: Option<IpAddr>,
+}
+
+impl Streams {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            all: Arc::new(tokio::sync::Semaphore::new(STREAMS)),
+            peers: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// A turn for `peer` now, or `None` when there are too many streams.
+    pub fn turn(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<StreamTurn> {
+        let permit = self.all.clone().try_acquire_owned().ok()?;
+        if let Some(ip) = peer {
+            let mut peers = self.peers.lock().expect("lock");
+            let n = peers.entry(ip).or_insert(0);
+            if *n >= STREAMS_PER_PEER {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(StreamTurn {
+            _permit: permit,
+            streams: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamTurn {
+    fn drop(&mut self) {
+        let Some(ip) = self.peer else { return };
+        let mut peers = self.streams.peers.lock().expect("lock");
+        if let Some(n) = peers.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Headers every answer carries: no page of autodev's is shown in a frame (a page of another
+/// site, or of another port of this one, cannot make you press its buttons), no link on it
+/// tells another site where you came from (a task page's address holds its signature), and
+/// no answer is read as anything but the type it says.
+pub async fn page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        (
+            "content-security-policy",
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+        ),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(axum::http::HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// Routes that answer whatever the `Host`: probes, which orchestrators send to whatever name
 /// or address they use. (`/metrics` is checked: scrapers by IP pass anyway.)
 const ANY_HOST: &[&str] = &["/healthz", "/readyz"];

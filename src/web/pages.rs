@@ -22,10 +22,54 @@ use crate::config::Settings;
 use crate::core::ids::RepoName;
 use crate::engine::Engine;
 use crate::store::{self, EventRow, GateRow, TaskRow};
+use crate::web::guard::{StreamTurn, Streams};
 use crate::web::session::Viewer;
 
 /// How often a page's stream looks at the database for a change.
 pub const STREAM_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one stream stays open; the browser then opens the next, which is checked again
+/// (a sign-out or an expired session ends there).
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Where a request came from, when the server knows.
+pub fn peer(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+pub fn too_many_streams() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "30")],
+        "too many live pages are open; this page goes on without updates",
+    )
+        .into_response()
+}
+
+/// `events` as a stream of server-sent events that ends when the process stops or after
+/// [`STREAM_LIFETIME`], and holds `turn` while it is open.
+pub fn sse<S>(engine: &Engine, turn: StreamTurn, events: S) -> Response
+where
+    S: futures::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let stop = engine.stopping.clone();
+    let ended = async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(STREAM_LIFETIME) => {}
+        }
+    };
+    let events = events.take_until(ended).map(move |event| {
+        let _held = &turn;
+        event
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
 
 #[derive(Deserialize)]
 pub struct Signed {
@@ -71,6 +115,8 @@ struct TaskLive<'a> {
     finished_at: Option<String>,
     duration: String,
     last_error: Option<&'a str>,
+    /// Whether the viewer may see the agent's output.
+    output_shown: bool,
     output: Option<String>,
     output_run: Option<i64>,
     gates: Vec<GateRow>,
@@ -123,14 +169,52 @@ pub async fn repo_page(
     show(&engine, &RepoName::github(&owner, &repo), &id, q, &headers).await
 }
 
+/// A stream's request: who asks, from where, and the turns streams take.
+pub struct Asker {
+    headers: HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    streams: Arc<Streams>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asker {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            headers: parts.headers.clone(),
+            peer: peer(&parts.extensions),
+            streams: parts
+                .extensions
+                .get::<Arc<Streams>>()
+                .cloned()
+                .unwrap_or_else(Streams::new),
+        })
+    }
+}
+
+impl Asker {
+    pub fn viewer(&self, engine: &Engine) -> Viewer {
+        Viewer::of(&engine.settings, &self.headers)
+    }
+
+    /// A turn to hold a stream open; `None` when there are too many (answer
+    /// [`too_many_streams`]).
+    pub fn turn(&self) -> Option<StreamTurn> {
+        self.streams.turn(self.peer)
+    }
+}
+
 /// `/view/tasks/{id}/events`: the page's stream.
 pub async fn local_stream(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(q): Query<Signed>,
-    headers: HeaderMap,
+    asker: Asker,
 ) -> Response {
-    stream(engine, RepoName::local(), id, q, &headers).await
+    stream(engine, RepoName::local(), id, q, asker).await
 }
 
 /// `/view/repos/{owner}/{repo}/tasks/{id}/events`.
@@ -138,9 +222,9 @@ pub async fn repo_stream(
     State(engine): State<Arc<Engine>>,
     Path((owner, repo, id)): Path<(String, String, String)>,
     Query(q): Query<Signed>,
-    headers: HeaderMap,
+    asker: Asker,
 ) -> Response {
-    stream(engine, RepoName::github(&owner, &repo), id, q, &headers).await
+    stream(engine, RepoName::github(&owner, &repo), id, q, asker).await
 }
 
 /// Whether the request may read the page: no token configured, the link's signature, or a
@@ -180,7 +264,7 @@ async fn show(
         Ok(None) => return not_found(id),
         Err(e) => return failure(e),
     };
-    let body = match live_part(engine, &t).await {
+    let body = match live_part(engine, &t, viewer.may_act()).await {
         Ok(body) => body,
         Err(e) => return failure(e),
     };
@@ -222,8 +306,10 @@ pub fn script_string(s: &str) -> String {
         .replace('&', "\\u0026")
 }
 
-/// The part of a task's page that changes while it runs, rendered.
-async fn live_part(engine: &Engine, t: &TaskRow) -> anyhow::Result<String> {
+/// The part of a task's page that changes while it runs, rendered. The agent's raw output
+/// only for operators (`show_output`): a signed link is posted where the author reads
+/// it, and an agent can be talked into printing its key in a form no blotting recognises.
+async fn live_part(engine: &Engine, t: &TaskRow, show_output: bool) -> anyhow::Result<String> {
     let (events, gates, output) = tokio::try_join!(
         store::events(&engine.pool, t.pk),
         store::gate_results(&engine.pool, t.pk),
@@ -250,6 +336,7 @@ async fn live_part(engine: &Engine, t: &TaskRow) -> anyhow::Result<String> {
         finished_at: t.finished_at.map(stamp),
         duration: duration(t, Utc::now()),
         last_error: t.last_error.as_deref(),
+        output_shown: show_output,
         output_run: output.as_ref().map(|o| o.run_seq),
         output: output.map(|o| o.text).filter(|t| !t.is_empty()),
         gates,
@@ -265,20 +352,24 @@ async fn stream(
     repo: RepoName,
     id: String,
     q: Signed,
-    headers: &HeaderMap,
+    asker: Asker,
 ) -> Response {
-    let viewer = Viewer::of(&engine.settings, headers);
+    let viewer = asker.viewer(&engine);
     if !may_read(&engine.settings, &repo, &id, &q, &viewer) {
         return unsigned();
     }
+    let Some(turn) = asker.turn() else {
+        return too_many_streams();
+    };
     let t = match store::find_task(&engine.pool, &repo, &id).await {
         Ok(Some(row)) => row,
         Ok(None) => return not_found(&id),
         Err(e) => return failure(e),
     };
     let key = t.pk;
+    let show_output = viewer.may_act();
     let events = futures::stream::unfold(
-        (engine, None, false),
+        (engine.clone(), None, false),
         move |(engine, last, ended)| async move {
             if ended {
                 return None;
@@ -288,7 +379,7 @@ async fn stream(
                 if mark.is_some() && mark != last {
                     // A read that fails is tried again at the next look, not taken for an end.
                     if let Ok(Some(row)) = store::get_task(&engine.pool, key).await
-                        && let Ok(html) = live_part(&engine, &row).await
+                        && let Ok(html) = live_part(&engine, &row, show_output).await
                     {
                         let done = row.state.is_terminal();
                         let event = Event::default().event("update").data(html);
@@ -303,9 +394,7 @@ async fn stream(
         Ok::<_, Infallible>(Event::default().event("end").data("the task has ended"))
     });
     use futures::StreamExt;
-    Sse::new(events.chain(ending))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    sse(&engine, turn, events.chain(ending))
 }
 
 /// The pull request on GitHub's web host (github.com, or the Enterprise Server's).

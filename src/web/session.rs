@@ -15,6 +15,10 @@ use crate::config::Settings;
 
 pub const COOKIE: &str = "autodev_session";
 
+/// The cookie's name where autodev is reached over https: the `__Host-` prefix makes the
+/// browser keep it to this host and refuse one set by a sibling domain or over http.
+pub const SECURE_COOKIE: &str = "__Host-autodev_session";
+
 /// The header a page's buttons send the CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -52,15 +56,31 @@ pub fn csrf(token: &str, session: &str) -> String {
     mac(token, &format!("csrf:{session}"))
 }
 
-/// The session cookie a request carries, if any.
-pub fn cookie(headers: &HeaderMap) -> Option<&str> {
+fn https(settings: &Settings) -> bool {
+    settings
+        .public_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("https://"))
+}
+
+/// The session cookie's name on this server.
+pub fn cookie_name(settings: &Settings) -> &'static str {
+    if https(settings) {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+/// The cookie named `name` a request carries, if any.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
 }
 
@@ -81,7 +101,7 @@ impl Viewer {
             return Viewer::Open;
         };
         let token = token.expose_secret();
-        match cookie(headers) {
+        match cookie(headers, cookie_name(settings)) {
             Some(session) if valid(token, session, crate::store::now_ms() / 1000) => {
                 Viewer::SignedIn {
                     csrf: csrf(token, session),
@@ -107,10 +127,14 @@ impl Viewer {
 
 /// Whether a request to the JSON API is a signed-in page's: a valid session cookie and the
 /// CSRF token that goes with it.
-pub fn authorises(token: &str, headers: &HeaderMap) -> bool {
-    let Some(session) = cookie(headers) else {
+pub fn authorises(settings: &Settings, headers: &HeaderMap) -> bool {
+    let (Some(token), Some(session)) = (
+        settings.api_token.as_ref(),
+        cookie(headers, cookie_name(settings)),
+    ) else {
         return false;
     };
+    let token = token.expose_secret();
     let given = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -122,7 +146,8 @@ pub fn authorises(token: &str, headers: &HeaderMap) -> bool {
 /// The `Set-Cookie` value that signs in with `session`.
 pub fn set_cookie(settings: &Settings, session: &str) -> String {
     format!(
-        "{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={LIFETIME_SECONDS}{}",
+        "{}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={LIFETIME_SECONDS}{}",
+        cookie_name(settings),
         secure(settings)
     )
 }
@@ -130,16 +155,14 @@ pub fn set_cookie(settings: &Settings, session: &str) -> String {
 /// The `Set-Cookie` value that signs out.
 pub fn clear_cookie(settings: &Settings) -> String {
     format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        cookie_name(settings),
         secure(settings)
     )
 }
 
 fn secure(settings: &Settings) -> &'static str {
-    match settings.public_url.as_deref() {
-        Some(url) if url.starts_with("https://") => "; Secure",
-        _ => "",
-    }
+    if https(settings) { "; Secure" } else { "" }
 }
 
 #[cfg(test)]
@@ -170,7 +193,8 @@ mod tests {
             header::COOKIE,
             "a=b; autodev_session=v1.5.abc; c=d".parse().unwrap(),
         );
-        assert_eq!(cookie(&headers), Some("v1.5.abc"));
+        assert_eq!(cookie(&headers, COOKIE), Some("v1.5.abc"));
+        assert_eq!(cookie(&headers, SECURE_COOKIE), None);
         let s = issue("t", 0);
         assert_ne!(csrf("t", &s), csrf("u", &s));
     }

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod api_providers;
 mod attacks;
+mod attacks_dashboard;
 mod attacks_faults;
 mod attacks_setup;
 mod browser;

@@ -303,10 +303,15 @@ async fn sigterm_interrupts_a_running_task_keeps_its_work_and_queues_it_again_at
         .trim()
         .parse()
         .unwrap();
+    let log = server.log.clone();
     let (status, took) = server.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}");
     // drain_seconds (1) plus the interruption's commit, well before the lease (30 s) runs out.
-    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exit took {took:?}:\n{}",
+        log.lock().unwrap()
+    );
     assert!(!alive(agent), "the agent {agent} outlived the shutdown");
 
     // The next start takes the task at once, as a new run, on the work the first one left.
