@@ -58,6 +58,20 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Passed,
+        TaskState::Failed,
+        TaskState::Error,
+        TaskState::Cancelled,
+    ];
+
+    /// The state a name says (`queued`, ...).
+    pub fn parse(name: &str) -> Option<TaskState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",

@@ -260,7 +260,7 @@ async fn list_tasks(
 ) -> ApiResult<Json<Vec<Value>>> {
     let state = match q.state.as_deref() {
         None => None,
-        Some(s) => Some(parse_state(s).ok_or_else(|| {
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -281,19 +281,6 @@ async fn list_tasks(
         out.push(task_json(&engine, row, false).await?);
     }
     Ok(Json(out))
-}
-
-fn parse_state(s: &str) -> Option<TaskState> {
-    [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Passed,
-        TaskState::Failed,
-        TaskState::Error,
-        TaskState::Cancelled,
-    ]
-    .into_iter()
-    .find(|st| st.as_str() == s)
 }
 
 /// The one task with this id, across repositories.

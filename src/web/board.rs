@@ -46,26 +46,13 @@ impl Filters {
                 .map(str::to_owned)
         };
         TaskFilter {
-            state: given(&self.state).and_then(|s| parse_state(&s)),
+            state: given(&self.state).and_then(|s| TaskState::parse(&s)),
             repo: given(&self.repo),
             role: given(&self.role),
             provider: given(&self.provider),
             search: given(&self.q).map(|q| q.chars().take(100).collect()),
         }
     }
-}
-
-fn parse_state(s: &str) -> Option<TaskState> {
-    [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Passed,
-        TaskState::Failed,
-        TaskState::Error,
-        TaskState::Cancelled,
-    ]
-    .into_iter()
-    .find(|t| t.as_str() == s)
 }
 
 /// `filter` as a query string (`?state=...&repo=...`), empty when it lets everything through.
@@ -217,33 +204,26 @@ async fn live_part(engine: &Engine, filter: &TaskFilter) -> anyhow::Result<Strin
             rounds: t.rounds,
         });
     }
-    let states = [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Passed,
-        TaskState::Failed,
-        TaskState::Error,
-        TaskState::Cancelled,
-    ]
-    .into_iter()
-    .map(|s| {
-        let selected = filter.state == Some(s);
-        let chip_filter = TaskFilter {
-            state: (!selected).then_some(s),
-            ..filter.clone()
-        };
-        StateChip {
-            value: s.as_str(),
-            tasks: facets
-                .states
-                .iter()
-                .find(|c| c.value == s.as_str())
-                .map_or(0, |c| c.tasks),
-            selected,
-            href: format!("/{}", query(&chip_filter)),
-        }
-    })
-    .collect();
+    let states = TaskState::ALL
+        .into_iter()
+        .map(|s| {
+            let selected = filter.state == Some(s);
+            let chip_filter = TaskFilter {
+                state: (!selected).then_some(s),
+                ..filter.clone()
+            };
+            StateChip {
+                value: s.as_str(),
+                tasks: facets
+                    .states
+                    .iter()
+                    .find(|c| c.value == s.as_str())
+                    .map_or(0, |c| c.tasks),
+                selected,
+                href: format!("/{}", query(&chip_filter)),
+            }
+        })
+        .collect();
     let tasks: Vec<Listed> = rows
         .into_iter()
         .map(|t| Listed {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::dashboard::Events;
+use crate::dashboard::{Events, csrf_of, sign_in};
 use crate::support::*;
 
 const KEY: &str = "sk-ant-api03-SECRETVALUE0123456789abcdefXYZ";
@@ -175,21 +175,7 @@ async fn the_agents_output_is_for_operators_not_for_signed_link_readers() {
     let update = events.until("OUT-1").await;
     assert_lacks(&update, "the agent says hello");
 
-    let login = server
-        .client
-        .post(format!("{}/login", server.url))
-        .header("Content-Type", "application/json")
-        .body(r#"{"token": "a-long-operator-token"}"#)
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = sign_in(&server, "a-long-operator-token").await;
     let shown = server
         .client
         .get(format!("{}/view/tasks/OUT-1", server.url))
@@ -292,21 +278,7 @@ async fn a_session_only_presses_buttons() {
         .extra_env
         .push(("AUTODEV_API_TOKEN".into(), "a-long-operator-token".into()));
     let server = world.serve_with(&["--workers", "0"]);
-    let login = server
-        .client
-        .post(format!("{}/login", server.url))
-        .header("Content-Type", "application/json")
-        .body(r#"{"token": "a-long-operator-token"}"#)
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = sign_in(&server, "a-long-operator-token").await;
     server.post_spec("application/yaml", &spec("S-1", "")).await;
     let shown = server
         .client
@@ -318,16 +290,7 @@ async fn a_session_only_presses_buttons() {
         .text()
         .await
         .unwrap();
-    let csrf: String = serde_json::from_str(
-        shown
-            .split("'X-CSRF-Token': ")
-            .nth(1)
-            .unwrap()
-            .split(" }")
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let csrf = csrf_of(&shown);
     let with_session = |rb: reqwest::RequestBuilder| {
         rb.header("Cookie", &cookie)
             .header("X-CSRF-Token", &csrf)

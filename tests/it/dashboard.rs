@@ -100,6 +100,33 @@ impl Events {
     }
 }
 
+/// Signs in with `token`; the session cookie (`name=value`) to send.
+pub async fn sign_in(server: &Server, token: &str) -> String {
+    let answer = server
+        .client
+        .post(format!("{}/login", server.url))
+        .header("Content-Type", "application/json")
+        .body(serde_json::json!({ "token": token }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "signing in");
+    let set = answer.headers()["set-cookie"].to_str().unwrap();
+    assert_holds(set, "HttpOnly");
+    assert_holds(set, "SameSite=Strict");
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token a task page gives its buttons.
+pub fn csrf_of(page: &str) -> String {
+    let literal = page
+        .split("'X-CSRF-Token': ")
+        .nth(1)
+        .and_then(|rest| rest.split(" }").next())
+        .unwrap_or_else(|| panic!("no CSRF token on the page:\n{page}"));
+    serde_json::from_str(literal).unwrap()
+}
+
 fn titled(id: &str, role: &str, title: &str) -> String {
     format!("id: {id}\ntitle: {title}\ndescription: Write the feature file.\nrole: {role}\n")
 }
@@ -199,23 +226,17 @@ async fn with_a_token_the_dashboard_needs_a_sign_in_and_buttons_a_csrf_token() {
     let (status, page) = html(&server, "/view/tasks/t-1", None).await;
     assert_eq!(status, 401, "{page}");
 
-    let login = |token: &str| {
-        server
-            .client
-            .post(format!("{}/login", server.url))
-            .header("Content-Type", "application/json")
-            .body(serde_json::json!({ "token": token }).to_string())
-            .send()
-    };
-    let wrong = login("not-the-token").await.unwrap();
+    let wrong = server
+        .client
+        .post(format!("{}/login", server.url))
+        .header("Content-Type", "application/json")
+        .body(r#"{"token": "not-the-token"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
-    let right = login("a-long-dashboard-token").await.unwrap();
-    assert_eq!(right.status().as_u16(), 200);
-    let set = right.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert_holds(&set, "HttpOnly");
-    assert_holds(&set, "SameSite=Strict");
-    let cookie = set.split(';').next().unwrap().to_owned();
+    let cookie = sign_in(&server, "a-long-dashboard-token").await;
 
     let (status, page) = html(&server, "/", Some(&cookie)).await;
     assert_eq!(status, 200, "{page}");
@@ -223,15 +244,7 @@ async fn with_a_token_the_dashboard_needs_a_sign_in_and_buttons_a_csrf_token() {
     let (status, page) = html(&server, "/view/tasks/t-1", Some(&cookie)).await;
     assert_eq!(status, 200, "{page}");
     assert_holds(&page, r#"data-action="/tasks/t-1/cancel""#);
-    let csrf: String = serde_json::from_str(
-        page.split("'X-CSRF-Token': ")
-            .nth(1)
-            .unwrap()
-            .split(" }")
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let csrf = csrf_of(&page);
     assert_eq!(csrf.len(), 64, "{csrf}");
 
     let cancel = |cookie: Option<&str>, csrf: Option<&str>, origin: Option<&str>| {

@@ -174,26 +174,17 @@ async fn alert_rules_and_the_grafana_dashboard_ask_for_metrics_autodev_exports()
         );
         return;
     };
-    let check = std::process::Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(root.join("alerts.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout) + String::from_utf8_lossy(&check.stderr)
+    run_promtool(
+        &promtool,
+        &["check", "rules"],
+        &root.join("alerts.yml"),
+        &root,
     );
-    let test = std::process::Command::new(&promtool)
-        .args(["test", "rules"])
-        .arg(root.join("alerts.test.yml"))
-        .current_dir(&root)
-        .output()
-        .unwrap();
-    assert!(
-        test.status.success(),
-        "{}",
-        String::from_utf8_lossy(&test.stdout) + String::from_utf8_lossy(&test.stderr)
+    run_promtool(
+        &promtool,
+        &["test", "rules"],
+        &root.join("alerts.test.yml"),
+        &root,
     );
     // The panels' queries, as recording rules: promtool parses each.
     let dir = tempfile::tempdir().unwrap();
@@ -206,14 +197,27 @@ async fn alert_rules_and_the_grafana_dashboard_ask_for_metrics_autodev_exports()
     }
     let path = dir.path().join("panels.yml");
     std::fs::write(&path, recorded).unwrap();
-    let check = std::process::Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(&path)
+    run_promtool(&promtool, &["check", "rules"], &path, &root);
+}
+
+/// Runs `promtool <args> <file>` in `dir`; fails the test with what it said unless it passed.
+fn run_promtool(
+    promtool: &std::path::Path,
+    args: &[&str],
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) {
+    let out = std::process::Command::new(promtool)
+        .args(args)
+        .arg(file)
+        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout) + String::from_utf8_lossy(&check.stderr)
+        out.status.success(),
+        "promtool {args:?} {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
