@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,8 @@ pub struct Engine {
     pub disk: crate::proc::reserve::Reserve,
     /// Wakes this process's queue workers when a job for them is committed.
     pub wakeups: jobs::Wakeups,
+    /// The writer that group-commits intake (tasks submitted, webhook deliveries).
+    pub batcher: store::Batcher,
     /// What is blotted out of text people see (see [`Engine::secrets`]).
     secrets: std::sync::RwLock<Arc<Secrets>>,
     /// Cancelled when the process begins to stop (SIGTERM): what waits on it (the HTTP
@@ -158,6 +161,7 @@ impl Engine {
             &settings.data_dir,
             settings.file.database.reserve_mb * 1024 * 1024,
         );
+        let batcher = store::Batcher::start(pool.clone());
         let engine = Arc::new(Self {
             disk,
             sandbox,
@@ -177,6 +181,7 @@ impl Engine {
             wakeups: jobs::Wakeups::default(),
             secrets: std::sync::RwLock::default(),
             stopping: CancellationToken::new(),
+            batcher,
         });
         engine.set_secrets(Vec::new());
         Ok(engine)
@@ -408,40 +413,55 @@ impl Engine {
     }
 
     /// Stores a task and its first queue job in one transaction.
-    pub async fn submit(&self, spec: &TaskSpec, repo: &RepoName) -> Result<Submitted, SubmitError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec: &TaskSpec,
+        repo: &RepoName,
+    ) -> Result<Submitted, SubmitError> {
         let role = self
             .roles
             .get(&spec.role)
             .with_context(|| format!("unknown role `{}`", spec.role))?;
         let spec_json = serde_json::to_string(spec).context("encoding spec")?;
         let branch = role.branch_for(&spec.id);
-        let mut tx = store::begin_write(&self.pool).await?;
-        let new = store::NewTask {
-            repo,
-            task_id: spec.id.as_str(),
-            role: &spec.role,
-            title: &spec.title,
-            spec_json: &spec_json,
-            branch: &branch,
-        };
-        let Some(key) = store::insert_task(&mut *tx, &new).await? else {
+        let engine = self.clone();
+        let (repo_name, task_id) = (repo.clone(), spec.id.to_string());
+        let (role_name, title) = (spec.role.clone(), spec.title.clone());
+        // The task, its job and its timeline's first event, in one commit shared with the
+        // other requests of the moment (`store::Batcher`).
+        let written = self
+            .batcher
+            .write(move |conn| {
+                async move {
+                    let new = store::NewTask {
+                        repo: &repo_name,
+                        task_id: &task_id,
+                        role: &role_name,
+                        title: &title,
+                        spec_json: &spec_json,
+                        branch: &branch,
+                    };
+                    let Some(key) = store::insert_task(&mut *conn, &new).await? else {
+                        return Ok(None);
+                    };
+                    let job = RunTask { task: key, run: 1 };
+                    let job_id = jobs::push(conn, &job, std::time::Duration::ZERO).await?;
+                    store::set_job_id(&mut *conn, key, &job_id).await?;
+                    let queued = format!("queued as job {job_id} for branch {branch}");
+                    engine
+                        .record_in(conn, key, 1, crate::store::EventKind::Queued, &queued)
+                        .await?;
+                    anyhow::Ok(Some((key, job_id, queued)))
+                }
+                .boxed()
+            })
+            .await?;
+        let Some((key, job_id, queued)) = written else {
             return Err(SubmitError::Duplicate {
                 repo: repo.clone(),
                 task_id: spec.id.to_string(),
             });
         };
-        let job_id = jobs::push(
-            &mut tx,
-            &RunTask { task: key, run: 1 },
-            std::time::Duration::ZERO,
-        )
-        .await?;
-        store::set_job_id(&mut *tx, key, &job_id).await?;
-        // The timeline's first event goes in the same commit: one commit per task.
-        let queued = format!("queued as job {job_id} for branch {branch}");
-        self.record_in(&mut tx, key, 1, crate::store::EventKind::Queued, &queued)
-            .await?;
-        tx.commit().await.context("committing task")?;
         self.wakeups.wake::<RunTask>();
         self.announce(key, 1, crate::store::EventKind::Queued, &queued);
         Ok(Submitted {

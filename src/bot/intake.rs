@@ -1,6 +1,7 @@
 //! Receiving a webhook delivery: verify, parse, dedup, and store the work in one transaction.
 //! Nothing here calls GitHub, so the answer comes well inside GitHub's 10 seconds.
 
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 
 use crate::engine::Engine;
@@ -69,26 +70,45 @@ pub async fn receive(
     }
     let repo = event.repo().map(|r| r.repo_name().to_string());
     let installation = event.installation().map(|i| i.0);
-    let mut tx = store::begin_write(&engine.pool).await?;
     let payload = serde_json::to_string(&event).map_err(anyhow::Error::from)?;
     let outcome = match &event {
         Event::Ping => return Ok(Intake::Pong),
         Event::Installation { .. } | Event::InstallationRepositories { .. } => "recorded",
         _ => "queued",
     };
-    let new = store::NewDelivery {
-        id: delivery,
-        event: event_name,
-        repo: repo.as_deref(),
-        installation,
-        payload: &payload,
-        outcome,
-    };
-    let fresh = store::insert_delivery(&mut *tx, &new).await?;
-    if !fresh {
-        return Ok(Intake::Duplicate);
+    let (delivery, event_name) = (delivery.to_owned(), event_name.to_owned());
+    // The delivery and what it queues, in one commit shared with the other requests of the
+    // moment (`store::Batcher`).
+    let intake = engine
+        .batcher
+        .write(move |conn| {
+            async move {
+                let new = store::NewDelivery {
+                    id: &delivery,
+                    event: &event_name,
+                    repo: repo.as_deref(),
+                    installation,
+                    payload: &payload,
+                    outcome,
+                };
+                if !store::insert_delivery(&mut *conn, &new).await? {
+                    return Ok(Intake::Duplicate);
+                }
+                record(conn, event, delivery).await
+            }
+            .boxed()
+        })
+        .await?;
+    if intake == Intake::Queued {
+        engine.wakeups.wake::<crate::jobs::HandleDelivery>();
     }
-    let intake = match event {
+    Ok(intake)
+}
+
+/// What a fresh delivery changes at once: installations are recorded, anything else is
+/// queued for a worker.
+async fn record(conn: &mut store::Conn, event: Event, delivery: String) -> anyhow::Result<Intake> {
+    Ok(match event {
         Event::Installation {
             installation,
             account,
@@ -97,7 +117,7 @@ pub async fn receive(
         } => {
             let active = !matches!(action.as_str(), "deleted" | "suspend");
             let repos = (action == "created").then_some(repos);
-            store::upsert_installation(&mut tx, installation.0, &account, active, repos.as_deref())
+            store::upsert_installation(conn, installation.0, &account, active, repos.as_deref())
                 .await?;
             Intake::Recorded
         }
@@ -107,25 +127,20 @@ pub async fn receive(
             added,
             removed,
         } => {
-            store::upsert_installation(&mut tx, installation.0, &account, true, None).await?;
-            store::add_installation_repos(&mut tx, installation.0, &added).await?;
-            store::remove_installation_repos(&mut tx, installation.0, &removed).await?;
+            store::upsert_installation(&mut *conn, installation.0, &account, true, None).await?;
+            store::add_installation_repos(&mut *conn, installation.0, &added).await?;
+            store::remove_installation_repos(&mut *conn, installation.0, &removed).await?;
             Intake::Recorded
         }
         _ => {
             let job = crate::jobs::HandleDelivery {
-                delivery: delivery.to_owned(),
+                delivery,
                 attempt: 0,
             };
-            crate::jobs::push(&mut tx, &job, std::time::Duration::ZERO).await?;
+            crate::jobs::push(conn, &job, std::time::Duration::ZERO).await?;
             Intake::Queued
         }
-    };
-    tx.commit().await.map_err(anyhow::Error::from)?;
-    if intake == Intake::Queued {
-        engine.wakeups.wake::<crate::jobs::HandleDelivery>();
-    }
-    Ok(intake)
+    })
 }
 
 /// Bots are ignored unless allow-listed; autodev's own comments are bot comments.

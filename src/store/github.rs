@@ -55,7 +55,7 @@ pub async fn count_deliveries(pool: &SqlitePool) -> anyhow::Result<i64> {
 
 /// Records an installation and, when given, the full list of its repositories.
 pub async fn upsert_installation(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut Conn,
     id: i64,
     account: &str,
     active: bool,
@@ -70,20 +70,20 @@ pub async fn upsert_installation(
     .bind(account)
     .bind(active)
     .bind(Utc::now())
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     if let Some(repos) = repos {
         sqlx::query("DELETE FROM installation_repos WHERE installation_id = ?")
             .bind(id)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
-        add_installation_repos(tx, id, repos).await?;
+        add_installation_repos(conn, id, repos).await?;
     }
     Ok(())
 }
 
 pub async fn add_installation_repos(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut Conn,
     id: i64,
     repos: &[String],
 ) -> anyhow::Result<()> {
@@ -94,14 +94,14 @@ pub async fn add_installation_repos(
         )
         .bind(id)
         .bind(repo.to_lowercase())
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
 pub async fn remove_installation_repos(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut Conn,
     id: i64,
     repos: &[String],
 ) -> anyhow::Result<()> {
@@ -109,7 +109,7 @@ pub async fn remove_installation_repos(
         sqlx::query("DELETE FROM installation_repos WHERE installation_id = ? AND repo = ?")
             .bind(id)
             .bind(repo.to_lowercase())
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
     }
     Ok(())

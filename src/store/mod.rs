@@ -1,9 +1,9 @@
 //! Every SQL statement of the domain tables (`migrations/`), with typed rows, split by concern:
 //! `tasks`, `lease` (who runs a task), `timeline` (events and gate results), `github`
 //! (deliveries, installations, a task's GitHub objects), `board` (what the dashboard reads),
-//! `retention` (what is kept). The API is flat (`store::get_task`), so callers need not know
-//! which file holds a statement. The queue's tables belong to apalis. Imports `config` and
-//! `core`; nothing above.
+//! `retention` (what is kept), `batch` (group commit). The API is flat (`store::get_task`),
+//! so callers need not know which file holds a statement. The queue's tables belong to
+//! apalis. Imports `config` and `core`; nothing above.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,6 +18,7 @@ use sqlx::{Executor, Sqlite, SqlitePool};
 use crate::config::DatabaseConfig;
 use crate::core::ids::{RepoName, TaskKey};
 
+mod batch;
 mod board;
 mod github;
 mod lease;
@@ -25,6 +26,7 @@ mod retention;
 mod tasks;
 mod timeline;
 
+pub use batch::*;
 pub use board::*;
 pub use github::*;
 pub use lease::*;

@@ -321,3 +321,65 @@ async fn a_task_page_shows_the_run_to_people_and_needs_its_signed_link_when_guar
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("page:    {link}")), "{stdout}");
 }
+
+/// Many submissions at once, some for the same id and some invalid, go through one writer:
+/// each id is taken once (the rest get 409), an invalid spec gets 422 without failing the
+/// others, and every task accepted has its job and its first event, nothing more.
+#[tokio::test]
+async fn submissions_at_once_are_each_written_whole_or_refused_alone() {
+    let world = World::new();
+    let server = std::sync::Arc::new(world.serve_with(&["--workers", "0"]));
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(120));
+    let mut asked = Vec::new();
+    for i in 0..120 {
+        let (server, barrier) = (server.clone(), barrier.clone());
+        asked.push(tokio::spawn(async move {
+            // Ids 0..100 once, then 10 again; ten specs without a role.
+            let body = match i {
+                0..100 => spec(&format!("many-{i}"), ""),
+                100..110 => spec(&format!("many-{}", i - 100), ""),
+                _ => format!("id: bad-{i}\ntitle: t\ndescription: d\n"),
+            };
+            barrier.wait().await;
+            let (status, answer) = server.post_spec("application/yaml", &body).await;
+            (i, status, answer)
+        }));
+    }
+    let mut created = std::collections::BTreeSet::new();
+    let mut conflicts = 0;
+    for a in asked {
+        let (i, status, answer) = a.await.unwrap();
+        match status {
+            201 => assert!(created.insert(answer["task_id"].as_str().unwrap().to_owned())),
+            409 => conflicts += 1,
+            422 => assert!(i >= 110, "{i}: {answer}"),
+            other => panic!("{i}: {other} {answer}"),
+        }
+    }
+    assert_eq!(created.len(), 100);
+    assert_eq!(conflicts, 10);
+    let pool = world.db().await;
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM tasks").await, 100);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM Jobs WHERE job_type = 'autodev.tasks'").await,
+        100
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM task_events WHERE kind = 'queued'").await,
+        100
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tasks t WHERE NOT EXISTS (SELECT 1 FROM Jobs j WHERE j.id = t.job_id)").await,
+        0,
+        "every task names its job"
+    );
+}
