@@ -30,7 +30,38 @@ pub async fn push<J: Job>(
     job: &J,
     delay: Duration,
 ) -> anyhow::Result<String> {
-    let id = ulid::Ulid::generate();
+    push_as(conn, job, JobId::new(), delay).await
+}
+
+/// A queue job's id, chosen before the job is queued (so a row can name it as it is written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobId(ulid::Ulid);
+
+impl JobId {
+    pub fn new() -> Self {
+        Self(ulid::Ulid::generate())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// [`push`] with the id chosen beforehand.
+pub async fn push_as<J: Job>(
+    conn: &mut crate::store::Conn,
+    job: &J,
+    JobId(id): JobId,
+    delay: Duration,
+) -> anyhow::Result<String> {
     let mut builder =
         TaskBuilder::new(serde_json::to_vec(job)?).task_id(apalis::prelude::TaskId::from_ulid(id));
     if let Some(key) = job.idempotency_key() {

@@ -351,6 +351,7 @@ impl Ctx<'_> {
                     title: &spec.title,
                     spec_json: &spec_json,
                     branch: &branch,
+                    job_id: None,
                 };
                 let Some(key) = store::insert_task(&mut *tx, &new).await? else {
                     // Another delivery for this issue made it at the same moment.

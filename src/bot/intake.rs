@@ -44,10 +44,14 @@ pub enum IntakeError {
     Internal(#[from] anyhow::Error),
 }
 
+/// Verifies a delivery, records it once (by its id) and queues what it asks for. `reading`
+/// is what reading the body held (the sender's turn): given back as soon as the body is
+/// authenticated.
 pub async fn receive(
     engine: &Engine,
     headers: DeliveryHeaders<'_>,
     body: &[u8],
+    reading: impl Send,
 ) -> Result<Intake, IntakeError> {
     let app = engine.app().ok_or(IntakeError::NotConfigured)?;
     webhook::verify_signature(
@@ -55,6 +59,9 @@ pub async fn receive(
         body,
         headers.signature,
     )?;
+    // Authenticated: the turn the body's reading held (`reading`) goes to the next sender,
+    // so a burst from GitHub's few addresses is written in batches, not two at a time.
+    drop(reading);
     let event_name = headers
         .event
         .ok_or(IntakeError::MissingHeader("X-GitHub-Event"))?;

@@ -282,6 +282,7 @@ pub(crate) async fn scratch_store() -> (tempfile::TempDir, SqlitePool, TaskKey) 
             title: "a task",
             spec_json: "{}",
             branch: "auto/backend/t-1",
+            job_id: None,
         },
     )
     .await

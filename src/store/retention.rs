@@ -231,6 +231,7 @@ mod tests {
                 title: "another",
                 spec_json: "{}",
                 branch: "auto/backend/t-2",
+                job_id: None,
             },
         )
         .await

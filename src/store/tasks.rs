@@ -9,6 +9,8 @@ pub struct NewTask<'a> {
     pub title: &'a str,
     pub spec_json: &'a str,
     pub branch: &'a str,
+    /// The queue job that runs it, when it is queued as it is written.
+    pub job_id: Option<&'a str>,
 }
 
 /// Inserts a queued task; `Ok(None)` when the repository already has a task with that id.
@@ -18,8 +20,9 @@ pub async fn insert_task<'e, E: Executor<'e, Database = Sqlite>>(
 ) -> anyhow::Result<Option<TaskKey>> {
     let now = Utc::now();
     let res = sqlx::query_scalar::<_, TaskKey>(
-        "INSERT INTO tasks (repo, task_id, role, title, spec, branch, state, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)
+        "INSERT INTO tasks (repo, task_id, role, title, spec, branch, job_id, state, created_at,
+           updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)
          ON CONFLICT (repo, task_id) DO NOTHING
          RETURNING pk",
     )
@@ -29,6 +32,7 @@ pub async fn insert_task<'e, E: Executor<'e, Database = Sqlite>>(
     .bind(t.title)
     .bind(t.spec_json)
     .bind(t.branch)
+    .bind(t.job_id)
     .bind(now)
     .bind(now)
     .fetch_optional(ex)

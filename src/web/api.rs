@@ -423,7 +423,7 @@ async fn github_webhook(
     }
     // One deadline for waiting a turn and reading: GitHub gives up after ten seconds anyway.
     let deadline = tokio::time::Instant::now() + crate::web::guard::BODY_TIMEOUT;
-    let Some(_turn) = bodies.turn(peer, deadline).await else {
+    let Some(turn) = bodies.turn(peer, deadline).await else {
         let busy = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "10")],
@@ -455,6 +455,7 @@ async fn github_webhook(
             signature: header("x-hub-signature-256"),
         },
         &body,
+        turn,
     )
     .await;
     let (status, outcome, body) = match result {

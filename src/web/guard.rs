@@ -33,6 +33,9 @@ pub const UNAUTHENTICATED_BODIES_PER_PEER: usize = 2;
 pub struct Bodies {
     all: Arc<tokio::sync::Semaphore>,
     peers: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    /// Told whenever a peer's turn is given back, so a request of that peer waiting for
+    /// one takes it at once.
+    given_back: tokio::sync::Notify,
 }
 
 /// A turn to read a body; given back when dropped.
@@ -47,6 +50,7 @@ impl Bodies {
         Arc::new(Self {
             all: Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_BODIES)),
             peers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            given_back: tokio::sync::Notify::new(),
         })
     }
 
@@ -58,6 +62,8 @@ impl Bodies {
     ) -> Option<Turn> {
         if let Some(ip) = peer {
             loop {
+                // Listening before looking: a turn given back in between is not missed.
+                let given_back = self.given_back.notified();
                 {
                     let mut peers = self.peers.lock().expect("lock");
                     let n = peers.entry(ip).or_insert(0);
@@ -66,10 +72,9 @@ impl Bodies {
                         break;
                     }
                 }
-                if tokio::time::Instant::now() >= deadline {
+                if tokio::time::timeout_at(deadline, given_back).await.is_err() {
                     return None;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         // From here on, the peer's share is given back by `Turn`'s drop, or now.
@@ -90,13 +95,16 @@ impl Bodies {
 impl Turn {
     fn release_peer(bodies: &Bodies, peer: Option<IpAddr>) {
         let Some(ip) = peer else { return };
-        let mut peers = bodies.peers.lock().expect("lock");
-        if let Some(n) = peers.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                peers.remove(&ip);
+        {
+            let mut peers = bodies.peers.lock().expect("lock");
+            if let Some(n) = peers.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(&ip);
+                }
             }
         }
+        bodies.given_back.notify_waiters();
     }
 }
 
