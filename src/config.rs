@@ -84,13 +84,7 @@ impl Env {
                 None => value.trim().to_owned(),
             };
             // A PEM key is blotted out line by line, as output would show it.
-            values.extend(
-                value
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.starts_with("-----"))
-                    .map(str::to_owned),
-            );
+            values.extend(crate::core::blot::secret_lines(&value));
         }
         values
     }

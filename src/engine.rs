@@ -660,13 +660,9 @@ impl Engine {
         }
         if let Some(app) = self.app.read().expect("lock").as_ref() {
             use secrecy::ExposeSecret;
-            let key = app.private_key.expose_secret();
-            values.extend(
-                key.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.starts_with("-----"))
-                    .map(str::to_owned),
-            );
+            values.extend(crate::core::blot::secret_lines(
+                app.private_key.expose_secret(),
+            ));
             values.push(app.webhook_secret.expose_secret().to_owned());
         }
         values.extend(more);

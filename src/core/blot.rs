@@ -92,6 +92,16 @@ fn overlap(secret: &str, text: &str, end: End) -> Option<usize> {
     })
 }
 
+/// The lines of a secret as output would show them: a PEM key line by line, without its
+/// `-----BEGIN ...-----` armour (which every key shares); any other value whole.
+pub fn secret_lines(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_owned)
+}
+
 /// The string values of a JSON document (an agent CLI's login file), at any depth.
 pub fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
     match value {
