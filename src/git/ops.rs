@@ -1,9 +1,12 @@
 //! Git for tasks: base branch resolution; a repository of its own per task (its worktree's
 //! `.git`, borrowing the objects of the repository the task's branch lives in); snapshots
 //! that read the agent's work from outside with autodev's own git; commits, pushes and the
-//! workflow guard. Reads go through git2; the rest uses the git CLI, which checks out large
-//! trees much faster than libgit2 and runs the repository's filters (e.g. LFS) the way the
-//! user's own git would. Owns no task state: it never imports the database or the engine.
+//! workflow guard. Reads of autodev's own repositories, their refs, commits and a task
+//! repository's few files go through git2, in this process: starting a git costs more than
+//! the work. Checkouts, the reading of a worktree's files, fetches and pushes use the git CLI,
+//! which checks out large trees much faster than libgit2 and runs the repository's filters
+//! (e.g. LFS) the way the user's own git would. Owns no task state: it never imports the
+//! database or the engine.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,6 +23,8 @@ pub struct Git {
     user_name: String,
     user_email: String,
     read_timeout: std::time::Duration,
+    /// The repositories whose stale `git worktree` entries this process has pruned.
+    pruned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 /// What a task's working tree holds at one moment (see [`Git::snapshot`]).
@@ -55,6 +60,31 @@ pub struct Worktree {
     /// True when the branch already existed (a retry continues from it).
     pub reused_branch: bool,
     pub head: String,
+    /// Its files were checked out from `head` just now (not kept from an earlier run), and
+    /// its repository's index describes them.
+    pub checked_out: bool,
+}
+
+impl Worktree {
+    /// Copies the task repository's index, as the checkout left it (before any agent ran), to
+    /// `index`, for autodev's own reading of the files: its stat data spares hashing them all
+    /// again. The copy keeps the original's modification time, which git's check for files
+    /// changed in the same instant the index was written compares against.
+    pub fn seed_index(&self, index: &Path) -> anyhow::Result<()> {
+        let from = self.path.join(".git/index");
+        let written = std::fs::metadata(&from)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("reading {}", from.display()))?;
+        if let Some(dir) = index.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&from, index).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::File::options()
+            .write(true)
+            .open(index)
+            .and_then(|f| f.set_modified(written))
+            .with_context(|| format!("dating {}", index.display()))
+    }
 }
 
 /// Whether a failed push looks like the network (worth trying again), not a refusal.
@@ -83,7 +113,25 @@ impl Git {
             user_name: user_name.to_owned(),
             user_email: user_email.to_owned(),
             read_timeout: crate::config::READ_TIMEOUT,
+            pruned: Default::default(),
         }
+    }
+
+    /// Runs `read` on the repository at (or above) `dir` through git2, on a blocking thread:
+    /// no process to start, for reads of repositories autodev keeps (never a task's own).
+    async fn read<T, F>(&self, op: &str, dir: &Path, read: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&git2::Repository) -> anyhow::Result<T> + Send + 'static,
+    {
+        self.ops.with_label_values(&[op]).inc();
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let repo = git2::Repository::discover(&dir)
+                .with_context(|| format!("{} is not a git repository", dir.display()))?;
+            read(&repo)
+        })
+        .await?
     }
 
     /// The bound on each step of reading an agent's work (see [`Git::snapshot`]).
@@ -297,16 +345,28 @@ impl Git {
             },
         };
         if exists.is_none() {
-            self.run(
-                "update-ref",
-                &home_git,
-                &["update-ref", &local, &start, ""],
-                None,
-            )
+            let (name, sha) = (local.clone(), start.clone());
+            self.read("update-ref", &home_git, move |repo| {
+                // Created only where no branch is: a run that raced here keeps its own.
+                repo.reference(
+                    &name,
+                    git2::Oid::from_str(&sha)?,
+                    false,
+                    "autodev: task branch",
+                )?;
+                Ok(())
+            })
             .await?;
         }
-        // Worktrees that earlier versions added to the repository itself.
-        let _ = self.output(&home_git, &["worktree", "prune"], None).await;
+        // Worktrees that earlier versions added to the repository itself, once a process.
+        let first = self
+            .pruned
+            .lock()
+            .expect("the pruned set is never poisoned")
+            .insert(home_git.clone());
+        if first {
+            let _ = self.output(&home_git, &["worktree", "prune"], None).await;
+        }
         let earlier = std::fs::symlink_metadata(path.join(".git")).is_ok();
         self.make_task_repo(&home_git, path, branch, &start, earlier)
             .await?;
@@ -315,6 +375,7 @@ impl Git {
             branch: branch.to_owned(),
             reused_branch: exists.is_some(),
             head: start,
+            checked_out: !earlier,
         })
     }
 
@@ -341,42 +402,12 @@ impl Git {
                 .with_context(|| format!("removing stale directory {}", path.display()))?;
         }
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        self.run("worktree_add", path, &["init", "--quiet"], None)
-            .await?;
-        // What the sandbox binds read-only is there from the start: a path the agent could
-        // create would be its own.
-        for dir in ["hooks", "info", "objects/info"] {
-            std::fs::create_dir_all(dot_git.join(dir))
-                .with_context(|| format!("creating {}", dot_git.join(dir).display()))?;
-        }
+        self.ops.with_label_values(&["worktree_add"]).inc();
         let objects = home_git.join("objects");
         let objects = objects.canonicalize().unwrap_or(objects);
-        std::fs::write(
-            dot_git.join("objects/info/alternates"),
-            format!("{}\n", objects.display()),
-        )
-        .context("writing the task repository's alternates")?;
-        // What the agent's own git would otherwise try to write where it cannot (the sandbox
-        // keeps `objects/info` read-only).
-        for (key, value) in [
-            ("gc.auto", "0"),
-            ("maintenance.auto", "false"),
-            ("gc.writeCommitGraph", "false"),
-            ("fetch.writeCommitGraph", "false"),
-        ] {
-            self.run("config", path, &["config", key, value], None)
-                .await?;
-        }
-        let local = format!("refs/heads/{branch}");
-        self.run("update-ref", path, &["update-ref", &local, start], None)
-            .await?;
-        self.run(
-            "symbolic-ref",
-            path,
-            &["symbolic-ref", "HEAD", &local],
-            None,
-        )
-        .await?;
+        let (dir, branch, start) = (path.to_owned(), branch.to_owned(), start.to_owned());
+        tokio::task::spawn_blocking(move || init_task_repo(&dir, &objects, &branch, &start))
+            .await??;
         if keep_files {
             self.run("read-tree", path, &["read-tree", "HEAD"], None)
                 .await?;
@@ -513,6 +544,11 @@ impl Git {
             "protocol.file.allow=always",
             "-c",
             "fetch.fsckObjects=true",
+            // Housekeeping is the repository owner's git's, not a run's to wait on.
+            "-c",
+            "maintenance.auto=false",
+            "-c",
+            "gc.auto=0",
             "fetch",
             "--quiet",
             "--no-tags",
@@ -550,10 +586,13 @@ impl Git {
                 &start[..start.len().min(10)]
             ));
         }
-        let changed = self
-            .count_changed_paths(home_git, start, &tip, MAX_CHANGED_PATHS + 1)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let changed = if tip == start {
+            0
+        } else {
+            self.count_changed_paths(home_git, start, &tip, MAX_CHANGED_PATHS + 1)
+                .await
+                .map_err(|e| format!("{e:#}"))?
+        };
         if changed > MAX_CHANGED_PATHS {
             return Err(format!("it changes more than {MAX_CHANGED_PATHS} paths"));
         }
@@ -618,66 +657,57 @@ impl Git {
         snap: &Snapshot,
         message: &str,
     ) -> anyhow::Result<Option<String>> {
-        let tip_tree = self
-            .run(
-                "rev-parse",
-                home_git,
-                &["rev-parse", &format!("{}^{{tree}}", snap.tip)],
-                None,
-            )
-            .await?;
-        if tip_tree.trim() == snap.tree {
-            return Ok(None);
-        }
-        let commit = self
-            .run(
-                "commit",
-                home_git,
-                &["commit-tree", &snap.tree, "-p", &snap.tip, "-F", "-"],
-                Some(message),
-            )
-            .await?;
-        Ok(Some(commit.trim().to_owned()))
+        let (tip, tree, message) = (snap.tip.clone(), snap.tree.clone(), message.to_owned());
+        let (name, email) = (self.user_name.clone(), self.user_email.clone());
+        self.read("commit", home_git, move |repo| {
+            let parent = repo.find_commit(git2::Oid::from_str(&tip)?)?;
+            if parent.tree_id().to_string() == tree {
+                return Ok(None);
+            }
+            let tree = repo.find_tree(git2::Oid::from_str(&tree)?)?;
+            let who = git2::Signature::now(&name, &email)?;
+            let commit = repo.commit(None, &who, &who, &message, &tree, &[&parent])?;
+            Ok(Some(commit.to_string()))
+        })
+        .await
     }
 
     /// Points `refs/heads/<branch>` in `home_git` at `sha`, wherever it was.
     pub async fn set_branch(&self, home_git: &Path, branch: &str, sha: &str) -> anyhow::Result<()> {
-        self.run(
-            "update-ref",
-            home_git,
-            &["update-ref", &format!("refs/heads/{branch}"), sha],
-            None,
-        )
-        .await?;
-        Ok(())
+        let (name, sha) = (format!("refs/heads/{branch}"), sha.to_owned());
+        self.read("update-ref", home_git, move |repo| {
+            repo.reference(
+                &name,
+                git2::Oid::from_str(&sha)?,
+                true,
+                "autodev: task branch",
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes `name` in `home_git`, if it is there.
     pub async fn delete_ref(&self, home_git: &Path, name: &str) -> anyhow::Result<()> {
-        let _ = self
-            .output(home_git, &["update-ref", "-d", name], None)
-            .await?;
-        Ok(())
+        let name = name.to_owned();
+        self.read("update-ref", home_git, move |repo| {
+            match repo.find_reference(&name) {
+                Ok(mut r) => r.delete()?,
+                Err(e) if e.code() == git2::ErrorCode::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The commit `name` points at in `dir`, if it exists.
     pub async fn rev(&self, dir: &Path, name: &str) -> anyhow::Result<Option<String>> {
-        let out = self
-            .output(
-                dir,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("{name}^{{commit}}"),
-                ],
-                None,
-            )
-            .await?;
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+        let spec = format!("{name}^{{commit}}");
+        self.read("rev-parse", dir, move |repo| {
+            Ok(repo.revparse_single(&spec).ok().map(|o| o.id().to_string()))
+        })
+        .await
     }
 
     /// A bare mirror of `url` at `path`, fetched now. Remote branches land in
@@ -952,15 +982,13 @@ impl Git {
 
     /// The git directory a worktree shares with its repository (objects, refs, config).
     pub async fn common_dir(&self, worktree: &Path) -> anyhow::Result<PathBuf> {
-        let out = self
-            .run(
-                "rev-parse",
-                worktree,
-                &["rev-parse", "--path-format=absolute", "--git-common-dir"],
-                None,
-            )
-            .await?;
-        Ok(PathBuf::from(out.trim()))
+        self.read("rev-parse", worktree, |repo| {
+            let dir = repo.commondir();
+            let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+            // Without the trailing `/` git2 gives it.
+            Ok(dir.components().collect())
+        })
+        .await
     }
 
     /// The URL of remote `name`, as the repository's config has it; `None` without one.
@@ -992,13 +1020,15 @@ impl Git {
         rev: &str,
         path: &str,
     ) -> anyhow::Result<Option<String>> {
-        let out = self
-            .output(repo, &["show", &format!("{rev}:{path}")], None)
-            .await?;
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        let spec = format!("{rev}:{path}");
+        self.read("show", repo, move |repo| {
+            Ok(repo
+                .revparse_single(&spec)
+                .and_then(|o| o.peel_to_blob())
+                .ok()
+                .map(|blob| String::from_utf8_lossy(blob.content()).into_owned()))
+        })
+        .await
     }
 
     /// Files changed between `base` and `head` (their merge base, as a pull request shows).
@@ -1040,18 +1070,10 @@ impl Git {
             .snapshot(home_git, worktree, branch, None, index, confine)
             .await?;
         let last_tree = self.rev(home_git, side_ref).await?;
-        if let Some(last) = last_tree {
-            let tree = self
-                .run(
-                    "rev-parse",
-                    home_git,
-                    &["rev-parse", &format!("{last}^{{tree}}")],
-                    None,
-                )
-                .await?;
-            if tree.trim() == snap.tree {
-                return Ok(None);
-            }
+        if let Some(last) = last_tree
+            && self.tree_of(home_git, &last).await? == snap.tree
+        {
+            return Ok(None);
         }
         let Some(commit) = self.commit_snapshot(home_git, &snap, message).await? else {
             return Ok(None);
@@ -1069,23 +1091,27 @@ impl Git {
     /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
     /// The best common ancestor of `a` and `b`, if they have one.
     pub async fn merge_base(&self, dir: &Path, a: &str, b: &str) -> anyhow::Result<Option<String>> {
-        let out = self.output(dir, &["merge-base", a, b], None).await?;
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+        let (a, b) = (a.to_owned(), b.to_owned());
+        self.read("merge-base", dir, move |repo| {
+            let (Some(a), Some(b)) = (commit_id(repo, &a), commit_id(repo, &b)) else {
+                return Ok(None);
+            };
+            Ok(repo.merge_base(a, b).ok().map(|o| o.to_string()))
+        })
+        .await
     }
 
     /// The tree of `commit`.
     pub async fn tree_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
-        let spec = format!("{commit}^{{tree}}");
-        let out = self
-            .output(dir, &["rev-parse", "--verify", "--quiet", &spec], None)
-            .await?;
-        if !out.status.success() {
-            bail!("{commit} is not a commit in {}", dir.display());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        let (spec, commit) = (format!("{commit}^{{tree}}"), commit.to_owned());
+        let shown = dir.display().to_string();
+        self.read("rev-parse", dir, move |repo| {
+            match repo.revparse_single(&spec) {
+                Ok(tree) => Ok(tree.id().to_string()),
+                Err(_) => bail!("{commit} is not a commit in {shown}"),
+            }
+        })
+        .await
     }
 
     pub async fn is_ancestor(
@@ -1094,14 +1120,14 @@ impl Git {
         ancestor: &str,
         commit: &str,
     ) -> anyhow::Result<bool> {
-        let out = self
-            .output(
-                dir,
-                &["merge-base", "--is-ancestor", ancestor, commit],
-                None,
-            )
-            .await?;
-        Ok(out.status.success())
+        let (ancestor, commit) = (ancestor.to_owned(), commit.to_owned());
+        self.read("merge-base", dir, move |repo| {
+            let (Some(a), Some(c)) = (commit_id(repo, &ancestor), commit_id(repo, &commit)) else {
+                return Ok(false);
+            };
+            Ok(a == c || repo.graph_descendant_of(c, a).unwrap_or(false))
+        })
+        .await
     }
 
     /// Brings `worktree` (detached at the branch head) up to `onto` by rebase or merge. On a
@@ -1232,16 +1258,12 @@ impl Git {
 
     /// The first parent of `commit`.
     pub async fn parent_of(&self, dir: &Path, commit: &str) -> anyhow::Result<String> {
-        Ok(self
-            .run(
-                "rev-parse",
-                dir,
-                &["rev-parse", &format!("{commit}^")],
-                None,
-            )
-            .await?
-            .trim()
-            .to_owned())
+        let commit = commit.to_owned();
+        self.read("rev-parse", dir, move |repo| {
+            let found = repo.revparse_single(&commit)?.peel_to_commit()?;
+            Ok(found.parent_id(0)?.to_string())
+        })
+        .await
     }
 
     /// Removes a task's worktree (the branch stays).
@@ -1288,6 +1310,61 @@ fn credential_helper(url: &str) -> String {
         scheme = quote(scheme),
         host = quote(host),
     )
+}
+
+/// The commit `rev` names in `repo`, if it names one.
+fn commit_id(repo: &git2::Repository, rev: &str) -> Option<git2::Oid> {
+    repo.revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .ok()
+        .map(|c| c.id())
+}
+
+/// Makes the git directory of a task's repository at `path` (what `git init` would, without
+/// templates), borrowing `objects`, with `refs/heads/<branch>` at `start` and checked out
+/// (HEAD names it). In this process: a repository is a few small files, and each git process
+/// costs more than writing them.
+fn init_task_repo(path: &Path, objects: &Path, branch: &str, start: &str) -> anyhow::Result<()> {
+    let local = format!("refs/heads/{branch}");
+    let mut opts = git2::RepositoryInitOptions::new();
+    opts.external_template(false)
+        .no_reinit(true)
+        .initial_head(&local);
+    git2::Repository::init_opts(path, &opts)
+        .with_context(|| format!("making a repository at {}", path.display()))?;
+    let dot_git = path.join(".git");
+    // What the sandbox binds read-only is there from the start: a path the agent could
+    // create would be its own.
+    for dir in ["hooks", "info", "objects/info"] {
+        std::fs::create_dir_all(dot_git.join(dir))
+            .with_context(|| format!("creating {}", dot_git.join(dir).display()))?;
+    }
+    std::fs::write(
+        dot_git.join("objects/info/alternates"),
+        format!("{}\n", objects.display()),
+    )
+    .context("writing the task repository's alternates")?;
+    // Opened again: the borrowed objects are found from here on.
+    let repo = git2::Repository::open(&dot_git)?;
+    let mut config = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+    // What the agent's own git would otherwise try to write where it cannot (the sandbox
+    // keeps `objects/info` read-only).
+    for (key, value) in [
+        ("gc.auto", "0"),
+        ("maintenance.auto", "false"),
+        ("gc.writeCommitGraph", "false"),
+        ("fetch.writeCommitGraph", "false"),
+    ] {
+        config.set_str(key, value)?;
+    }
+    repo.reference(
+        &local,
+        git2::Oid::from_str(start)?,
+        true,
+        "autodev: task start",
+    )
+    .with_context(|| format!("{start} is not a commit the task's repository can read"))?;
+    Ok(())
 }
 
 /// Whether the git directory `dir` is only directories and regular files, and has no

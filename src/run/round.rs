@@ -74,7 +74,7 @@ impl Rounds<'_> {
             return Ok(Round::Stop(o));
         }
         let ws = self.ws;
-        let round_start = ws.snapshot(engine).await?;
+        let round_start = ws.round_start(engine).await?;
         let text = prompt::build(&PromptInput {
             role: &run.role,
             spec,

@@ -43,6 +43,9 @@ pub(super) struct Workspace {
     pub record: Box<dyn Fn(Option<i32>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
     /// Whose words the task carries, when they are not the operator's.
     pub untrusted: Option<String>,
+    /// What the worktree holds before the first round, when that is known without reading it
+    /// (its files were just checked out).
+    checked_out: std::sync::Mutex<Option<ops::Snapshot>>,
 }
 
 impl Workspace {
@@ -126,8 +129,26 @@ impl Workspace {
         // Recorded before anything is started: a crash between starting an agent and recording
         // its group still leaves the marker to find it by, in this run or after a retry.
         store::set_agent_process(&engine.pool, row.pk, row.run_seq, None, Some(&marker)).await?;
+        let reading = Reading::new(engine, row);
+        // Nothing has run in a fresh checkout: it holds the tree of its commit, and its index
+        // (autodev's, written by the checkout) knows every file.
+        let checked_out = match worktree.checked_out {
+            true => match worktree.seed_index(&reading.index) {
+                Ok(()) => Some(ops::Snapshot {
+                    tree: engine.git.tree_of(&home_git, &worktree.head).await?,
+                    tip: worktree.head.clone(),
+                    unread: None,
+                }),
+                Err(e) => {
+                    tracing::debug!("seeding the reading index: {e:#}");
+                    None
+                }
+            },
+            false => None,
+        };
         Ok(Self {
-            reading: Reading::new(engine, row),
+            checked_out: std::sync::Mutex::new(checked_out),
+            reading,
             record: process_recorder(engine, row, &marker),
             // An issue's title and text are its author's words, whoever that is.
             untrusted: row
@@ -145,6 +166,20 @@ impl Workspace {
             gates_config,
             marker,
         })
+    }
+
+    /// What the worktree holds as a round starts: as it was checked out, before the first
+    /// round of a fresh worktree, else read as [`Workspace::snapshot`] does.
+    pub async fn round_start(&self, engine: &Engine) -> anyhow::Result<ops::Snapshot> {
+        let known = self
+            .checked_out
+            .lock()
+            .expect("the checkout's snapshot is never poisoned")
+            .take();
+        match known {
+            Some(snap) => Ok(snap),
+            None => self.snapshot(engine).await,
+        }
     }
 
     /// The agent's work as it stands: its branch and its files, read by autodev's own git in
