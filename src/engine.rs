@@ -153,7 +153,8 @@ impl Engine {
             &settings.file.agent.git_user_name,
             &settings.file.agent.git_user_email,
         )
-        .with_read_timeout(settings.file.agent.read_timeout);
+        .with_read_timeout(settings.file.agent.read_timeout)
+        .with_spares(&settings.worktrees_dir.join(".spare"));
         let (live, _) = broadcast::channel(1024);
         let github = github_client(&settings, settings.github.as_ref(), &metrics)?;
         let sandbox = crate::proc::sandbox::Sandbox::from_settings(&settings)?;
@@ -757,6 +758,8 @@ impl Engine {
         let full = store::is_disk_full(e);
         if full {
             self.disk.release_if_full();
+            // What was checked out ahead is room to give back first.
+            self.git.drop_spares();
         }
         full
     }

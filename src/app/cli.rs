@@ -372,6 +372,8 @@ async fn serve(settings: Settings, http: Http) -> anyhow::Result<i32> {
         );
     }
     let engine = Engine::open(settings).await?;
+    // Task after task: the next one's checkout is made while an agent works.
+    engine.git.make_spares_ahead();
     if api && let Some(code) = engine.setup.code() {
         match &engine.settings.public_url {
             Some(public) => tracing::warn!(

@@ -16,15 +16,33 @@ use crate::jobs::{HandleDelivery, HygieneJob, Job as _, OutboxJob, RunTask};
 /// again), never the worker.
 async fn unpanicked(
     what: String,
-    job: impl std::future::Future<Output = Result<(), BoxDynError>>,
+    job: impl std::future::Future<Output = Result<(), BoxDynError>> + Send + 'static,
 ) -> Result<(), BoxDynError> {
-    use futures::FutureExt;
-    match std::panic::AssertUnwindSafe(job).catch_unwind().await {
+    match apart(job).await {
         Ok(result) => result,
         Err(panic) => {
-            tracing::error!("{what} panicked: {}", panic_message(panic.as_ref()));
+            tracing::error!("{what} panicked: {panic}");
             Ok(())
         }
+    }
+}
+
+/// Runs `job` on a tokio task of its own and waits for it; `Err` holds what a panic in it said.
+///
+/// apalis asks the database for the next job each time anything in its worker's task wakes,
+/// and a job run inside that task wakes it at every step (each statement, each process it
+/// waits on): a hundred needless queries a task, each taking SQLite's write lock. On a task of
+/// its own a job wakes only itself, and the worker looks for jobs when one ends, one is queued
+/// or its poll interval passes. Dropping the wait (the worker stopping) ends the job as well.
+async fn apart<F>(job: F) -> Result<F::Output, String>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio_util::task::AbortOnDropHandle::new(tokio::spawn(job)).await {
+        Ok(output) => Ok(output),
+        Err(e) if e.is_panic() => Err(panic_message(e.into_panic().as_ref())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -35,9 +53,7 @@ async fn handle_delivery(
     use tracing::Instrument;
     let what = format!("delivery {}", job.delivery);
     let span = tracing::info_span!("delivery", delivery = %job.delivery);
-    unpanicked(what, handle_delivery_inner(job, engine))
-        .instrument(span)
-        .await
+    unpanicked(what, handle_delivery_inner(job, engine).instrument(span)).await
 }
 
 async fn handle_delivery_inner(
@@ -69,13 +85,12 @@ async fn handle_outbox(job: OutboxJob, engine: Data<Arc<Engine>>) -> Result<(), 
         task_pk = job.effect.task().map(|k| k.0),
         attempt = job.attempt,
     );
-    unpanicked(what, async move {
+    let effect = async move {
         crate::bot::outbox::run(&engine, job)
             .await
             .map_err(|e| format!("{e:#}").into())
-    })
-    .instrument(span)
-    .await
+    };
+    unpanicked(what, effect.instrument(span)).await
 }
 
 async fn handle_hygiene(job: HygieneJob, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
@@ -89,16 +104,13 @@ async fn handle_hygiene(job: HygieneJob, engine: Data<Arc<Engine>>) -> Result<()
 }
 
 async fn handle(job: RunTask, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
-    use futures::FutureExt;
-    // A panic ends this run only: the task is finished as `error`, and the worker goes on.
-    let run = std::panic::AssertUnwindSafe(crate::run::pipeline::run_job(&engine, job))
-        .catch_unwind()
-        .await;
+    let running = Arc::clone(&engine);
+    let run = apart(async move { crate::run::pipeline::run_job(&running, job).await }).await;
     match run {
         Ok(result) => result.map_err(|e| format!("{e:#}").into()),
+        // A panic ends this run only: the task is finished as `error`, and the worker goes on.
         Err(panic) => {
-            crate::run::pipeline::finish_after_panic(&engine, job, &panic_message(panic.as_ref()))
-                .await;
+            crate::run::pipeline::finish_after_panic(&engine, job, &panic).await;
             Ok(())
         }
     }

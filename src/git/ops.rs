@@ -25,6 +25,8 @@ pub struct Git {
     read_timeout: std::time::Duration,
     /// The repositories whose stale `git worktree` entries this process has pruned.
     pruned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// Task repositories made ahead, when kept.
+    spares: Option<std::sync::Arc<super::spare::Spares>>,
 }
 
 /// What a task's working tree holds at one moment (see [`Git::snapshot`]).
@@ -49,6 +51,9 @@ impl Snapshot {
 /// objects can name millions of paths); past that, its files are taken without it.
 pub const MAX_CHANGED_PATHS: usize = 1_000_000;
 
+/// The least free room on the worktrees' disk for a task repository to be made ahead.
+const SPARE_ROOM: u64 = 1024 * 1024 * 1024;
+
 /// Puts a job (a git reading the task's files) where the task's own jobs run: its sandbox.
 pub type Confine<'a> = dyn Fn(crate::proc::exec::Job) -> crate::proc::exec::Job + Send + Sync + 'a;
 
@@ -63,6 +68,8 @@ pub struct Worktree {
     /// Its files were checked out from `head` just now (not kept from an earlier run), and
     /// its repository's index describes them.
     pub checked_out: bool,
+    /// It was made ahead of the task (see `spare`).
+    pub made_ahead: bool,
 }
 
 impl Worktree {
@@ -114,7 +121,30 @@ impl Git {
             user_email: user_email.to_owned(),
             read_timeout: crate::config::READ_TIMEOUT,
             pruned: Default::default(),
+            spares: None,
         }
+    }
+
+    /// Has a task repository made ahead for each repository tasks start from, from now on (a
+    /// process that serves task after task).
+    pub fn make_spares_ahead(&self) {
+        if let Some(spares) = &self.spares {
+            spares.want();
+        }
+    }
+
+    /// Removes the task repositories made ahead, which give their room back.
+    pub fn drop_spares(&self) {
+        if let Some(spares) = &self.spares {
+            spares.clear();
+        }
+    }
+
+    /// Keeps task repositories made ahead (see `spare`) under `root`, once asked to
+    /// ([`Git::make_spares_ahead`]).
+    pub fn with_spares(mut self, root: &Path) -> Self {
+        self.spares = Some(std::sync::Arc::new(super::spare::Spares::new(root)));
+        self
     }
 
     /// Runs `read` on the repository at (or above) `dir` through git2, on a blocking thread:
@@ -368,21 +398,118 @@ impl Git {
             let _ = self.output(&home_git, &["worktree", "prune"], None).await;
         }
         let earlier = std::fs::symlink_metadata(path.join(".git")).is_ok();
-        self.make_task_repo(&home_git, path, branch, &start, earlier)
-            .await?;
+        let made_ahead = !earlier && self.adopt_spare(&home_git, path, branch, &start).await;
+        if !made_ahead {
+            self.make_task_repo(&home_git, path, branch, &start, earlier)
+                .await?;
+        }
         Ok(Worktree {
             path: path.to_owned(),
             branch: branch.to_owned(),
             reused_branch: exists.is_some(),
             head: start,
             checked_out: !earlier,
+            made_ahead,
         })
+    }
+
+    /// Moves the spare made for `home_git` at `start`, if there is one, to `path` and puts it
+    /// on `branch`; whether it did. The spare's files and index are as its checkout left them,
+    /// untouched since: nothing but autodev has seen them.
+    async fn adopt_spare(&self, home_git: &Path, path: &Path, branch: &str, start: &str) -> bool {
+        let Some(spare) = self.spares.as_ref().and_then(|s| s.take(home_git, start)) else {
+            return false;
+        };
+        self.ops.with_label_values(&["worktree_add"]).inc();
+        let (to, branch, start) = (path.to_owned(), branch.to_owned(), start.to_owned());
+        let adopted = tokio::task::spawn_blocking(move || {
+            let moved = (|| {
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    std::fs::remove_dir_all(&to)?;
+                }
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&spare, &to)
+            })();
+            if let Err(e) = moved {
+                let _ = std::fs::remove_dir_all(&spare);
+                return Err(anyhow::Error::from(e).context("moving the spare"));
+            }
+            let repo = git2::Repository::open(to.join(".git"))?;
+            let local = format!("refs/heads/{branch}");
+            repo.reference(
+                &local,
+                git2::Oid::from_str(&start)?,
+                true,
+                "autodev: task start",
+            )?;
+            repo.set_head(&local)?;
+            repo.find_reference(&format!("refs/heads/{}", super::spare::PLACEHOLDER))?
+                .delete()?;
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        match adopted {
+            Ok(()) => true,
+            Err(e) => {
+                // `make_task_repo` starts again from nothing at `path`.
+                tracing::warn!("taking the task repository made ahead: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Starts making a spare for `home_git` at `commit`, unless one is there or on its way:
+    /// the next task from there likely starts where this one did. Best started once the
+    /// task's agent works, so that the checkout takes no time from the task's own steps.
+    pub fn make_spare(&self, home_git: &Path, commit: &str) {
+        let Some(spares) = self.spares.clone() else {
+            return;
+        };
+        // Only where the room is plenty: a spare is worth less than a task's own checkout.
+        let disk = spares.root().ancestors().find(|dir| dir.exists());
+        let room = disk.and_then(crate::proc::reserve::free_bytes);
+        if room.is_none_or(|bytes| bytes < SPARE_ROOM) {
+            return;
+        }
+        let Some(path) = spares.start(home_git) else {
+            return;
+        };
+        self.ops.with_label_values(&["spare"]).inc();
+        let (git, home_git, commit) = (self.clone(), home_git.to_owned(), commit.to_owned());
+        tokio::spawn(async move {
+            let placeholder = super::spare::PLACEHOLDER;
+            let made = git
+                .write_task_repo(&home_git, &path, placeholder, &commit, false)
+                .await;
+            if let Err(e) = &made {
+                tracing::debug!("making a task repository ahead: {e:#}");
+            }
+            spares.finish(&home_git, path, made.ok().map(|()| commit));
+        });
     }
 
     /// A repository of its own at `path`, on `branch` at `start`, borrowing the objects of
     /// `home_git` (listed in its `objects/info/alternates`). Whatever `.git` was there goes;
     /// the files go too unless `keep_files`, else `start` is checked out.
     pub async fn make_task_repo(
+        &self,
+        home_git: &Path,
+        path: &Path,
+        branch: &str,
+        start: &str,
+        keep_files: bool,
+    ) -> anyhow::Result<()> {
+        self.ops.with_label_values(&["worktree_add"]).inc();
+        self.write_task_repo(home_git, path, branch, start, keep_files)
+            .await
+    }
+
+    /// [`Git::make_task_repo`], uncounted.
+    async fn write_task_repo(
         &self,
         home_git: &Path,
         path: &Path,
@@ -402,7 +529,6 @@ impl Git {
                 .with_context(|| format!("removing stale directory {}", path.display()))?;
         }
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        self.ops.with_label_values(&["worktree_add"]).inc();
         let objects = home_git.join("objects");
         let objects = objects.canonicalize().unwrap_or(objects);
         let (dir, branch, start) = (path.to_owned(), branch.to_owned(), start.to_owned());

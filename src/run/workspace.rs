@@ -79,7 +79,7 @@ impl Workspace {
         run.note(
             store::EventKind::Worktree,
             &format!(
-                "worktree {} on {} ({} from {} at {})",
+                "worktree {} on {} ({} from {} at {}{})",
                 worktree.path.display(),
                 worktree.branch,
                 if worktree.reused_branch {
@@ -88,7 +88,12 @@ impl Workspace {
                     "new branch"
                 },
                 source.base,
-                super::pipeline::short(&source.base_sha)
+                super::pipeline::short(&source.base_sha),
+                if worktree.made_ahead {
+                    "; checked out ahead"
+                } else {
+                    ""
+                }
             ),
         )
         .await;
@@ -149,7 +154,7 @@ impl Workspace {
         Ok(Self {
             checked_out: std::sync::Mutex::new(checked_out),
             reading,
-            record: process_recorder(engine, row, &marker),
+            record: process_recorder(engine, row, &marker, &home_git, &source.base_sha),
             // An issue's title and text are its author's words, whoever that is.
             untrusted: row
                 .issue_number
@@ -199,18 +204,26 @@ impl Workspace {
     }
 }
 
-/// Writes the agent's process group to the task's row as the agent starts.
+/// Writes the agent's process group to the task's row as the agent starts; and then, while
+/// the agent works, has the next task's repository made ahead at the base this one started
+/// from (`git::spare`).
 fn process_recorder(
     engine: &Engine,
     row: &TaskRow,
     marker: &str,
+    home_git: &std::path::Path,
+    start: &str,
 ) -> Box<dyn Fn(Option<i32>) -> futures::future::BoxFuture<'static, ()> + Send + Sync> {
     let pool = engine.pool.clone();
     let (key, run_seq) = (row.pk, row.run_seq);
     let marker = marker.to_owned();
+    let (git, home_git, start) = (engine.git.clone(), home_git.to_owned(), start.to_owned());
     Box::new(move |pgid: Option<i32>| {
         let pool = pool.clone();
         let marker = marker.clone();
+        if pgid.is_some() {
+            git.make_spare(&home_git, &start);
+        }
         Box::pin(async move {
             if pgid.is_some() {
                 crash_point("agent-started");

@@ -710,3 +710,64 @@ async fn the_users_gc_while_a_task_runs_breaks_nothing() {
         base
     );
 }
+
+/// The next task on the same base takes the repository made ahead while the last one's agent
+/// worked: on its own branch, with the base's files, and nothing of the spare's left in it.
+#[tokio::test]
+async fn the_next_task_takes_a_checkout_made_ahead_and_a_moved_base_is_not_missed() {
+    let world = World::new();
+    // Each agent writes down what it found, and which branch its repository is on.
+    world.agent(
+        "claude",
+        &format!(
+            "cat >/dev/null\n{{ cat README.md; git symbolic-ref HEAD; git branch --format='%(refname)'; }} > seen.txt\necho '{CLAUDE_OK}'"
+        ),
+    );
+    let server = world.serve();
+    let first = server.run_to_end("AHEAD-1", "").await;
+    assert_eq!(first.state, State::Passed, "{first}");
+    assert!(!first.told("checked out ahead"), "{first}");
+
+    let second = eventually("a spare checkout taken", async || {
+        // The spare is made while an agent works; a task that came too soon checks out as ever.
+        let id = format!("AHEAD-{}", rand_id());
+        let t = server.run_to_end(&id, "").await;
+        if t.told("checked out ahead") {
+            Ok((id, t))
+        } else {
+            Err(t)
+        }
+    })
+    .await;
+    let (id, task) = second;
+    assert_eq!(task.state, State::Passed, "{task}");
+    let seen = git(
+        &world.repo,
+        &["show", &format!("auto/backend/{id}:seen.txt")],
+    );
+    let readme = std::fs::read_to_string(world.repo.join("README.md")).unwrap();
+    assert!(seen.starts_with(readme.trim_end()), "{seen}");
+    let branch = format!("refs/heads/auto/backend/{id}");
+    assert_eq!(
+        seen[readme.trim_end().len()..]
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [branch.as_str(), branch.as_str()],
+        "on its own branch, the only one: {seen}"
+    );
+
+    // The base moves on: the spare made at the old commit is not used.
+    std::fs::write(world.repo.join("README.md"), "moved on\n").unwrap();
+    git(&world.repo, &["commit", "-q", "-am", "move the base"]);
+    let moved = server.run_to_end("AHEAD-MOVED", "").await;
+    assert_eq!(moved.state, State::Passed, "{moved}");
+    assert!(!moved.told("checked out ahead"), "{moved}");
+    let seen = git(&world.repo, &["show", "auto/backend/AHEAD-MOVED:seen.txt"]);
+    assert!(seen.starts_with("moved on\n"), "{seen}");
+}
+
+fn rand_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(2);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
