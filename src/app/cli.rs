@@ -372,8 +372,11 @@ async fn serve(settings: Settings, http: Http) -> anyhow::Result<i32> {
         );
     }
     let engine = Engine::open(settings).await?;
-    // Task after task: the next one's checkout is made while an agent works.
-    engine.git.make_spares_ahead();
+    // Task after task: the next one's checkout is made while an agent works. Only in the
+    // sandbox, where no agent can reach a spare that another task's agent will work in.
+    if engine.sandbox.is_some() {
+        engine.git.make_spares_ahead();
+    }
     if api && let Some(code) = engine.setup.code() {
         match &engine.settings.public_url {
             Some(public) => tracing::warn!(

@@ -79,6 +79,9 @@ impl Worktree {
     /// changed in the same instant the index was written compares against.
     pub fn seed_index(&self, index: &Path) -> anyhow::Result<()> {
         let from = self.path.join(".git/index");
+        if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
+            bail!("{} is not a file", from.display());
+        }
         let written = std::fs::metadata(&from)
             .and_then(|m| m.modified())
             .with_context(|| format!("reading {}", from.display()))?;
@@ -128,8 +131,13 @@ impl Git {
     /// Has a task repository made ahead for each repository tasks start from, from now on (a
     /// process that serves task after task).
     pub fn make_spares_ahead(&self) {
-        if let Some(spares) = &self.spares {
-            spares.want();
+        if let Some(spares) = &self.spares
+            && let Err(e) = spares.want()
+        {
+            tracing::warn!(
+                "no task repositories are made ahead ({}): {e}",
+                spares.root().display()
+            );
         }
     }
 
@@ -147,7 +155,7 @@ impl Git {
         self
     }
 
-    /// Runs `read` on the repository at (or above) `dir` through git2, on a blocking thread:
+    /// Runs `read` on the repository at `dir` through git2, on a blocking thread:
     /// no process to start, for reads of repositories autodev keeps (never a task's own).
     async fn read<T, F>(&self, op: &str, dir: &Path, read: F) -> anyhow::Result<T>
     where
@@ -157,7 +165,8 @@ impl Git {
         self.ops.with_label_values(&[op]).inc();
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || {
-            let repo = git2::Repository::discover(&dir)
+            // The repository at `dir`, never one above it.
+            let repo = git2::Repository::open(&dir)
                 .with_context(|| format!("{} is not a git repository", dir.display()))?;
             read(&repo)
         })
@@ -475,7 +484,7 @@ impl Git {
         if room.is_none_or(|bytes| bytes < SPARE_ROOM) {
             return;
         }
-        let Some(path) = spares.start(home_git) else {
+        let Some(making) = spares.start(home_git) else {
             return;
         };
         self.ops.with_label_values(&["spare"]).inc();
@@ -483,12 +492,15 @@ impl Git {
         tokio::spawn(async move {
             let placeholder = super::spare::PLACEHOLDER;
             let made = git
-                .write_task_repo(&home_git, &path, placeholder, &commit, false)
+                .write_task_repo(&home_git, &making.path, placeholder, &commit, false)
                 .await;
             if let Err(e) = &made {
                 tracing::debug!("making a task repository ahead: {e:#}");
             }
-            spares.finish(&home_git, path, made.ok().map(|()| commit));
+            // Made, but the room it leaves is too little: not kept.
+            let room = crate::proc::reserve::free_bytes(&making.path);
+            let kept = made.is_ok() && room.is_some_and(|bytes| bytes >= SPARE_ROOM);
+            spares.finish(&home_git, making, kept.then_some(commit));
         });
     }
 
@@ -655,11 +667,17 @@ impl Git {
         start: &str,
     ) -> Result<String, String> {
         let agent = worktree.join(".git");
-        {
-            let dir = agent.clone();
-            tokio::task::spawn_blocking(move || plain_git_dir(&dir))
-                .await
-                .map_err(|e| e.to_string())??;
+        let unmoved = {
+            let (dir, branch, start) = (agent.clone(), branch.to_owned(), start.to_owned());
+            tokio::task::spawn_blocking(move || {
+                plain_git_dir(&dir)?;
+                Ok::<_, String>(branch_left_at(&dir, &branch, &start))
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        if unmoved {
+            return Ok(start.to_owned());
         }
         let refspec = format!("+refs/heads/{branch}:{fetch_ref}");
         let agent_s = agent.to_string_lossy();
@@ -1493,6 +1511,32 @@ fn init_task_repo(path: &Path, objects: &Path, branch: &str, start: &str) -> any
     Ok(())
 }
 
+/// Whether the task repository's git directory `dir` (checked by [`plain_git_dir`]: only
+/// directories and regular files) plainly holds `branch` at `start`, where the run started:
+/// its loose ref says so, and nothing in its config can put the refs elsewhere. Then a fetch
+/// would bring `start` and nothing new, and is not run. Anything else (a packed or missing
+/// ref, another ref store) is left to the fetch.
+fn branch_left_at(dir: &Path, branch: &str, start: &str) -> bool {
+    // Files of an agent's: read only when small.
+    let read = |path: &Path| {
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= 64 * 1024);
+        small.then(|| std::fs::read(path).ok()).flatten()
+    };
+    let Some(config) = read(&dir.join("config")) else {
+        return false;
+    };
+    if config
+        .to_ascii_lowercase()
+        .windows(10)
+        .any(|w| w == b"refstorage")
+        || std::fs::symlink_metadata(dir.join("reftable")).is_ok()
+    {
+        return false;
+    }
+    read(&dir.join("refs/heads").join(branch))
+        .is_some_and(|text| text.trim_ascii() == start.as_bytes())
+}
+
 /// Whether the git directory `dir` is only directories and regular files, and has no
 /// `commondir` and no `.git` inside (either would send git to another git directory); the
 /// first offence otherwise.
@@ -1627,6 +1671,43 @@ pub fn commit_message(role: &str, title: &str, task_id: &str, passed: bool) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fetch is skipped only when the branch plainly sits where the run started.
+    #[test]
+    fn only_a_loose_ref_at_the_start_spares_the_fetch() {
+        let start = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+        let other = "1111111111111111111111111111111111111111";
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path();
+        std::fs::create_dir_all(git.join("refs/heads/auto/backend")).unwrap();
+        std::fs::write(git.join("config"), "[core]\n\tbare = false\n").unwrap();
+        let branch = "auto/backend/T-1";
+        let set = |text: &str| std::fs::write(git.join("refs/heads").join(branch), text).unwrap();
+        set(&format!("{start}\n"));
+        assert!(branch_left_at(git, branch, start));
+        set(&format!("{other}\n"));
+        assert!(!branch_left_at(git, branch, start), "the agent committed");
+        std::fs::remove_file(git.join("refs/heads").join(branch)).unwrap();
+        std::fs::write(
+            git.join("packed-refs"),
+            format!("{start} refs/heads/{branch}\n"),
+        )
+        .unwrap();
+        assert!(
+            !branch_left_at(git, branch, start),
+            "a packed ref is the fetch's to read"
+        );
+        set(&format!("{start}\n"));
+        std::fs::write(
+            git.join("config"),
+            "[core]\n\trepositoryformatversion = 1\n[extensions]\n\trefStorage = reftable\n",
+        )
+        .unwrap();
+        assert!(!branch_left_at(git, branch, start), "refs kept elsewhere");
+        std::fs::write(git.join("config"), "[core]\n").unwrap();
+        set(&format!("{start}\n{}", " ".repeat(100_000)));
+        assert!(!branch_left_at(git, branch, start), "too big to be a ref");
+    }
 
     #[test]
     fn commit_messages_are_conventional() {

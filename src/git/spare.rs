@@ -3,31 +3,42 @@
 //! already there (a rename) instead of waiting for one. This module keeps the books (where
 //! each spare is, at which commit, which one is being made); `ops` makes and adopts them.
 //! Imports nothing of autodev's: no database, no engine, no `ops`.
+//!
+//! Each process keeps its spares in a directory of its own under the root, named uniquely
+//! and held by an exclusive `flock` on `<name>.lock` for as long as the process wants spares.
+//! A directory whose lock anyone can take belongs to a process that is gone (whatever its
+//! pid namespace), and is removed.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The branch a spare's repository is on until a task takes it.
 pub const PLACEHOLDER: &str = "autodev-spare";
 
-/// The spares of this process, in a directory of its own.
+/// The most repositories a process keeps a spare for.
+pub const MAX_SPARES: usize = 4;
+
+/// The spares of this process.
 #[derive(Debug)]
 pub struct Spares {
-    dir: PathBuf,
+    root: PathBuf,
     state: Mutex<State>,
-    made: AtomicU64,
-    /// Whether to make any: a process that runs one task and ends never takes one.
-    wanted: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// This process's directory and the lock that says it lives, once spares are wanted.
+    own: Option<(PathBuf, std::fs::File)>,
     /// The repository each borrows from (its git directory) → the spare ready for it.
     ready: HashMap<PathBuf, Spare>,
     /// Repositories whose spare is being made.
     making: HashSet<PathBuf>,
+    /// Spares made so far (each one's name).
+    made: u64,
+    /// Bumped when every spare is given back: one being made meanwhile is not kept.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -36,33 +47,75 @@ struct Spare {
     commit: String,
 }
 
+/// A spare on its way: where to make it, and the books' generation when it was started.
+#[derive(Debug)]
+pub struct Making {
+    pub path: PathBuf,
+    generation: u64,
+}
+
 impl Spares {
-    /// Spares under `root` (beside the worktrees, so that taking one is a rename): this
-    /// process's in `root/<pid>`. What processes that are gone left there is removed.
+    /// Spares under `root` (beside the worktrees, so that taking one is a rename). Nothing is
+    /// made, and nothing on disk is touched, until [`Spares::want`].
     pub fn new(root: &Path) -> Self {
-        let own = std::process::id();
-        if let Ok(entries) = std::fs::read_dir(root) {
-            for entry in entries.flatten() {
-                let pid = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok());
-                if pid.is_some_and(|pid| pid == own || !alive(pid)) {
-                    discard(entry.path());
-                }
-            }
-        }
         Self {
-            dir: root.join(own.to_string()),
+            root: root.to_owned(),
             state: Mutex::default(),
-            made: AtomicU64::new(0),
-            wanted: AtomicBool::new(false),
         }
     }
 
-    /// From now on, spares are made (a process that serves task after task).
-    pub fn want(&self) {
-        self.wanted.store(true, Ordering::Relaxed);
+    /// From now on, spares are made (a process that serves task after task): this process's
+    /// directory is made and locked, and what processes that are gone left is removed.
+    pub fn want(&self) -> std::io::Result<()> {
+        let mut state = self.lock();
+        if state.own.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.root)?;
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let lock = std::fs::File::create(self.root.join(format!("{name}.lock")))?;
+        if !try_lock(&lock) {
+            return Err(std::io::Error::other("the spares' lock is taken"));
+        }
+        for entry in std::fs::read_dir(&self.root)?.flatten() {
+            let path = entry.path();
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let (stem, is_lock) = match file.strip_suffix(".lock") {
+                Some(stem) => (stem, true),
+                None => (file, false),
+            };
+            if stem == name {
+                continue;
+            }
+            let lock_path = self.root.join(format!("{stem}.lock"));
+            // Gone: no lock file at all, or one that nobody holds.
+            let gone = std::fs::File::open(&lock_path).map_or(true, |f| try_lock(&f));
+            if gone {
+                if is_lock {
+                    let _ = std::fs::remove_file(&path);
+                } else {
+                    discard(path);
+                }
+            }
+        }
+        let dir = self.root.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        state.own = Some((dir, lock));
+        Ok(())
+    }
+
+    /// The directory the spares are under (on the disk they take room on).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The spare for `home_git`, taken out of the books, when it is at `commit`. One at
@@ -76,47 +129,50 @@ impl Spares {
         None
     }
 
-    /// Where to make a spare for `home_git`, unless one is there or being made.
-    pub fn start(&self, home_git: &Path) -> Option<PathBuf> {
-        if !self.wanted.load(Ordering::Relaxed) {
-            return None;
-        }
+    /// Where to make a spare for `home_git`, unless spares are not wanted, one is there or
+    /// being made, or [`MAX_SPARES`] repositories have one.
+    pub fn start(&self, home_git: &Path) -> Option<Making> {
         let mut state = self.lock();
-        if state.ready.contains_key(home_git) || !state.making.insert(home_git.to_owned()) {
+        let dir = state.own.as_ref()?.0.clone();
+        if state.ready.contains_key(home_git)
+            || state.ready.len() + state.making.len() >= MAX_SPARES
+            || !state.making.insert(home_git.to_owned())
+        {
             return None;
         }
-        let n = self.made.fetch_add(1, Ordering::Relaxed);
-        Some(self.dir.join(n.to_string()))
+        state.made += 1;
+        Some(Making {
+            path: dir.join(state.made.to_string()),
+            generation: state.generation,
+        })
     }
 
-    /// Ends the making of a spare for `home_git` at `path`: into the books when it was made
-    /// (`commit`), else away.
-    pub fn finish(&self, home_git: &Path, path: PathBuf, commit: Option<String>) {
+    /// Ends the making of a spare for `home_git`: into the books when it was made (at
+    /// `commit`) and nothing was given back meanwhile, else away.
+    pub fn finish(&self, home_git: &Path, making: Making, commit: Option<String>) {
         let mut state = self.lock();
         state.making.remove(home_git);
         match commit {
-            Some(commit) => {
-                if let Some(old) = state
-                    .ready
-                    .insert(home_git.to_owned(), Spare { path, commit })
-                {
+            Some(commit) if making.generation == state.generation => {
+                let spare = Spare {
+                    path: making.path,
+                    commit,
+                };
+                if let Some(old) = state.ready.insert(home_git.to_owned(), spare) {
                     discard(old.path);
                 }
             }
-            None => discard(path),
+            _ => discard(making.path),
         }
     }
 
-    /// Removes every spare that is ready (the room is needed).
+    /// Removes every spare, and any being made once it is (the room is needed).
     pub fn clear(&self) {
-        for (_, spare) in self.lock().ready.drain() {
+        let mut state = self.lock();
+        state.generation += 1;
+        for (_, spare) in state.ready.drain() {
             discard(spare.path);
         }
-    }
-
-    /// The directory the spares are under (on the disk they take room on).
-    pub fn root(&self) -> &Path {
-        self.dir.parent().unwrap_or(&self.dir)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -126,14 +182,10 @@ impl Spares {
     }
 }
 
-/// Whether process `pid` is running.
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
-    let answer = unsafe { libc::kill(pid, 0) };
-    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+/// Takes `file`'s exclusive `flock` without waiting; whether it did.
+fn try_lock(file: &std::fs::File) -> bool {
+    // SAFETY: flock on a file descriptor this process owns, which outlives the call.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Removes a spare that is of no use, off the caller's path.
@@ -147,50 +199,85 @@ fn discard(path: PathBuf) {
 mod tests {
     use super::*;
 
+    fn gone(path: &Path) -> bool {
+        for _ in 0..200 {
+            if !path.exists() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
     #[test]
     fn a_spare_is_taken_once_and_only_at_its_commit() {
         let root = tempfile::tempdir().unwrap();
         let spares = Spares::new(root.path());
         let home = Path::new("/repo/.git");
         assert!(spares.start(home).is_none(), "none unless wanted");
-        spares.want();
-        let path = spares.start(home).expect("nothing is being made yet");
+        spares.want().unwrap();
+        let making = spares.start(home).expect("nothing is being made yet");
         assert!(spares.start(home).is_none(), "one spare a repository");
+        let path = making.path.clone();
         std::fs::create_dir_all(&path).unwrap();
-        spares.finish(home, path.clone(), Some("abc".into()));
+        spares.finish(home, making, Some("abc".into()));
         assert!(spares.start(home).is_none(), "one is ready");
         assert_eq!(spares.take(home, "abc"), Some(path));
         assert_eq!(spares.take(home, "abc"), None, "taken already");
 
-        let path = spares.start(home).unwrap();
+        let making = spares.start(home).unwrap();
+        let path = making.path.clone();
         std::fs::create_dir_all(&path).unwrap();
-        spares.finish(home, path.clone(), Some("abc".into()));
+        spares.finish(home, making, Some("abc".into()));
         assert_eq!(spares.take(home, "def"), None, "the base moved on");
-        for _ in 0..100 {
-            if !path.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!path.exists(), "a spare at an old commit is removed");
+        assert!(gone(&path), "a spare at an old commit is removed");
+
+        // Given back while being made: not kept.
+        let making = spares.start(home).unwrap();
+        let path = making.path.clone();
+        std::fs::create_dir_all(&path).unwrap();
+        spares.clear();
+        spares.finish(home, making, Some("abc".into()));
+        assert_eq!(spares.take(home, "abc"), None);
+        assert!(gone(&path));
+
+        // At most a few repositories.
+        let homes: Vec<PathBuf> = (0..=MAX_SPARES)
+            .map(|n| PathBuf::from(format!("/r{n}/.git")))
+            .collect();
+        let started = homes.iter().filter(|h| spares.start(h).is_some()).count();
+        assert_eq!(started, MAX_SPARES);
     }
 
     #[test]
-    fn what_a_process_that_is_gone_left_is_removed() {
+    fn only_what_a_process_that_is_gone_left_is_removed() {
         let root = tempfile::tempdir().unwrap();
-        // No process has this pid (above the kernel's limit).
-        let gone = root.path().join("4194305");
-        std::fs::create_dir_all(gone.join("0")).unwrap();
-        let living = root.path().join("1");
-        std::fs::create_dir_all(&living).unwrap();
-        let _spares = Spares::new(root.path());
-        for _ in 0..100 {
-            if !gone.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!gone.exists());
-        assert!(living.exists(), "pid 1 is running");
+        // Another living process: its lock is held.
+        let living = Spares::new(root.path());
+        living.want().unwrap();
+        let living_dir = root.path().join(
+            std::fs::read_dir(root.path())
+                .unwrap()
+                .flatten()
+                .find(|e| e.path().is_dir())
+                .unwrap()
+                .file_name(),
+        );
+        std::fs::create_dir_all(living_dir.join("1")).unwrap();
+        // One that is gone: its lock file is there, unheld; and one from before locks.
+        let dead = root.path().join("7-1");
+        std::fs::create_dir_all(dead.join("1")).unwrap();
+        std::fs::write(root.path().join("7-1.lock"), "").unwrap();
+        let older = root.path().join("4242");
+        std::fs::create_dir_all(&older).unwrap();
+
+        let spares = Spares::new(root.path());
+        spares.want().unwrap();
+        assert!(gone(&dead) && gone(&older));
+        assert!(!root.path().join("7-1.lock").exists());
+        assert!(
+            living_dir.join("1").exists(),
+            "a living process keeps its spares"
+        );
     }
 }

@@ -454,9 +454,39 @@ pub fn process_exists(pid: i32) -> bool {
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
+/// Whether group `pgid` has a member that still runs. A zombie (dead, not yet collected by
+/// its parent) does not count: where the processes a sandbox leaves are collected by an init
+/// that does so every second or two, waiting for them would hold a run for that long.
 pub fn group_alive(pgid: i32) -> bool {
-    // Signal 0 checks for existence without sending anything.
-    pgid > 1 && unsafe { libc::killpg(pgid, 0) == 0 }
+    // Signal 0 checks for existence (zombies included) without sending anything.
+    // SAFETY: killpg with signal 0 sends nothing.
+    if pgid <= 1 || unsafe { libc::killpg(pgid, 0) } != 0 {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        let Some(stat) = is_pid
+            .then(|| std::fs::read_to_string(entry.path().join("stat")).ok())
+            .flatten()
+        else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp ...`; the name may hold anything, so fields are
+        // counted after its last `)`.
+        let mut fields = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        group == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
 }
 
 /// Kills a process group left by an earlier run, but only if its leader still carries
