@@ -30,12 +30,14 @@ impl Browser {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        // A group of its own: Chromium, which it starts, goes with it.
+        let driver =
+            std::os::unix::process::CommandExt::process_group(&mut Command::new(chromedriver), 0)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts");
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         eventually("chromedriver to answer", async || {
@@ -187,6 +189,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            // SAFETY: killpg only sends a signal, to the group this test started.
+            unsafe { libc::killpg(group, libc::SIGKILL) };
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
