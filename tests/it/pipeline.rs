@@ -771,3 +771,25 @@ fn rand_id() -> String {
     static N: AtomicU32 = AtomicU32::new(2);
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
+
+/// Without the sandbox an agent could write into a spare that the next task's agent will work
+/// in: none is made, however many tasks run.
+#[tokio::test]
+async fn without_the_sandbox_no_checkout_is_made_ahead() {
+    let world = World::unconfined();
+    world.agent(
+        "claude",
+        &format!("cat >/dev/null\necho x > f.txt\necho '{CLAUDE_OK}'"),
+    );
+    let server = world.serve();
+    for n in 1..=3 {
+        let t = server.run_to_end(&format!("BARE-{n}"), "").await;
+        assert_eq!(t.state, State::Passed, "{t}");
+        assert!(!t.told("checked out ahead"), "{t}");
+    }
+    let spares = world.data.join("worktrees/.spare");
+    let held: Vec<_> = std::fs::read_dir(&spares)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(held.is_empty(), "{held:?}");
+}
