@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -162,7 +161,7 @@ impl Engine {
             &settings.data_dir,
             settings.file.database.reserve_mb * 1024 * 1024,
         );
-        let batcher = store::Batcher::start(pool.clone());
+        let batcher = store::Batcher::start(&settings.database_url, &settings.file.database)?;
         let engine = Arc::new(Self {
             disk,
             sandbox,
@@ -432,34 +431,28 @@ impl Engine {
         // other requests of the moment (`store::Batcher`).
         let written = self
             .batcher
-            .write(move |conn| {
-                async move {
-                    // The job's id is chosen first, so the task's row names it as it is
-                    // written: one statement fewer.
-                    let job_id = jobs::JobId::new();
-                    let job_name = job_id.to_string();
-                    let new = store::NewTask {
-                        repo: &repo_name,
-                        task_id: &task_id,
-                        role: &role_name,
-                        title: &title,
-                        spec_json: &spec_json,
-                        branch: &branch,
-                        job_id: Some(&job_name),
-                    };
-                    let Some(key) = store::insert_task(&mut *conn, &new).await? else {
-                        return Ok(None);
-                    };
-                    let job = RunTask { task: key, run: 1 };
-                    let job_id =
-                        jobs::push_as(conn, &job, job_id, std::time::Duration::ZERO).await?;
-                    let queued = format!("queued as job {job_id} for branch {branch}");
-                    engine
-                        .record_in(conn, key, 1, crate::store::EventKind::Queued, &queued)
-                        .await?;
-                    anyhow::Ok(Some((key, job_id, queued)))
-                }
-                .boxed()
+            .write(move |w| {
+                // The job's id is chosen first, so the task's row names it as it is written:
+                // one statement fewer.
+                let job_id = jobs::JobId::new();
+                let job_name = job_id.to_string();
+                let new = store::NewTask {
+                    repo: &repo_name,
+                    task_id: &task_id,
+                    role: &role_name,
+                    title: &title,
+                    spec_json: &spec_json,
+                    branch: &branch,
+                    job_id: Some(&job_name),
+                };
+                let Some(key) = w.insert_task(&new)? else {
+                    return Ok(None);
+                };
+                let job = RunTask { task: key, run: 1 };
+                let job_id = jobs::push_written(w, &job, job_id, std::time::Duration::ZERO)?;
+                let queued = format!("queued as job {job_id} for branch {branch}");
+                engine.record_written(w, key, 1, crate::store::EventKind::Queued, &queued)?;
+                anyhow::Ok(Some((key, job_id, queued)))
             })
             .await?;
         let Some((key, job_id, queued)) = written else {
@@ -630,6 +623,24 @@ impl Engine {
         {
             let effect = jobs::OutboxJob::new(jobs::Effect::Status { task: key });
             jobs::push(tx, &effect, std::time::Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Engine::record_in`], in a group commit (`store::Batcher`).
+    pub fn record_written(
+        &self,
+        w: &store::Writer<'_>,
+        key: TaskKey,
+        run_seq: i64,
+        kind: store::EventKind,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        let message = self.secrets().blot(message);
+        w.add_event(key, run_seq, kind, &message)?;
+        if self.app_mode() && kind.changes_status() && w.task_issue(key)?.is_some() {
+            let effect = jobs::OutboxJob::new(jobs::Effect::Status { task: key });
+            jobs::push_written(w, &effect, jobs::JobId::new(), std::time::Duration::ZERO)?;
         }
         Ok(())
     }

@@ -59,9 +59,32 @@ impl std::fmt::Display for JobId {
 pub async fn push_as<J: Job>(
     conn: &mut crate::store::Conn,
     job: &J,
-    JobId(id): JobId,
+    id: JobId,
     delay: Duration,
 ) -> anyhow::Result<String> {
+    apalis_sqlite::queries::push_tasks(conn, J::QUEUE, &[queued(job, id, delay)?])
+        .await
+        .map_err(|e| anyhow::anyhow!("queueing a job on {}: {e}", J::QUEUE))?;
+    Ok(id.to_string())
+}
+
+/// [`push_as`], in a group commit (`store::Batcher`).
+pub fn push_written<J: Job>(
+    w: &crate::store::Writer<'_>,
+    job: &J,
+    id: JobId,
+    delay: Duration,
+) -> anyhow::Result<String> {
+    w.push_job(J::QUEUE, &queued(job, id, delay)?)?;
+    Ok(id.to_string())
+}
+
+/// `job` as the queue stores it.
+fn queued<J: Job>(
+    job: &J,
+    JobId(id): JobId,
+    delay: Duration,
+) -> anyhow::Result<apalis_sqlite::SqliteTask> {
     let mut builder =
         TaskBuilder::new(serde_json::to_vec(job)?).task_id(apalis::prelude::TaskId::from_ulid(id));
     if let Some(key) = job.idempotency_key() {
@@ -70,10 +93,7 @@ pub async fn push_as<J: Job>(
     if !delay.is_zero() {
         builder = builder.run_after(delay);
     }
-    apalis_sqlite::queries::push_tasks(conn, J::QUEUE, &[builder.build()])
-        .await
-        .map_err(|e| anyhow::anyhow!("queueing a job on {}: {e}", J::QUEUE))?;
-    Ok(id.to_string())
+    Ok(builder.build())
 }
 
 /// Wakes this process's worker of a queue once a job for it is committed, so that it fetches

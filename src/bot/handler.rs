@@ -195,9 +195,11 @@ impl Ctx<'_> {
         // repository not on the record is checked with GitHub before it is refused.
         if !store::repo_installed(&self.engine.pool, inst.0, &full).await? {
             let names = self.gh.installation_repositories(inst).await?;
-            let mut tx = store::begin_write(&self.engine.pool).await?;
-            store::upsert_installation(&mut tx, inst.0, &repo.owner, true, Some(&names)).await?;
-            tx.commit().await.map_err(anyhow::Error::from)?;
+            let owner = repo.owner.clone();
+            self.engine
+                .batcher
+                .write(move |w| w.upsert_installation(inst.0, &owner, true, Some(&names)))
+                .await?;
         }
         Ok(store::repo_installed(&self.engine.pool, inst.0, &full).await?)
     }

@@ -1,7 +1,8 @@
 //! Receiving a webhook delivery: verify, parse, dedup, and store the work in one transaction.
 //! Nothing here calls GitHub, so the answer comes well inside GitHub's 10 seconds.
 
-use futures::FutureExt;
+use std::time::Duration;
+
 use secrecy::ExposeSecret;
 
 use crate::engine::Engine;
@@ -88,22 +89,19 @@ pub async fn receive(
     // moment (`store::Batcher`).
     let intake = engine
         .batcher
-        .write(move |conn| {
-            async move {
-                let new = store::NewDelivery {
-                    id: &delivery,
-                    event: &event_name,
-                    repo: repo.as_deref(),
-                    installation,
-                    payload: &payload,
-                    outcome,
-                };
-                if !store::insert_delivery(&mut *conn, &new).await? {
-                    return Ok(Intake::Duplicate);
-                }
-                record(conn, event, delivery).await
+        .write(move |w| {
+            let new = store::NewDelivery {
+                id: &delivery,
+                event: &event_name,
+                repo: repo.as_deref(),
+                installation,
+                payload: &payload,
+                outcome,
+            };
+            if !w.insert_delivery(&new)? {
+                return Ok(Intake::Duplicate);
             }
-            .boxed()
+            record(w, event, delivery)
         })
         .await?;
     if intake == Intake::Queued {
@@ -114,7 +112,7 @@ pub async fn receive(
 
 /// What a fresh delivery changes at once: installations are recorded, anything else is
 /// queued for a worker.
-async fn record(conn: &mut store::Conn, event: Event, delivery: String) -> anyhow::Result<Intake> {
+fn record(w: &store::Writer<'_>, event: Event, delivery: String) -> anyhow::Result<Intake> {
     Ok(match event {
         Event::Installation {
             installation,
@@ -124,8 +122,7 @@ async fn record(conn: &mut store::Conn, event: Event, delivery: String) -> anyho
         } => {
             let active = !matches!(action.as_str(), "deleted" | "suspend");
             let repos = (action == "created").then_some(repos);
-            store::upsert_installation(conn, installation.0, &account, active, repos.as_deref())
-                .await?;
+            w.upsert_installation(installation.0, &account, active, repos.as_deref())?;
             Intake::Recorded
         }
         Event::InstallationRepositories {
@@ -134,9 +131,9 @@ async fn record(conn: &mut store::Conn, event: Event, delivery: String) -> anyho
             added,
             removed,
         } => {
-            store::upsert_installation(&mut *conn, installation.0, &account, true, None).await?;
-            store::add_installation_repos(&mut *conn, installation.0, &added).await?;
-            store::remove_installation_repos(&mut *conn, installation.0, &removed).await?;
+            w.upsert_installation(installation.0, &account, true, None)?;
+            w.add_installation_repos(installation.0, &added)?;
+            w.remove_installation_repos(installation.0, &removed)?;
             Intake::Recorded
         }
         _ => {
@@ -144,7 +141,7 @@ async fn record(conn: &mut store::Conn, event: Event, delivery: String) -> anyho
                 delivery,
                 attempt: 0,
             };
-            crate::jobs::push(conn, &job, std::time::Duration::ZERO).await?;
+            crate::jobs::push_written(w, &job, crate::jobs::JobId::new(), Duration::ZERO)?;
             Intake::Queued
         }
     })

@@ -5,12 +5,16 @@
 //! the transaction is committed: nobody hears "done" before their rows would survive a crash.
 //! One transaction for many requests is one commit for many (one WAL sync where `synchronous`
 //! asks for one), and no request waits on SQLite's busy lock behind another's.
+//!
+//! The writer is a thread with a connection of its own (rusqlite, on the SQLite library sqlx
+//! links, with the pool's pragmas). A batch's statements run there one after another: on the
+//! pool, every statement was a round trip to the connection's thread, and those trips were
+//! most of what intake cost.
 
 use std::any::Any;
+use std::path::{Path, PathBuf};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use sqlx::Connection;
+use sqlx::sqlite::SqliteSynchronous;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
@@ -21,7 +25,7 @@ pub const MAX_BATCH: usize = 256;
 type Written = anyhow::Result<Box<dyn Any + Send>>;
 
 /// One request's writes: run on the writer's connection, inside the batch's transaction.
-type Work = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Written> + Send>;
+type Work = Box<dyn FnOnce(&Writer<'_>) -> Written + Send>;
 
 struct Request {
     work: Work,
@@ -34,13 +38,69 @@ pub struct Batcher {
     requests: mpsc::Sender<Request>,
 }
 
+/// The writer's connection, inside a batch's transaction: what a request may write.
+/// Statements are prepared once and kept (`statement`).
+pub struct Writer<'c> {
+    conn: &'c rusqlite::Connection,
+}
+
+impl Writer<'_> {
+    /// `sql`, prepared once per connection.
+    pub(super) fn statement(&self, sql: &str) -> anyhow::Result<rusqlite::CachedStatement<'_>> {
+        Ok(self.conn.prepare_cached(sql)?)
+    }
+
+    /// Queues `task` on `queue` as apalis's own `push_tasks` does (its
+    /// `queries/task/sink.sql`, and its defaults): the table is apalis's, and its workers
+    /// fetch what is written here as their own.
+    pub fn push_job(&self, queue: &str, task: &apalis_sqlite::SqliteTask) -> anyhow::Result<()> {
+        let id = task
+            .task_id()
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| ulid::Ulid::generate().to_string());
+        let run_at = task
+            .run_at()
+            .unwrap_or_else(|| Utc::now().timestamp().max(0) as u64) as i64;
+        let max_attempts = task.max_attempts().unwrap_or(25) as i64;
+        let priority = task.priority().unwrap_or_default() as i64;
+        let meta = serde_json::to_string(task.metadata()).unwrap_or_default();
+        self.statement(
+            "INSERT INTO Jobs VALUES (?1, ?2, ?3, 'Pending', 0, ?4, ?5, NULL, NULL, NULL, NULL,
+               ?6, ?7, ?8)
+             ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+        )?
+        .execute(rusqlite::params![
+            task.args,
+            id,
+            queue,
+            max_attempts,
+            run_at,
+            priority,
+            meta,
+            task.idempotency_key()
+        ])
+        .with_context(|| format!("queueing a job on {queue}"))?;
+        Ok(())
+    }
+}
+
+/// A time as sqlx writes a `DateTime<Utc>` (RFC 3339), so rows from either are alike.
+pub(super) fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
 impl Batcher {
-    /// Starts the writer on `pool`. It runs until every `Batcher` is dropped. (A thread of its
-    /// own was measured: slower, as the machine's cores are what the requests share.)
-    pub fn start(pool: SqlitePool) -> Self {
+    /// Starts the writer on the database at `url` (its tables made: after [`migrate`]). It
+    /// runs until every `Batcher` is dropped.
+    pub fn start(url: &str, config: &DatabaseConfig) -> anyhow::Result<Self> {
+        let opening = Opening::new(url, config)?;
+        let conn = opening.open()?;
         let (requests, queue) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(write_batches(pool, queue));
-        Self { requests }
+        std::thread::Builder::new()
+            .name("autodev-writer".into())
+            .spawn(move || write_batches(opening, conn, queue))
+            .context("starting the database writer")?;
+        Ok(Self { requests })
     }
 
     /// Runs `work` in the next batch; its result once the batch is committed. An error of
@@ -49,12 +109,10 @@ impl Batcher {
     pub async fn write<T, F>(&self, work: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, anyhow::Result<T>> + Send + 'static,
+        F: FnOnce(&Writer<'_>) -> anyhow::Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
-        let work: Work = Box::new(move |conn| {
-            async move { work(conn).await.map(|t| Box::new(t) as Box<dyn Any + Send>) }.boxed()
-        });
+        let work: Work = Box::new(move |w| work(w).map(|t| Box::new(t) as Box<dyn Any + Send>));
         self.requests
             .send(Request { work, answer })
             .await
@@ -74,121 +132,165 @@ impl std::fmt::Debug for Request {
     }
 }
 
-async fn write_batches(pool: SqlitePool, mut queue: mpsc::Receiver<Request>) {
+/// How the writer's connection is opened: the pool's file and pragmas (`connect`).
+struct Opening {
+    path: PathBuf,
+    synchronous: &'static str,
+    busy_timeout: std::time::Duration,
+}
+
+impl Opening {
+    fn new(url: &str, config: &DatabaseConfig) -> anyhow::Result<Self> {
+        let options =
+            SqliteConnectOptions::from_str(url).with_context(|| format!("database URL `{url}`"))?;
+        let synchronous = match SqliteSynchronous::from_str(&config.synchronous)
+            .map_err(|e| anyhow::anyhow!("database.synchronous: {e}"))?
+        {
+            SqliteSynchronous::Off => "OFF",
+            SqliteSynchronous::Normal => "NORMAL",
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Extra => "EXTRA",
+        };
+        Ok(Self {
+            path: options.get_filename().to_owned(),
+            synchronous,
+            busy_timeout: std::time::Duration::from_millis(config.busy_timeout_ms),
+        })
+    }
+
+    fn open(&self) -> anyhow::Result<rusqlite::Connection> {
+        let opened = || -> rusqlite::Result<rusqlite::Connection> {
+            let conn = rusqlite::Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(self.busy_timeout)?;
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON",
+                self.synchronous
+            ))?;
+            conn.set_prepared_statement_cache_capacity(64);
+            Ok(conn)
+        };
+        opened().with_context(|| format!("opening database {}", self.path.display()))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn write_batches(opening: Opening, conn: rusqlite::Connection, mut queue: mpsc::Receiver<Request>) {
+    let mut conn = Some(conn);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // What gathered while the last batch was written goes in the next: no waiting on a
     // timer, so a lone request is written at once.
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         tracing::trace!(requests = batch.len(), "writing a batch");
-        write_batch(&pool, std::mem::take(&mut batch)).await;
+        // A connection a failed batch left in doubt was closed; a new one for this batch.
+        let opened = match conn.take() {
+            Some(c) => Ok(c),
+            None => opening.open(),
+        };
+        let (works, answers): (Vec<Work>, Vec<oneshot::Sender<Written>>) =
+            std::mem::take(&mut batch)
+                .into_iter()
+                .map(|r| (r.work, r.answer))
+                .unzip();
+        let mut written: Vec<Written> = Vec::with_capacity(works.len());
+        let committed = match opened {
+            Ok(c) => {
+                let ran = run_batch(&c, works, &mut written);
+                if ran.is_err() {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
+                // Kept only when SQLite says no transaction is left open on it.
+                if ran.is_ok() || c.is_autocommit() {
+                    conn = Some(c);
+                } else {
+                    tracing::warn!(
+                        "closing the database writer's connection to {}: a transaction is \
+                         still open on it",
+                        opening.path().display()
+                    );
+                }
+                ran
+            }
+            Err(e) => Err(e),
+        };
+        let mut written = written.into_iter();
+        for answer in answers {
+            let own = written.next();
+            let _ = answer.send(match (&committed, own) {
+                (Ok(()), Some(own)) => own,
+                // Its own failure says more than the batch's.
+                (Err(_), Some(Err(own))) => Err(own),
+                (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+                (Ok(()), None) => Err(anyhow::anyhow!("the request was not written")),
+            });
+        }
     }
 }
 
-async fn write_batch(pool: &SqlitePool, batch: Vec<Request>) {
-    let (works, answers): (Vec<Work>, Vec<oneshot::Sender<Written>>) =
-        batch.into_iter().map(|r| (r.work, r.answer)).unzip();
-    let mut written: Vec<Written> = Vec::with_capacity(works.len());
-    let committed = run_batch(pool, works, &mut written).await;
-    let mut written = written.into_iter();
-    for answer in answers {
-        let own = written.next();
-        let _ = answer.send(match (&committed, own) {
-            (Ok(()), Some(own)) => own,
-            // Its own failure says more than the batch's.
-            (Err(_), Some(Err(own))) => Err(own),
-            (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
-            (Ok(()), None) => Err(anyhow::anyhow!("the request was not written")),
-        });
-    }
-}
-
-/// Runs `works` in one transaction, each in a savepoint, pushing each one's result to
-/// `written`; `Err` when the transaction could not be had or committed (nothing written).
-///
-/// The transaction is driven with plain statements, a savepoint's release and the next one's
-/// start in one round trip to the connection's thread: per request, that trip is what costs
-/// most. A connection that failed mid-way is closed rather than given back to the pool, in
-/// whatever state SQLite left it.
-async fn run_batch(
-    pool: &SqlitePool,
+/// Runs `works` in one transaction on `conn`, each in a savepoint, pushing each one's result
+/// to `written`; `Err` when the transaction could not be had or committed (nothing written).
+fn run_batch(
+    conn: &rusqlite::Connection,
     works: Vec<Work>,
     written: &mut Vec<Written>,
 ) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await.context("a connection for writing")?;
-    let ran = async {
-        sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT request")
-            .execute(&mut *conn)
-            .await
-            .context("starting a write transaction")?;
-        for work in works {
-            // A request that panics fails alone, not the writer.
-            let result = std::panic::AssertUnwindSafe(work(&mut conn))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the request panicked")));
-            let next = if result.is_ok() {
-                "RELEASE request; SAVEPOINT request"
-            } else {
-                "ROLLBACK TO request; RELEASE request; SAVEPOINT request"
-            };
-            written.push(result);
-            sqlx::raw_sql(next)
-                .execute(&mut *conn)
-                .await
-                .context("ending a request's savepoint")?;
+    let step = |sql: &str| -> anyhow::Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    step("BEGIN IMMEDIATE").context("starting a write transaction")?;
+    let writer = Writer { conn };
+    for work in works {
+        step("SAVEPOINT request").context("starting a request's savepoint")?;
+        // A request that panics fails alone, not the writer.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&writer)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the request panicked")));
+        if result.is_err() {
+            step("ROLLBACK TO request").context("undoing a request's writes")?;
         }
-        sqlx::raw_sql("RELEASE request; COMMIT")
-            .execute(&mut *conn)
-            .await
-            .context("committing a batch of requests")?;
-        anyhow::Ok(())
+        step("RELEASE request").context("ending a request's savepoint")?;
+        written.push(result);
     }
-    .await;
-    if ran.is_err() {
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        let _ = conn.detach().close().await;
-    }
-    ran
+    step("COMMIT").context("committing a batch of requests")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn scratch() -> (tempfile::TempDir, SqlitePool) {
+    async fn scratch() -> (tempfile::TempDir, SqlitePool, Batcher) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let pool = connect(&url, &crate::config::DatabaseConfig::default())
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+        let config = DatabaseConfig::default();
+        let pool = connect(&url, &config).await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY, at TEXT)")
             .execute(&pool)
             .await
             .unwrap();
-        (dir, pool)
+        let batcher = Batcher::start(&url, &config).unwrap();
+        (dir, pool, batcher)
     }
 
     /// Many requests at once: every good one is written and told so, a failing one is undone
     /// alone and told why.
     #[tokio::test]
     async fn a_failing_request_is_undone_alone() {
-        let (_dir, pool) = scratch().await;
-        let batcher = Batcher::start(pool.clone());
+        let (_dir, pool, batcher) = scratch().await;
         let mut asked = Vec::new();
         for n in 0..200i64 {
             let b = batcher.clone();
             asked.push(tokio::spawn(async move {
-                b.write(move |conn| {
-                    async move {
-                        sqlx::query("INSERT INTO t (n) VALUES (?)")
-                            .bind(n)
-                            .execute(&mut *conn)
-                            .await?;
-                        // Every seventh fails after it wrote: its row must go.
-                        anyhow::ensure!(n % 7 != 3, "request {n} refused");
-                        Ok(n)
-                    }
-                    .boxed()
+                b.write(move |w| {
+                    w.statement("INSERT INTO t (n) VALUES (?)")?.execute([n])?;
+                    // Every seventh fails after it wrote: its row must go.
+                    anyhow::ensure!(n % 7 != 3, "request {n} refused");
+                    Ok(n)
                 })
                 .await
             }));
@@ -199,6 +301,7 @@ mod tests {
                 Ok(got) => assert_eq!(got, n as i64),
                 Err(e) => {
                     assert_eq!(n % 7, 3, "{e:#}");
+                    assert!(format!("{e:#}").contains("refused"), "{e:#}");
                     refused += 1;
                 }
             }
@@ -214,24 +317,237 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_request_fails_alone() {
-        let (_dir, pool) = scratch().await;
-        let batcher = Batcher::start(pool.clone());
+        let (_dir, pool, batcher) = scratch().await;
         let panicked = batcher
-            .write(|_conn| async move { panic!("boom") as anyhow::Result<()> }.boxed())
+            .write(|w| {
+                w.statement("INSERT INTO t (n) VALUES (7)")?.execute([])?;
+                panic!("boom") as anyhow::Result<()>
+            })
             .await;
         assert!(panicked.is_err());
         let n = batcher
-            .write(|conn| {
-                async move {
-                    sqlx::query("INSERT INTO t (n) VALUES (1)")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(1)
-                }
-                .boxed()
+            .write(|w| {
+                w.statement("INSERT INTO t (n) VALUES (1)")?.execute([])?;
+                Ok(1)
             })
             .await
             .unwrap();
         assert_eq!(n, 1);
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, [1], "the panicked request's row is undone");
+    }
+
+    /// A batch whose commit fails (here: a deferred foreign key, checked at COMMIT) fails
+    /// every request in it and writes none, and the writer goes on with the next batch.
+    #[tokio::test]
+    async fn a_failed_commit_fails_its_batch_and_the_writer_goes_on() {
+        let (_dir, pool, batcher) = scratch().await;
+        sqlx::query("CREATE TABLE c (p INTEGER REFERENCES t (n) DEFERRABLE INITIALLY DEFERRED)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // A request that waits holds the writer, so the next two gather into one batch.
+        let (started, has_started) = oneshot::channel();
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                batcher
+                    .write(move |_| {
+                        started.send(()).ok();
+                        gate.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        has_started.await.unwrap();
+        let mut orphan = Box::pin(batcher.write(|w| {
+            w.statement("INSERT INTO c (p) VALUES (999)")?.execute([])?;
+            Ok(())
+        }));
+        let mut good = Box::pin(batcher.write(|w| {
+            w.statement("INSERT INTO t (n) VALUES (1)")?.execute([])?;
+            Ok(())
+        }));
+        // One poll each hands the request to the writer's queue.
+        assert!(futures::poll!(&mut orphan).is_pending());
+        assert!(futures::poll!(&mut good).is_pending());
+        go.send(()).unwrap();
+        let (holding, orphan, good) = (holding.await.unwrap(), orphan.await, good.await);
+        holding.unwrap();
+        let e = orphan.unwrap_err();
+        assert!(format!("{e:#}").contains("committing a batch"), "{e:#}");
+        assert!(
+            good.is_err(),
+            "a request in a batch that was not committed is not told done"
+        );
+        batcher
+            .write(|w| {
+                w.statement("INSERT INTO t (n) VALUES (2)")?.execute([])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, [2]);
+    }
+
+    /// A time the writer stamps reads back through sqlx as the same instant, in the text
+    /// form sqlx itself writes (rows ordered by time compare alike from either).
+    #[tokio::test]
+    async fn the_writer_stamps_time_as_sqlx_does() {
+        let (_dir, pool, batcher) = scratch().await;
+        let at = Utc::now();
+        batcher
+            .write(move |w| {
+                w.statement("INSERT INTO t (n, at) VALUES (1, ?)")?
+                    .execute([stamp(at)])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t (n, at) VALUES (2, ?)")
+            .bind(at)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let texts: Vec<String> = sqlx::query_scalar("SELECT at FROM t ORDER BY n")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(texts[0], texts[1]);
+        let read: DateTime<Utc> = sqlx::query_scalar("SELECT at FROM t WHERE n = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(read, at);
+    }
+
+    /// The writer's connection has the pool's pragmas.
+    #[tokio::test]
+    async fn the_writer_has_the_pools_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let config = DatabaseConfig {
+            synchronous: "full".into(),
+            busy_timeout_ms: 1234,
+            ..DatabaseConfig::default()
+        };
+        let _pool = connect(&url, &config).await.unwrap();
+        let batcher = Batcher::start(&url, &config).unwrap();
+        let pragmas = batcher
+            .write(|w| {
+                let one = |sql: &str| -> anyhow::Result<String> {
+                    Ok(w.statement(sql)?
+                        .query_row([], |r| r.get::<_, rusqlite::types::Value>(0))
+                        .map(|v| format!("{v:?}"))?)
+                };
+                Ok([
+                    one("PRAGMA journal_mode")?,
+                    one("PRAGMA synchronous")?,
+                    one("PRAGMA foreign_keys")?,
+                    one("PRAGMA busy_timeout")?,
+                ])
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            pragmas,
+            [
+                r#"Text("wal")"#,
+                "Integer(2)", // FULL
+                "Integer(1)",
+                "Integer(1234)"
+            ]
+        );
+    }
+
+    /// Every column of the queue's table, as SQL text, for the job `id`.
+    async fn job_row(pool: &SqlitePool, id: &str) -> Vec<String> {
+        let columns = [
+            "job",
+            "id",
+            "job_type",
+            "status",
+            "attempts",
+            "max_attempts",
+            "run_at",
+            "last_result",
+            "lock_at",
+            "lock_by",
+            "done_at",
+            "priority",
+            "metadata",
+            "idempotency_key",
+        ];
+        let mut values = Vec::new();
+        for c in columns {
+            let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT quote({c}) FROM Jobs WHERE id = ?"
+            )))
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            values.push(format!("{c}={v}"));
+        }
+        values
+    }
+
+    /// A job the writer queues is the row apalis's own push writes, column for column
+    /// (`run_at` to the second it was written), with a delay and an idempotency key too.
+    #[tokio::test]
+    async fn a_job_the_writer_queues_is_the_row_apalis_writes() {
+        use apalis::prelude::{TaskBuilder, TaskId};
+        let (dir, pool, _key) = scratch_store().await;
+        let url = format!("sqlite://{}", dir.path().join("autodev.db").display());
+        let batcher = Batcher::start(&url, &DatabaseConfig::default()).unwrap();
+        let tasks = || {
+            [
+                TaskBuilder::new(b"{\"a\":1}".to_vec()),
+                TaskBuilder::new(b"{\"b\":2}".to_vec())
+                    .idempotency_key("effect-2")
+                    .run_after(std::time::Duration::from_secs(90)),
+            ]
+        };
+        for (n, (ours, theirs)) in tasks().into_iter().zip(tasks()).enumerate() {
+            let id = ulid::Ulid::generate();
+            let theirs = theirs.task_id(TaskId::from_ulid(id)).build();
+            let mut conn = pool.acquire().await.unwrap();
+            apalis_sqlite::queries::push_tasks(&mut *conn, "q", &[theirs])
+                .await
+                .unwrap();
+            drop(conn);
+            let by_apalis = job_row(&pool, &id.to_string()).await;
+            sqlx::query("DELETE FROM Jobs")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let ours = ours.task_id(TaskId::from_ulid(id)).build();
+            batcher
+                .write(move |w| w.push_job("q", &ours))
+                .await
+                .unwrap();
+            let by_writer = job_row(&pool, &id.to_string()).await;
+            for (a, w) in by_apalis.iter().zip(&by_writer) {
+                if let (Some(a), Some(w)) = (a.strip_prefix("run_at="), w.strip_prefix("run_at=")) {
+                    let (a, w) = (a.parse::<i64>().unwrap(), w.parse::<i64>().unwrap());
+                    assert!((a - w).abs() <= 1, "job {n}: run_at {a} against {w}");
+                } else {
+                    assert_eq!(a, w, "job {n}");
+                }
+            }
+            sqlx::query("DELETE FROM Jobs")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
     }
 }

@@ -13,30 +13,6 @@ pub struct NewDelivery<'a> {
     pub outcome: &'a str,
 }
 
-/// Records a delivery; `false` when this delivery id was already recorded (a redelivery, or a
-/// copy that arrived at the same moment).
-pub async fn insert_delivery<'e, E: Executor<'e, Database = Sqlite>>(
-    ex: E,
-    d: &NewDelivery<'_>,
-) -> anyhow::Result<bool> {
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO deliveries (id, event, repo, installation_id, payload, outcome, received_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO NOTHING RETURNING id",
-    )
-    .bind(d.id)
-    .bind(d.event)
-    .bind(d.repo)
-    .bind(d.installation)
-    .bind(d.payload)
-    .bind(d.outcome)
-    .bind(Utc::now())
-    .fetch_optional(ex)
-    .await
-    .context("recording delivery")?;
-    Ok(inserted.is_some())
-}
-
 pub async fn delivery_payload(pool: &SqlitePool, id: &str) -> anyhow::Result<Option<String>> {
     Ok(
         sqlx::query_scalar("SELECT payload FROM deliveries WHERE id = ?")
@@ -53,66 +29,75 @@ pub async fn count_deliveries(pool: &SqlitePool) -> anyhow::Result<i64> {
         .await?)
 }
 
-/// Records an installation and, when given, the full list of its repositories.
-pub async fn upsert_installation(
-    conn: &mut Conn,
-    id: i64,
-    account: &str,
-    active: bool,
-    repos: Option<&[String]>,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO installations (id, account, active, updated_at) VALUES (?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET account = excluded.account, active = excluded.active,
-           updated_at = excluded.updated_at",
-    )
-    .bind(id)
-    .bind(account)
-    .bind(active)
-    .bind(Utc::now())
-    .execute(&mut *conn)
-    .await?;
-    if let Some(repos) = repos {
-        sqlx::query("DELETE FROM installation_repos WHERE installation_id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        add_installation_repos(conn, id, repos).await?;
+impl Writer<'_> {
+    /// Records a delivery; `false` when this delivery id was already recorded (a
+    /// redelivery, or a copy that arrived at the same moment).
+    pub fn insert_delivery(&self, d: &NewDelivery<'_>) -> anyhow::Result<bool> {
+        let inserted: Option<String> = self
+            .statement(
+                "INSERT INTO deliveries (id, event, repo, installation_id, payload, outcome,
+                   received_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+            )?
+            .query_row(
+                rusqlite::params![
+                    d.id,
+                    d.event,
+                    d.repo,
+                    d.installation,
+                    d.payload,
+                    d.outcome,
+                    stamp(Utc::now())
+                ],
+                |row| row.get(0),
+            )
+            .optional()
+            .context("recording delivery")?;
+        Ok(inserted.is_some())
     }
-    Ok(())
-}
 
-pub async fn add_installation_repos(
-    conn: &mut Conn,
-    id: i64,
-    repos: &[String],
-) -> anyhow::Result<()> {
-    for repo in repos {
-        sqlx::query(
+    /// Records an installation and, when given, the full list of its repositories.
+    pub fn upsert_installation(
+        &self,
+        id: i64,
+        account: &str,
+        active: bool,
+        repos: Option<&[String]>,
+    ) -> anyhow::Result<()> {
+        self.statement(
+            "INSERT INTO installations (id, account, active, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET account = excluded.account,
+               active = excluded.active, updated_at = excluded.updated_at",
+        )?
+        .execute(rusqlite::params![id, account, active, stamp(Utc::now())])?;
+        if let Some(repos) = repos {
+            self.statement("DELETE FROM installation_repos WHERE installation_id = ?")?
+                .execute([id])?;
+            self.add_installation_repos(id, repos)?;
+        }
+        Ok(())
+    }
+
+    pub fn add_installation_repos(&self, id: i64, repos: &[String]) -> anyhow::Result<()> {
+        let mut insert = self.statement(
             "INSERT INTO installation_repos (installation_id, repo) VALUES (?, ?)
              ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(repo.to_lowercase())
-        .execute(&mut *conn)
-        .await?;
+        )?;
+        for repo in repos {
+            insert.execute(rusqlite::params![id, repo.to_lowercase()])?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-pub async fn remove_installation_repos(
-    conn: &mut Conn,
-    id: i64,
-    repos: &[String],
-) -> anyhow::Result<()> {
-    for repo in repos {
-        sqlx::query("DELETE FROM installation_repos WHERE installation_id = ? AND repo = ?")
-            .bind(id)
-            .bind(repo.to_lowercase())
-            .execute(&mut *conn)
-            .await?;
+    pub fn remove_installation_repos(&self, id: i64, repos: &[String]) -> anyhow::Result<()> {
+        let mut delete = self
+            .statement("DELETE FROM installation_repos WHERE installation_id = ? AND repo = ?")?;
+        for repo in repos {
+            delete.execute(rusqlite::params![id, repo.to_lowercase()])?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether an active installation covers `repo` (`owner/name`, any case).

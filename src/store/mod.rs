@@ -1,7 +1,8 @@
 //! Every SQL statement of the domain tables (`migrations/`), with typed rows, split by concern:
 //! `tasks`, `lease` (who runs a task), `timeline` (events and gate results), `github`
 //! (deliveries, installations, a task's GitHub objects), `board` (what the dashboard reads),
-//! `retention` (what is kept), `batch` (group commit). The API is flat (`store::get_task`),
+//! `retention` (what is kept), `batch` (group commit, and the [`Writer`] requests write
+//! with there). The API is flat (`store::get_task`),
 //! so callers need not know which file holds a statement. The queue's tables belong to
 //! apalis. Imports `config` and `core`; nothing above.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Sqlite, SqlitePool};
@@ -233,6 +235,10 @@ pub fn is_disk_full(e: &anyhow::Error) -> bool {
                 .code()
                 .and_then(|c| c.parse::<i32>().ok())
                 .is_some_and(|c| c & 0xff == 13);
+        }
+        if let Some(rusqlite::Error::SqliteFailure(e, _)) = cause.downcast_ref::<rusqlite::Error>()
+        {
+            return e.code == rusqlite::ErrorCode::DiskFull;
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return io.kind() == std::io::ErrorKind::StorageFull

@@ -13,32 +13,67 @@ pub struct NewTask<'a> {
     pub job_id: Option<&'a str>,
 }
 
+/// A queued task (its fields in [`NewTask`]'s order, then the time twice); `pk` back, none
+/// when the repository already has a task with that id. Shared with the group-commit writer.
+pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (repo, task_id, role, title, spec, branch,
+       job_id, state, created_at, updated_at)
+     VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)
+     ON CONFLICT (repo, task_id) DO NOTHING
+     RETURNING pk";
+
 /// Inserts a queued task; `Ok(None)` when the repository already has a task with that id.
 pub async fn insert_task<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     t: &NewTask<'_>,
 ) -> anyhow::Result<Option<TaskKey>> {
     let now = Utc::now();
-    let res = sqlx::query_scalar::<_, TaskKey>(
-        "INSERT INTO tasks (repo, task_id, role, title, spec, branch, job_id, state, created_at,
-           updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)
-         ON CONFLICT (repo, task_id) DO NOTHING
-         RETURNING pk",
-    )
-    .bind(t.repo.as_str())
-    .bind(t.task_id)
-    .bind(t.role)
-    .bind(t.title)
-    .bind(t.spec_json)
-    .bind(t.branch)
-    .bind(t.job_id)
-    .bind(now)
-    .bind(now)
-    .fetch_optional(ex)
-    .await
-    .context("inserting task")?;
+    let res = sqlx::query_scalar::<_, TaskKey>(INSERT_TASK)
+        .bind(t.repo.as_str())
+        .bind(t.task_id)
+        .bind(t.role)
+        .bind(t.title)
+        .bind(t.spec_json)
+        .bind(t.branch)
+        .bind(t.job_id)
+        .bind(now)
+        .bind(now)
+        .fetch_optional(ex)
+        .await
+        .context("inserting task")?;
     Ok(res)
+}
+
+impl Writer<'_> {
+    /// [`insert_task`], in a group commit.
+    pub fn insert_task(&self, t: &NewTask<'_>) -> anyhow::Result<Option<TaskKey>> {
+        let now = stamp(Utc::now());
+        self.statement(INSERT_TASK)?
+            .query_row(
+                rusqlite::params![
+                    t.repo.as_str(),
+                    t.task_id,
+                    t.role,
+                    t.title,
+                    t.spec_json,
+                    t.branch,
+                    t.job_id,
+                    now,
+                    now
+                ],
+                |row| row.get(0).map(TaskKey),
+            )
+            .optional()
+            .context("inserting task")
+    }
+
+    /// The issue a task came from, if any (`None` too when there is no such task).
+    pub fn task_issue(&self, key: TaskKey) -> anyhow::Result<Option<i64>> {
+        Ok(self
+            .statement("SELECT issue_number FROM tasks WHERE pk = ?")?
+            .query_row([key.0], |row| row.get(0))
+            .optional()?
+            .flatten())
+    }
 }
 
 pub async fn set_job_id<'e, E: Executor<'e, Database = Sqlite>>(

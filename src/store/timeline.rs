@@ -91,6 +91,10 @@ impl From<TaskState> for EventKind {
     }
 }
 
+/// A timeline event: task, run, time, kind, message. Shared with the group-commit writer.
+pub(super) const INSERT_EVENT: &str =
+    "INSERT INTO task_events (task_pk, run_seq, at, kind, message) VALUES (?, ?, ?, ?, ?)";
+
 pub async fn add_event<'e, E: Executor<'e, Database = Sqlite>>(
     ex: E,
     key: TaskKey,
@@ -98,17 +102,35 @@ pub async fn add_event<'e, E: Executor<'e, Database = Sqlite>>(
     kind: EventKind,
     message: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO task_events (task_pk, run_seq, at, kind, message) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(key)
-    .bind(run_seq)
-    .bind(Utc::now())
-    .bind(kind.as_str())
-    .bind(message)
-    .execute(ex)
-    .await?;
+    sqlx::query(INSERT_EVENT)
+        .bind(key)
+        .bind(run_seq)
+        .bind(Utc::now())
+        .bind(kind.as_str())
+        .bind(message)
+        .execute(ex)
+        .await?;
     Ok(())
+}
+
+impl Writer<'_> {
+    /// [`add_event`], in a group commit.
+    pub fn add_event(
+        &self,
+        key: TaskKey,
+        run_seq: i64,
+        kind: EventKind,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        self.statement(INSERT_EVENT)?.execute(rusqlite::params![
+            key.0,
+            run_seq,
+            stamp(Utc::now()),
+            kind.as_str(),
+            message
+        ])?;
+        Ok(())
+    }
 }
 
 /// Whether run `run_seq` of the task was cut off (its worker died, or it was interrupted by a
