@@ -56,6 +56,22 @@ pub struct ParseError {
     source: serde_json::Error,
 }
 
+/// The events [`parse`] may act on (by name; their actions decide the rest).
+const ACTED_ON: [&str; 6] = [
+    "ping",
+    "installation",
+    "installation_repositories",
+    "issues",
+    "issue_comment",
+    "check_run",
+];
+
+/// What an event autodev does not act on is read for.
+#[derive(Deserialize)]
+struct Head {
+    action: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Payload {
     action: Option<String>,
@@ -169,10 +185,20 @@ impl From<PIssue> for Issue {
 
 /// Parses a delivery of `event` (the `X-GitHub-Event` header).
 pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
-    let p: Payload = serde_json::from_slice(body).map_err(|source| ParseError {
+    let malformed = |source| ParseError {
         event: event.to_owned(),
         source,
-    })?;
+    };
+    // An event autodev never acts on is read for its action only (its name is in the answer),
+    // not into every field: most of what GitHub sends an App is such events.
+    if !ACTED_ON.contains(&event) {
+        let head: Head = serde_json::from_slice(body).map_err(malformed)?;
+        let action = head.action.unwrap_or_default();
+        return Ok(Parsed::Ignored(format!(
+            "autodev does not act on `{event}.{action}`"
+        )));
+    }
+    let p: Payload = serde_json::from_slice(body).map_err(malformed)?;
     let action = p.action.clone().unwrap_or_default();
     let ignored = |why: String| Ok(Parsed::Ignored(why));
     let missing = |what: &str| {
@@ -361,6 +387,23 @@ mod tests {
     #[test]
     fn malformed_json_is_an_error_and_unknown_events_are_ignored() {
         assert!(parse("issues", b"{not json").is_err());
+        assert!(
+            parse("star", b"{not json").is_err(),
+            "read for its action, still JSON"
+        );
+        assert_eq!(
+            parse(
+                "star",
+                b"{\"action\": \"created\", \"sender\": {\"x\": [1]}}"
+            )
+            .unwrap(),
+            Parsed::Ignored("autodev does not act on `star.created`".into())
+        );
+        assert_eq!(
+            parse("issues", b"{\"action\": \"closed\"}").unwrap(),
+            Parsed::Ignored("autodev does not act on `issues.closed`".into()),
+            "an event it acts on, with an action it does not"
+        );
         assert!(matches!(
             parse("star", b"{\"action\": \"created\"}").unwrap(),
             Parsed::Ignored(_)

@@ -10,6 +10,12 @@
 //! links, with the pool's pragmas). A batch's statements run there one after another: on the
 //! pool, every statement was a round trip to the connection's thread, and those trips were
 //! most of what intake cost.
+//!
+//! The writer never copies the write-ahead log back into the database itself (SQLite's
+//! automatic checkpoint, which stalled every request of the moment once every thousand
+//! pages): a checkpointer thread with a third connection does, told by the writer when the
+//! log has grown, while the writer goes on. Only a log the checkpointer cannot keep short
+//! (eight times that) is checkpointed by the writer too.
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,24 @@ use super::*;
 
 /// Requests one transaction takes at most.
 pub const MAX_BATCH: usize = 256;
+
+/// Pages in the write-ahead log at which the checkpointer is told to copy them back (SQLite's
+/// own default for its automatic checkpoint).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// Pages at which the writer checkpoints itself: the checkpointer has not kept up.
+const WRITER_CHECKPOINT_PAGES: i32 = 8 * CHECKPOINT_PAGES;
+
+thread_local! {
+    /// Pages in the write-ahead log after the writer's last commit ([`note_wal`]).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The writer connection's WAL hook: it replaces SQLite's automatic checkpoint.
+fn note_wal(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
 
 type Written = anyhow::Result<Box<dyn Any + Send>>;
 
@@ -95,10 +119,21 @@ impl Batcher {
     pub fn start(url: &str, config: &DatabaseConfig) -> anyhow::Result<Self> {
         let opening = Opening::new(url, config)?;
         let conn = opening.open()?;
+        let checkpointer = opening.open()?;
+        let (checkpoint, checkpoints) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("autodev-checkpoints".into())
+            .spawn(move || {
+                // Ends with the writer, which holds the other end.
+                while checkpoints.recv().is_ok() {
+                    checkpoint_wal(&checkpointer);
+                }
+            })
+            .context("starting the database checkpointer")?;
         let (requests, queue) = mpsc::channel(MAX_BATCH * 4);
         std::thread::Builder::new()
             .name("autodev-writer".into())
-            .spawn(move || write_batches(opening, conn, queue))
+            .spawn(move || write_batches(opening, conn, queue, checkpoint))
             .context("starting the database writer")?;
         Ok(Self { requests })
     }
@@ -171,6 +206,8 @@ impl Opening {
                 self.synchronous
             ))?;
             conn.set_prepared_statement_cache_capacity(64);
+            // SQLite's automatic checkpoint off: the checkpointer does it (`note_wal`).
+            conn.wal_hook(Some(note_wal));
             Ok(conn)
         };
         opened().with_context(|| format!("opening database {}", self.path.display()))
@@ -181,7 +218,24 @@ impl Opening {
     }
 }
 
-fn write_batches(opening: Opening, conn: rusqlite::Connection, mut queue: mpsc::Receiver<Request>) {
+/// Copies what it can of the write-ahead log into the database, waiting for nobody (a
+/// passive checkpoint); the log starts over at the next write once all of it is copied.
+fn checkpoint_wal(conn: &rusqlite::Connection) {
+    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    });
+    match done {
+        Ok((pages, copied)) => tracing::trace!(pages, copied, "checkpointed"),
+        Err(e) => tracing::warn!("checkpointing the database's write-ahead log: {e}"),
+    }
+}
+
+fn write_batches(
+    opening: Opening,
+    conn: rusqlite::Connection,
+    mut queue: mpsc::Receiver<Request>,
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+) {
     let mut conn = Some(conn);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // What gathered while the last batch was written goes in the next: no waiting on a
@@ -204,6 +258,16 @@ fn write_batches(opening: Opening, conn: rusqlite::Connection, mut queue: mpsc::
                 let ran = run_batch(&c, works, &mut written);
                 if ran.is_err() {
                     let _ = c.execute_batch("ROLLBACK");
+                }
+                if ran.is_ok() {
+                    let pages = WAL_PAGES.get();
+                    if pages >= CHECKPOINT_PAGES {
+                        // Full: a checkpoint is already asked for.
+                        let _ = checkpoint.try_send(());
+                    }
+                    if pages >= WRITER_CHECKPOINT_PAGES {
+                        checkpoint_wal(&c);
+                    }
                 }
                 // Kept only when SQLite says no transaction is left open on it.
                 if ran.is_ok() || c.is_autocommit() {
@@ -428,6 +492,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read, at);
+    }
+
+    /// What the writer commits reaches the database file, not only its write-ahead log: the
+    /// checkpointer copies it back once the log has grown.
+    #[tokio::test]
+    async fn the_log_is_checkpointed_into_the_database() {
+        let (dir, _pool, batcher) = scratch().await;
+        let db = dir.path().join("t.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        // About 2,500 pages of log, one commit at a time.
+        for n in 0..600i64 {
+            batcher
+                .write(move |w| {
+                    w.statement("INSERT INTO t (n, at) VALUES (?, ?)")?
+                        .execute(rusqlite::params![n, "x".repeat(16 * 1024)])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut size = before;
+        while size < 4 << 20 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            size = std::fs::metadata(&db).unwrap().len();
+        }
+        assert!(
+            size >= 4 << 20,
+            "the database file holds {size} bytes (it held {before}): nothing was checkpointed"
+        );
     }
 
     /// The writer's connection has the pool's pragmas.
