@@ -29,20 +29,20 @@ pub const UNAUTHENTICATED_BODIES: usize = 8;
 pub const UNAUTHENTICATED_BODIES_PER_PEER: usize = 2;
 
 /// Turns to read unauthenticated bodies: a few at a time in all, fewer from any one peer.
+/// Each peer waits in a queue of its own (a semaphore): a turn given back wakes the one
+/// request next in line, not every request waiting.
 #[derive(Debug)]
 pub struct Bodies {
     all: Arc<tokio::sync::Semaphore>,
-    peers: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
-    /// Told whenever a peer's turn is given back, so a request of that peer waiting for
-    /// one takes it at once.
-    given_back: tokio::sync::Notify,
+    /// The peers holding or waiting for a turn; a peer's entry goes when nobody does.
+    peers: std::sync::Mutex<std::collections::HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// A turn to read a body; given back when dropped.
 pub struct Turn {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    peer: Option<(IpAddr, tokio::sync::OwnedSemaphorePermit)>,
     bodies: Arc<Bodies>,
-    peer: Option<IpAddr>,
 }
 
 impl Bodies {
@@ -50,7 +50,6 @@ impl Bodies {
         Arc::new(Self {
             all: Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_BODIES)),
             peers: std::sync::Mutex::new(std::collections::HashMap::new()),
-            given_back: tokio::sync::Notify::new(),
         })
     }
 
@@ -60,57 +59,69 @@ impl Bodies {
         peer: Option<IpAddr>,
         deadline: tokio::time::Instant,
     ) -> Option<Turn> {
-        if let Some(ip) = peer {
-            loop {
-                // Listening before looking: a turn given back in between is not missed.
-                let given_back = self.given_back.notified();
-                {
-                    let mut peers = self.peers.lock().expect("lock");
-                    let n = peers.entry(ip).or_insert(0);
-                    if *n < UNAUTHENTICATED_BODIES_PER_PEER {
-                        *n += 1;
-                        break;
+        let peer = match peer {
+            None => None,
+            Some(ip) => {
+                let queue = self
+                    .peers
+                    .lock()
+                    .expect("lock")
+                    .entry(ip)
+                    .or_insert_with(|| {
+                        Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_BODIES_PER_PEER))
+                    })
+                    .clone();
+                let waited = tokio::time::timeout_at(deadline, queue.acquire_owned()).await;
+                match waited {
+                    Ok(Ok(permit)) => Some((ip, permit)),
+                    _ => {
+                        self.forget_if_idle(ip);
+                        return None;
                     }
                 }
-                if tokio::time::timeout_at(deadline, given_back).await.is_err() {
-                    return None;
-                }
             }
-        }
-        // From here on, the peer's share is given back by `Turn`'s drop, or now.
+        };
         match tokio::time::timeout_at(deadline, self.all.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Some(Turn {
                 _permit: permit,
-                bodies: self.clone(),
                 peer,
+                bodies: self.clone(),
             }),
             _ => {
-                Turn::release_peer(self, peer);
+                if let Some((ip, permit)) = peer {
+                    drop(permit);
+                    self.forget_if_idle(ip);
+                }
                 None
             }
         }
     }
-}
 
-impl Turn {
-    fn release_peer(bodies: &Bodies, peer: Option<IpAddr>) {
-        let Some(ip) = peer else { return };
+    /// Drops `ip`'s queue when no request holds or waits for a turn in it (each holds the
+    /// queue: only the map's own hold is left).
+    fn forget_if_idle(&self, ip: IpAddr) {
+        let mut peers = self.peers.lock().expect("lock");
+        if peers
+            .get(&ip)
+            .is_some_and(|queue| Arc::strong_count(queue) == 1)
         {
-            let mut peers = bodies.peers.lock().expect("lock");
-            if let Some(n) = peers.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    peers.remove(&ip);
-                }
-            }
+            peers.remove(&ip);
         }
-        bodies.given_back.notify_waiters();
+    }
+
+    /// How many peers hold or wait for a turn.
+    #[cfg(test)]
+    fn peers(&self) -> usize {
+        self.peers.lock().expect("lock").len()
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        Turn::release_peer(&self.bodies, self.peer);
+        if let Some((ip, permit)) = self.peer.take() {
+            drop(permit);
+            self.bodies.forget_if_idle(ip);
+        }
     }
 }
 
@@ -447,6 +458,74 @@ pub fn check_length(headers: &HeaderMap, limit: usize) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
+    /// A peer holds at most its share of turns; the next of its requests waits for one given
+    /// back, another peer does not wait on it, and nothing is left on the books after.
+    #[tokio::test]
+    async fn a_peer_waits_in_its_own_queue_and_leaves_nothing_behind() {
+        let bodies = Bodies::new();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut held = Vec::new();
+        for _ in 0..UNAUTHENTICATED_BODIES_PER_PEER {
+            held.push(bodies.turn(Some(a), at(1000)).await.unwrap());
+        }
+        assert!(
+            bodies.turn(Some(a), at(50)).await.is_none(),
+            "a peer past its share waits, here until its deadline"
+        );
+        let other = bodies.turn(Some(b), at(50)).await;
+        assert!(other.is_some(), "another peer is not held up by the first");
+        drop(other);
+        let waiting = tokio::spawn({
+            let bodies = bodies.clone();
+            async move { bodies.turn(Some(a), at(5000)).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        held.pop();
+        assert!(
+            waiting.await.unwrap(),
+            "a turn given back goes to the peer's next request"
+        );
+        held.clear();
+        assert_eq!(
+            bodies.peers(),
+            0,
+            "no peer is kept once nobody holds or waits"
+        );
+        assert_eq!(bodies.all.available_permits(), UNAUTHENTICATED_BODIES);
+    }
+
+    /// The turns in all bound every peer together; a request of an unknown peer (no
+    /// address) takes one of those only.
+    #[tokio::test]
+    async fn the_turns_in_all_bound_every_peer() {
+        let bodies = Bodies::new();
+        let mut held = Vec::new();
+        for n in 0..UNAUTHENTICATED_BODIES {
+            let ip = IpAddr::from([10, 0, 1, n as u8]);
+            held.push(bodies.turn(Some(ip), at(1000)).await.unwrap());
+        }
+        assert!(bodies.turn(None, at(50)).await.is_none());
+        assert!(
+            bodies
+                .turn(Some([10, 0, 2, 1].into()), at(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            bodies.peers(),
+            UNAUTHENTICATED_BODIES,
+            "the one that gave up is forgotten"
+        );
+        held.clear();
+        assert!(bodies.turn(None, at(50)).await.is_some());
+        assert_eq!(bodies.peers(), 0);
+    }
 
     fn hosts(bound: &str, names: &[&str]) -> AllowedHosts {
         AllowedHosts {
