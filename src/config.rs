@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::core::spec::{Limits, parse_timeout};
 
 /// A snapshot of the environment, so that tests can hand in their own.
-/// How long one step of reading a task's work may take by default (`agent.read_timeout`):
+/// How long reading a task's work may take by default (`agent.read_timeout`):
 /// the agent chooses what is read, and a named pipe or a huge sparse file must not hold a
 /// worker for ever.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(600);

@@ -574,8 +574,8 @@ impl Git {
     /// autodev's git would follow out of the sandbox. A fetched branch that no longer contains
     /// where the run started, or changes more than [`MAX_CHANGED_PATHS`] paths, is not taken.
     /// The files are read by git under `confine` (the task's sandbox, when there is one, so
-    /// that a link swapped in while git reads leads only where the agent can see), and each
-    /// step within `agent.read_timeout`.
+    /// that a link swapped in while git reads leads only where the agent can see), in one
+    /// process, within `agent.read_timeout`.
     #[allow(clippy::too_many_arguments)]
     pub async fn snapshot(
         &self,
@@ -601,58 +601,53 @@ impl Git {
             },
             None => (start.clone(), None),
         };
-        let home_s = home_git.display().to_string();
-        let tree_s = worktree.display().to_string();
-        let in_tree = |args: &[&str]| {
-            let mut all: Vec<String> = vec![
-                format!("--git-dir={home_s}"),
-                format!("--work-tree={tree_s}"),
-            ];
-            all.extend(NO_HOOKS.iter().chain(args).map(|a| (*a).to_owned()));
-            let mut env = git_env();
-            env.push(("GIT_INDEX_FILE".into(), index.display().to_string()));
-            let job = crate::proc::exec::Job {
-                program: PathBuf::from("git"),
-                args: all,
-                cwd: worktree.to_owned(),
-                env,
-                stdin: None,
-                timeout: self.read_timeout,
-                output_limit: 64 * 1024,
-                fd3: None,
-            };
-            let job = match confine {
-                Some(c) => c(job),
-                None => job,
-            };
-            let what = args.join(" ");
-            async move {
-                let out = crate::proc::exec::run(job, &tokio_util::sync::CancellationToken::new())
-                    .await
-                    .context("running git (is it installed?)")?;
-                if !out.ending.success() {
-                    bail!(
-                        "`git {what}` on {}: {}",
-                        worktree.display(),
-                        if out.ending == crate::proc::exec::Ending::TimedOut {
-                            format!("still running after {}s", self.read_timeout.as_secs())
-                        } else {
-                            out.stderr.trim().to_owned()
-                        }
-                    );
-                }
-                anyhow::Ok(out.stdout.trim().to_owned())
-            }
+        // One process (one sandbox to start, not three): the index keeps the stat data of
+        // files that match the tip, so only changed files are read again; an index that
+        // cannot be kept is made afresh. Then every file is added and the tree written.
+        const READ: &str = r#"set -e
+tip=$1
+shift
+if [ -f "$GIT_INDEX_FILE" ] && git "$@" read-tree -m "$tip" 2>/dev/null; then :; else
+  rm -f "$GIT_INDEX_FILE"
+  git "$@" read-tree "$tip"
+fi
+git "$@" add --all
+git "$@" write-tree"#;
+        let mut args: Vec<String> = vec!["-c".into(), READ.into(), "sh".into(), tip.clone()];
+        args.push(format!("--git-dir={}", home_git.display()));
+        args.push(format!("--work-tree={}", worktree.display()));
+        args.extend(NO_HOOKS.iter().map(|a| (*a).to_owned()));
+        let mut env = git_env();
+        env.push(("GIT_INDEX_FILE".into(), index.display().to_string()));
+        let job = crate::proc::exec::Job {
+            program: PathBuf::from("sh"),
+            args,
+            cwd: worktree.to_owned(),
+            env,
+            stdin: None,
+            timeout: self.read_timeout,
+            output_limit: 64 * 1024,
+            fd3: None,
         };
-        // The index keeps the stat data of files that match the tip: only changed files are
-        // read again.
-        let kept = index.exists() && in_tree(&["read-tree", "-m", &tip]).await.is_ok();
-        if !kept {
-            let _ = std::fs::remove_file(index);
-            in_tree(&["read-tree", &tip]).await?;
+        let job = match confine {
+            Some(c) => c(job),
+            None => job,
+        };
+        let out = crate::proc::exec::run(job, &tokio_util::sync::CancellationToken::new())
+            .await
+            .context("running git (are sh and git installed?)")?;
+        if !out.ending.success() {
+            bail!(
+                "reading the files of {} with git: {}",
+                worktree.display(),
+                if out.ending == crate::proc::exec::Ending::TimedOut {
+                    format!("still running after {}s", self.read_timeout.as_secs())
+                } else {
+                    out.stderr.trim().to_owned()
+                }
+            );
         }
-        in_tree(&["add", "--all"]).await?;
-        let tree = in_tree(&["write-tree"]).await?;
+        let tree = out.stdout.trim().to_owned();
         Ok(Snapshot { tip, tree, unread })
     }
 

@@ -125,8 +125,9 @@ impl Batcher {
             .name("autodev-checkpoints".into())
             .spawn(move || {
                 // Ends with the writer, which holds the other end.
+                let mut warned = None;
                 while checkpoints.recv().is_ok() {
-                    checkpoint_wal(&checkpointer);
+                    checkpoint_wal(&checkpointer, &mut warned);
                 }
             })
             .context("starting the database checkpointer")?;
@@ -220,13 +221,18 @@ impl Opening {
 
 /// Copies what it can of the write-ahead log into the database, waiting for nobody (a
 /// passive checkpoint); the log starts over at the next write once all of it is copied.
-fn checkpoint_wal(conn: &rusqlite::Connection) {
+fn checkpoint_wal(conn: &rusqlite::Connection, warned: &mut Option<std::time::Instant>) {
     let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
     });
     match done {
         Ok((pages, copied)) => tracing::trace!(pages, copied, "checkpointed"),
-        Err(e) => tracing::warn!("checkpointing the database's write-ahead log: {e}"),
+        // Once a minute at most: on a full disk every checkpoint fails.
+        Err(e) if warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) => {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!("checkpointing the database's write-ahead log: {e}");
+        }
+        Err(e) => tracing::debug!("checkpointing the database's write-ahead log: {e}"),
     }
 }
 
@@ -238,6 +244,10 @@ fn write_batches(
 ) {
     let mut conn = Some(conn);
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The log's size at which the writer checkpoints by itself next: once more for each
+    // `WRITER_CHECKPOINT_PAGES` it grows (readers may hold it long), not after every batch.
+    let mut own_checkpoint_at = WRITER_CHECKPOINT_PAGES;
+    let mut warned = None;
     // What gathered while the last batch was written goes in the next: no waiting on a
     // timer, so a lone request is written at once.
     while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
@@ -265,8 +275,11 @@ fn write_batches(
                         // Full: a checkpoint is already asked for.
                         let _ = checkpoint.try_send(());
                     }
-                    if pages >= WRITER_CHECKPOINT_PAGES {
-                        checkpoint_wal(&c);
+                    if pages < WRITER_CHECKPOINT_PAGES {
+                        own_checkpoint_at = WRITER_CHECKPOINT_PAGES;
+                    } else if pages >= own_checkpoint_at {
+                        checkpoint_wal(&c, &mut warned);
+                        own_checkpoint_at = pages.saturating_add(WRITER_CHECKPOINT_PAGES);
                     }
                 }
                 // Kept only when SQLite says no transaction is left open on it.
@@ -283,6 +296,17 @@ fn write_batches(
             }
             Err(e) => Err(e),
         };
+        // A batch a full disk failed fails its every request as a full disk (each answers
+        // 507, not 500), though SQLite said so to one statement of one request only.
+        let full = committed.as_ref().err().is_some_and(is_disk_full)
+            || written
+                .iter()
+                .any(|w| w.as_ref().err().is_some_and(is_disk_full));
+        let batch_failed = |e: &anyhow::Error| match full {
+            true => anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC))
+                .context(format!("{e:#}")),
+            false => anyhow::anyhow!("{e:#}"),
+        };
         let mut written = written.into_iter();
         for answer in answers {
             let own = written.next();
@@ -290,7 +314,7 @@ fn write_batches(
                 (Ok(()), Some(own)) => own,
                 // Its own failure says more than the batch's.
                 (Err(_), Some(Err(own))) => Err(own),
-                (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+                (Err(e), _) => Err(batch_failed(e)),
                 (Ok(()), None) => Err(anyhow::anyhow!("the request was not written")),
             });
         }
@@ -315,11 +339,14 @@ fn run_batch(
         // A request that panics fails alone, not the writer.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&writer)))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the request panicked")));
-        if result.is_err() {
+        let failed = result.is_err();
+        // Kept before the savepoint's end, which fails too when SQLite has rolled back the
+        // whole transaction (a full disk can make it): the request's own error says why.
+        written.push(result);
+        if failed {
             step("ROLLBACK TO request").context("undoing a request's writes")?;
         }
         step("RELEASE request").context("ending a request's savepoint")?;
-        written.push(result);
     }
     step("COMMIT").context("committing a batch of requests")
 }
@@ -461,6 +488,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, [2]);
+    }
+
+    /// When a full disk fails a batch, every request in it hears of a full disk, not only
+    /// the one whose statement SQLite told: here SQLite's rollback of the whole transaction
+    /// (which a full disk can cause) under one request, beside a good one.
+    #[tokio::test]
+    async fn a_batch_a_full_disk_failed_fails_every_request_as_full() {
+        let (_dir, pool, batcher) = scratch().await;
+        let (started, has_started) = oneshot::channel();
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                batcher
+                    .write(move |_| {
+                        started.send(()).ok();
+                        gate.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        has_started.await.unwrap();
+        let mut full = Box::pin(batcher.write(|w| {
+            w.statement("INSERT INTO t (n) VALUES (1)")?.execute([])?;
+            w.statement("ROLLBACK")?.execute([])?;
+            Err::<(), _>(
+                anyhow::Error::new(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    None,
+                ))
+                .context("inserting task"),
+            )
+        }));
+        let mut good = Box::pin(batcher.write(|w| {
+            w.statement("INSERT INTO t (n) VALUES (2)")?.execute([])?;
+            Ok(())
+        }));
+        assert!(futures::poll!(&mut full).is_pending());
+        assert!(futures::poll!(&mut good).is_pending());
+        go.send(()).unwrap();
+        holding.await.unwrap().unwrap();
+        let (full, good) = (full.await.unwrap_err(), good.await.unwrap_err());
+        assert!(is_disk_full(&full), "{full:#}");
+        assert!(is_disk_full(&good), "{good:#}");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     /// A time the writer stamps reads back through sqlx as the same instant, in the text

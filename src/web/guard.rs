@@ -59,6 +59,13 @@ impl Bodies {
         peer: Option<IpAddr>,
         deadline: tokio::time::Instant,
     ) -> Option<Turn> {
+        let peer = peer.map(peer_key);
+        // However this ends (a turn, a timeout, or the request gone while it waits), the
+        // peer is forgotten if nobody holds or waits for a turn of its: this is dropped last.
+        let _forget = peer.map(|ip| Forget {
+            bodies: self.clone(),
+            ip,
+        });
         let peer = match peer {
             None => None,
             Some(ip) => {
@@ -71,30 +78,22 @@ impl Bodies {
                         Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_BODIES_PER_PEER))
                     })
                     .clone();
-                let waited = tokio::time::timeout_at(deadline, queue.acquire_owned()).await;
-                match waited {
-                    Ok(Ok(permit)) => Some((ip, permit)),
-                    _ => {
-                        self.forget_if_idle(ip);
-                        return None;
-                    }
-                }
+                let permit = tokio::time::timeout_at(deadline, queue.acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some((ip, permit))
             }
         };
-        match tokio::time::timeout_at(deadline, self.all.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Some(Turn {
-                _permit: permit,
-                peer,
-                bodies: self.clone(),
-            }),
-            _ => {
-                if let Some((ip, permit)) = peer {
-                    drop(permit);
-                    self.forget_if_idle(ip);
-                }
-                None
-            }
-        }
+        let permit = tokio::time::timeout_at(deadline, self.all.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(Turn {
+            _permit: permit,
+            peer,
+            bodies: self.clone(),
+        })
     }
 
     /// Drops `ip`'s queue when no request holds or waits for a turn in it (each holds the
@@ -113,6 +112,30 @@ impl Bodies {
     #[cfg(test)]
     fn peers(&self) -> usize {
         self.peers.lock().expect("lock").len()
+    }
+}
+
+/// One peer as [`Bodies`] counts them: an IPv4 address, or an IPv6 /64 (what one host is
+/// commonly given, so that its many addresses share one share of turns).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// Forgets a peer nobody holds or waits for a turn of, when dropped.
+struct Forget {
+    bodies: Arc<Bodies>,
+    ip: IpAddr,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.bodies.forget_if_idle(self.ip);
     }
 }
 
@@ -498,6 +521,63 @@ mod tests {
             "no peer is kept once nobody holds or waits"
         );
         assert_eq!(bodies.all.available_permits(), UNAUTHENTICATED_BODIES);
+    }
+
+    /// A request that goes while it waits (its client hung up) leaves no peer behind,
+    /// whether it waited in its peer's queue or for a turn in all.
+    #[tokio::test]
+    async fn a_request_gone_while_it_waits_leaves_no_peer_behind() {
+        let bodies = Bodies::new();
+        let far = at(60_000);
+        let mut held = Vec::new();
+        for n in 0..UNAUTHENTICATED_BODIES {
+            held.push(
+                bodies
+                    .turn(Some(IpAddr::from([10, 0, 1, n as u8])), far)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Waiting for a turn in all, then gone.
+        let waiting = tokio::spawn({
+            let bodies = bodies.clone();
+            async move { bodies.turn(Some([10, 0, 2, 1].into()), far).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(bodies.peers(), UNAUTHENTICATED_BODIES + 1);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(bodies.peers(), UNAUTHENTICATED_BODIES);
+        // Waiting in its own peer's queue (that peer holds its share), then gone.
+        held.clear();
+        let ip: IpAddr = [10, 0, 3, 1].into();
+        let mine: Vec<_> = futures::future::join_all(
+            (0..UNAUTHENTICATED_BODIES_PER_PEER).map(|_| bodies.turn(Some(ip), far)),
+        )
+        .await;
+        let waiting = tokio::spawn({
+            let bodies = bodies.clone();
+            async move { bodies.turn(Some(ip), far).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(mine);
+        assert_eq!(bodies.peers(), 0);
+    }
+
+    /// The addresses of one IPv6 /64 are one peer; an IPv4 address written as IPv6 is that
+    /// IPv4 address.
+    #[test]
+    fn an_ipv6_peer_is_its_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:fffe".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(c));
+        assert_eq!(peer_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(peer_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
     /// The turns in all bound every peer together; a request of an unknown peer (no
