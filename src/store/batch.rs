@@ -368,6 +368,32 @@ mod tests {
         (dir, pool, batcher)
     }
 
+    /// A request the writer is running until the sender is told: what is asked meanwhile
+    /// gathers into the next batch.
+    async fn hold(
+        batcher: &Batcher,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let (started, has_started) = oneshot::channel();
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                batcher
+                    .write(move |_| {
+                        started.send(()).ok();
+                        gate.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        has_started.await.unwrap();
+        (go, holding)
+    }
+
     /// Many requests at once: every good one is written and told so, a failing one is undone
     /// alone and told why.
     #[tokio::test]
@@ -441,21 +467,7 @@ mod tests {
             .await
             .unwrap();
         // A request that waits holds the writer, so the next two gather into one batch.
-        let (started, has_started) = oneshot::channel();
-        let (go, gate) = std::sync::mpsc::channel::<()>();
-        let holding = tokio::spawn({
-            let batcher = batcher.clone();
-            async move {
-                batcher
-                    .write(move |_| {
-                        started.send(()).ok();
-                        gate.recv().ok();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        has_started.await.unwrap();
+        let (go, holding) = hold(&batcher).await;
         let mut orphan = Box::pin(batcher.write(|w| {
             w.statement("INSERT INTO c (p) VALUES (999)")?.execute([])?;
             Ok(())
@@ -496,21 +508,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_a_full_disk_failed_fails_every_request_as_full() {
         let (_dir, pool, batcher) = scratch().await;
-        let (started, has_started) = oneshot::channel();
-        let (go, gate) = std::sync::mpsc::channel::<()>();
-        let holding = tokio::spawn({
-            let batcher = batcher.clone();
-            async move {
-                batcher
-                    .write(move |_| {
-                        started.send(()).ok();
-                        gate.recv().ok();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        has_started.await.unwrap();
+        let (go, holding) = hold(&batcher).await;
         let mut full = Box::pin(batcher.write(|w| {
             w.statement("INSERT INTO t (n) VALUES (1)")?.execute([])?;
             w.statement("ROLLBACK")?.execute([])?;
