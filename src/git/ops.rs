@@ -648,6 +648,12 @@ git "$@" write-tree"#;
             );
         }
         let tree = out.stdout.trim().to_owned();
+        tracing::debug!(
+            took_ms = out.duration.as_millis() as u64,
+            confined = confine.is_some(),
+            "read the files of {}",
+            worktree.display()
+        );
         Ok(Snapshot { tip, tree, unread })
     }
 
