@@ -18,7 +18,7 @@
 //! (eight times that) is checkpointed by the writer too.
 
 use std::any::Any;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sqlx::sqlite::SqliteSynchronous;
 use tokio::sync::{mpsc, oneshot};
@@ -213,10 +213,6 @@ impl Opening {
         };
         opened().with_context(|| format!("opening database {}", self.path.display()))
     }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Copies what it can of the write-ahead log into the database, waiting for nobody (a
@@ -289,7 +285,7 @@ fn write_batches(
                     tracing::warn!(
                         "closing the database writer's connection to {}: a transaction is \
                          still open on it",
-                        opening.path().display()
+                        opening.path.display()
                     );
                 }
                 ran

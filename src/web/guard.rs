@@ -41,8 +41,9 @@ pub struct Bodies {
 /// A turn to read a body; given back when dropped.
 pub struct Turn {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    peer: Option<(IpAddr, tokio::sync::OwnedSemaphorePermit)>,
-    bodies: Arc<Bodies>,
+    // Dropped in this order: the peer's turn, then the peer forgotten if it is idle.
+    _peer: Option<tokio::sync::OwnedSemaphorePermit>,
+    _forget: Option<Forget>,
 }
 
 impl Bodies {
@@ -62,11 +63,11 @@ impl Bodies {
         let peer = peer.map(peer_key);
         // However this ends (a turn, a timeout, or the request gone while it waits), the
         // peer is forgotten if nobody holds or waits for a turn of its: this is dropped last.
-        let _forget = peer.map(|ip| Forget {
+        let forget = peer.map(|ip| Forget {
             bodies: self.clone(),
             ip,
         });
-        let peer = match peer {
+        let peer_permit = match peer {
             None => None,
             Some(ip) => {
                 let queue = self
@@ -82,7 +83,7 @@ impl Bodies {
                     .await
                     .ok()?
                     .ok()?;
-                Some((ip, permit))
+                Some(permit)
             }
         };
         let permit = tokio::time::timeout_at(deadline, self.all.clone().acquire_owned())
@@ -91,8 +92,8 @@ impl Bodies {
             .ok()?;
         Some(Turn {
             _permit: permit,
-            peer,
-            bodies: self.clone(),
+            _peer: peer_permit,
+            _forget: forget,
         })
     }
 
@@ -136,15 +137,6 @@ struct Forget {
 impl Drop for Forget {
     fn drop(&mut self) {
         self.bodies.forget_if_idle(self.ip);
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if let Some((ip, permit)) = self.peer.take() {
-            drop(permit);
-            self.bodies.forget_if_idle(ip);
-        }
     }
 }
 
