@@ -9,6 +9,7 @@ use apalis::prelude::*;
 use apalis_sqlite::{Config, SqliteStorage};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::stopping::Stoppable;
 use crate::engine::Engine;
 use crate::jobs::{HandleDelivery, HygieneJob, Job as _, OutboxJob, RunTask};
 
@@ -141,18 +142,15 @@ macro_rules! run_queue_worker {
         let storage = SqliteStorage::<$args>::new(&$engine.pool)
             .with_config(config)
             .poll_with_stream($engine.wakeups.stream($queue, POLL_EVERY));
+        let (storage, stopper) = Stoppable::new(storage);
         let worker = WorkerBuilder::new($name.clone())
             .backend(storage)
             .data($engine.clone())
             .concurrency($concurrency)
             .build($handler);
         tracing::info!(worker = %$name, queue = $queue, concurrency = $concurrency, "worker started");
-        let shutdown = $shutdown.clone();
         worker
-            .run_until(async move {
-                shutdown.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
+            .run_with_ctx(stopper.when($shutdown.clone()))
             .await
             .map_err(|e| anyhow::anyhow!("worker {} stopped: {e}", $name))
     }};
