@@ -287,8 +287,19 @@ impl FakeGithub {
     /// Waits until `check` holds for the state (by the one waiting rule,
     /// [`crate::story::eventually`]).
     pub async fn wait_until(&self, what: &str, check: impl Fn(&St) -> bool) {
+        self.wait_until_for(what, crate::support::PATIENCE, check)
+            .await
+    }
+
+    /// [`FakeGithub::wait_until`], for at most `patience`.
+    pub async fn wait_until_for(
+        &self,
+        what: &str,
+        patience: Duration,
+        check: impl Fn(&St) -> bool,
+    ) {
         let what = format!("the fake GitHub to see {what} (the requests it saw are shown)");
-        crate::story::eventually(&what, async || {
+        crate::support::eventually_for(&what, patience, async || {
             let seen = check(&self.state.lock().unwrap());
             if seen { Ok(()) } else { Err(self.requests()) }
         })

@@ -283,6 +283,11 @@ fn chaos_seed() -> u64 {
         })
 }
 
+/// How long effects may take to land while GitHub fails a fifth of calls: the outbox waits
+/// 1 s after an effect's first failure and twice as long after each next one, so an effect
+/// unlucky six times in a row (several calls make one try) waits 63 s before its seventh.
+const BACKOFF_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[tokio::test]
 async fn with_github_failing_a_fifth_of_calls_every_effect_is_applied_exactly_once() {
     let seed = chaos_seed();
@@ -309,16 +314,20 @@ async fn with_github_failing_a_fifth_of_calls_every_effect_is_applied_exactly_on
     }
     // What GitHub shows once the outbox has caught up, still failing.
     app.fake
-        .wait_until("a pull request per task, each with its reviewer", |st| {
-            st.pulls.len() >= issues.len()
-                && st
-                    .pulls
-                    .iter()
-                    .all(|p| p.reviewers.contains(&"alice".to_owned()))
-        })
+        .wait_until_for(
+            "a pull request per task, each with its reviewer",
+            BACKOFF_PATIENCE,
+            |st| {
+                st.pulls.len() >= issues.len()
+                    && st
+                        .pulls
+                        .iter()
+                        .all(|p| p.reviewers.contains(&"alice".to_owned()))
+            },
+        )
         .await;
     app.fake
-        .wait_until("every head's check run concluded", |st| {
+        .wait_until_for("every head's check run concluded", BACKOFF_PATIENCE, |st| {
             heads.iter().all(|h| {
                 st.check_runs
                     .iter()
@@ -327,14 +336,18 @@ async fn with_github_failing_a_fifth_of_calls_every_effect_is_applied_exactly_on
         })
         .await;
     app.fake
-        .wait_until("every status comment showing the end", |st| {
-            issues.iter().all(|n| {
-                st.comments.iter().any(|c| {
-                    c.body.contains(&format!("autodev:status issue-{n}"))
-                        && c.body.contains("passed")
+        .wait_until_for(
+            "every status comment showing the end",
+            BACKOFF_PATIENCE,
+            |st| {
+                issues.iter().all(|n| {
+                    st.comments.iter().any(|c| {
+                        c.body.contains(&format!("autodev:status issue-{n}"))
+                            && c.body.contains("passed")
+                    })
                 })
-            })
-        })
+            },
+        )
         .await;
     let played = app.fake.calm();
     eprintln!("faults played: {played:?}");

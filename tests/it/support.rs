@@ -516,16 +516,22 @@ pub const PATIENCE: Duration = Duration::from_secs(90);
 
 /// The one waiting rule: asks `probe` until it answers `Ok`, for at most [`PATIENCE`]; then
 /// fails, saying what was awaited and what was last seen.
-pub async fn eventually<T, E: Debug>(
+pub async fn eventually<T, E: Debug>(what: &str, probe: impl AsyncFnMut() -> Result<T, E>) -> T {
+    eventually_for(what, PATIENCE, probe).await
+}
+
+/// [`eventually`], for a wait that follows a backoff on purpose: at most `patience`.
+pub async fn eventually_for<T, E: Debug>(
     what: &str,
+    patience: Duration,
     mut probe: impl AsyncFnMut() -> Result<T, E>,
 ) -> T {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience;
     loop {
         match probe().await {
             Ok(found) => return found,
             Err(seen) if Instant::now() > deadline => {
-                panic!("waited {PATIENCE:?} for {what}; last seen: {seen:#?}")
+                panic!("waited {patience:?} for {what}; last seen: {seen:#?}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
